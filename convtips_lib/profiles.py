@@ -1,0 +1,66 @@
+"""Profiles: every size a lesson uses, in one place (smoke / cpu / gpu)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, asdict, replace
+
+import torch
+
+__all__ = ["Profile", "PROFILES", "profile", "ProfileError"]
+
+
+class ProfileError(ValueError):
+    """A profile name that does not exist."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All sizes of one run: images (px), data (fractions of the training split), training and ensembles."""
+    name: str
+    img_size: int            # side of the square input image, px
+    bs: int                  # batch size
+    epochs: int              # epochs of one training run
+    lr: float                # peak learning rate of one-cycle training
+    train_frac: float        # fraction of the training split a single run uses
+    fractions: tuple         # training-set fractions for grids and learning curves
+    n_seeds: int             # repeats over seeds where a lesson measures spread
+    n_members: int           # members of an ensemble
+    zoo_archs: tuple         # architectures measured in the model-zoo tour
+    latency_reps: int        # timed forward passes per latency figure
+    decides_claims: bool     # whether this profile is large enough to decide a lesson's claims
+    seed: int = 42
+    num_workers: int = 0
+
+    def as_dict(self) -> dict:
+        """The profile as a plain dict (for results JSON)."""
+        return asdict(self)
+
+    def with_(self, **kw) -> "Profile":
+        """A copy with some fields changed (e.g. `cfg.with_(epochs=1)`)."""
+        return replace(self, **kw)
+
+
+_ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_efficientnet_lite0",
+              "tf_efficientnet_lite1", "tf_efficientnet_lite2", "convnext_tiny", "vgg16")
+
+PROFILES = {
+    "smoke": Profile("smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25,
+                     fractions=(0.1, 0.3), n_seeds=1, n_members=2, zoo_archs=_ZOO_SMALL[:5] + ("vgg16",),
+                     latency_reps=2, decides_claims=False),
+    "cpu": Profile("cpu", img_size=128, bs=32, epochs=3, lr=2e-3, train_frac=0.5,
+                   fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=2, n_members=3, zoo_archs=_ZOO_SMALL,
+                   latency_reps=5, decides_claims=True),
+    "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
+                   fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
+                   latency_reps=20, decides_claims=True, num_workers=4),
+}
+
+
+def profile(name: str | None = None) -> Profile:
+    """The profile `name`, else `$CONVTIPS_PROFILE`, else 'gpu' when CUDA is available and 'cpu' otherwise."""
+    name = name or os.environ.get("CONVTIPS_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
+                           f"(set CONVTIPS_PROFILE or pass profile='cpu')")
+    return PROFILES[key]
