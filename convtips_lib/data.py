@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-
-from .env import seed_everything
 from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, GrandparentSplitter,
                                IntToFloatTensor, PILImage, RandomSplitter, RegexLabeller, Resize, TransformBlock,
                                URLs, get_image_files, parent_label, untar_data)
+
+from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
            "elpv_dls", "folder_dls", "untar_dls", "check_images", "open_image"]

@@ -1,0 +1,60 @@
+"""Plots every lesson shares: training curves, confusion matrices, image grids, bars. Each returns its Figure."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+__all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars"]
+
+
+def plot_history(hist: pd.DataFrame, metrics=("train_loss", "valid_loss"), title: str = "", by: str | None = None):
+    """Per-epoch curves of `metrics` from `fit`'s history (one line per value of column `by`, if given)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+    groups = hist.groupby(by) if by else [("", hist)]
+    for name, df in groups:
+        for ax, m in zip(axes[0], metrics):
+            ax.plot(df["epoch"], df[m], marker="o", label=str(name) or None)
+            ax.set(xlabel="epoch", title=m)
+    if by:
+        axes[0, -1].legend(title=by, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion(ev, title: str = "confusion matrix (rows: true, columns: predicted)"):
+    """Confusion matrix of an `Evaluation` with counts in each cell."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(ev.vocab) + 2, 1.2 * len(ev.vocab) + 1.5))
+    ax.imshow(ev.confusion, cmap="Blues")
+    for (i, j), v in np.ndenumerate(ev.confusion):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set(xticks=range(len(ev.vocab)), yticks=range(len(ev.vocab)), xticklabels=ev.vocab, yticklabels=ev.vocab,
+           xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images, titles=None, ncols: int = 6, size: float = 1.8, suptitle: str = ""):
+    """A grid of images (arrays or PIL images) with optional titles."""
+    images = list(images)
+    nrows = max(1, -(-len(images) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(np.asarray(images[i]), cmap="gray")
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", ylabel: str | None = None):
+    """Bar chart of `y` by `x` (grouped by `hue`)."""
+    table = df.pivot_table(index=x, columns=hue, values=y, aggfunc="mean") if hue else df.set_index(x)[[y]]
+    ax = table.plot.bar(figsize=(max(4, 0.8 * len(table) + 2), 3), rot=0)
+    ax.set(title=title, ylabel=ylabel or y)
+    ax.figure.tight_layout()
+    return ax.figure

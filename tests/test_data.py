@@ -1,0 +1,377 @@
+"""Tests for convtips_lib.data: ELPV table and split, DataLoaders, image checks, folders and offline downloads."""
+import functools
+import hashlib
+import http.server
+import random
+import socket
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fastai.data
+from convtips_lib.data import (BadImageError, DataUnreachableError, check_images, elpv_dls, elpv_frame,
+                               folder_dls, open_image, subsample, untar_dls)
+from convtips_lib.profiles import profile
+
+N_ELPV = 2624
+COLUMNS = ["path", "prob", "type", "defective", "label_bin", "label_4", "is_valid"]
+
+
+# ---------------------------------------------------------------- helpers and fixtures
+
+def _write_pngs(folder: Path, n: int, size: int = 32, seed: int = 0) -> list:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _write_bad(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(random.Random(0).getrandbits(8) for _ in range(512)))
+    return path
+
+
+def _make_class_folder(root: Path, classes=("cat", "dog"), n: int = 8) -> Path:
+    for k, c in enumerate(classes):
+        _write_pngs(root / c, n, seed=k)
+    return root
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return elpv_frame()
+
+
+@pytest.fixture(scope="module")
+def small_cfg():
+    return profile("smoke").with_(bs=4)
+
+
+@pytest.fixture(scope="module")
+def binary_dls():
+    return elpv_dls(profile("smoke"), task="binary")
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path, no_proxy):
+    """(folder, port): a loopback HTTP server serving `folder`, shut down after the test."""
+    root = tmp_path / "serve"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _site_packages_state() -> dict:
+    """Name -> md5 of every file in fastai's `data` package folder (where download_checks.py lives)."""
+    folder = Path(fastai.data.__file__).parent
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+# ---------------------------------------------------------------- elpv_frame
+
+def test_elpv_frame_has_2624_rows_and_columns(frame):
+    assert len(frame) == N_ELPV
+    assert list(frame.columns) == COLUMNS
+
+
+def test_elpv_frame_paths_exist(frame):
+    assert all(Path(p).is_file() for p in frame["path"].head(20))
+    assert frame["path"].is_unique
+
+
+def test_elpv_frame_types_are_mono_and_poly(frame):
+    assert set(frame["type"]) == {"mono", "poly"}
+
+
+def test_label_bin_is_defective_iff_prob_at_least_half(frame):
+    assert set(frame["label_bin"]) == {"defective", "functional"}
+    assert ((frame["label_bin"] == "defective") == (frame["prob"] >= 0.5)).all()
+    assert (frame["defective"] == (frame["prob"] >= 0.5)).all()
+
+
+def test_label_4_values(frame):
+    assert set(frame["label_4"]) == {"0", "1/3", "2/3", "1"}
+    expected = {"0": 0.0, "1/3": 1 / 3, "2/3": 2 / 3, "1": 1.0}
+    assert np.allclose(frame["label_4"].map(expected), frame["prob"], atol=1e-3)
+
+
+def test_elpv_frame_returns_a_copy(frame):
+    df = elpv_frame()
+    df.loc[:, "is_valid"] = False
+    assert elpv_frame()["is_valid"].any()
+
+
+# ---------------------------------------------------------------- split
+
+def test_split_is_about_a_quarter_valid(frame):
+    assert frame["is_valid"].mean() == pytest.approx(0.25, abs=0.01)
+
+
+def test_split_is_stratified_by_label_and_type(frame):
+    fracs = frame.groupby(["label_4", "type"])["is_valid"].mean()
+    assert len(fracs) == 8
+    for stratum, f in fracs.items():
+        assert f == pytest.approx(0.25, abs=0.03), stratum
+
+
+def test_split_is_identical_on_repeated_calls(frame):
+    assert (elpv_frame()["is_valid"].values == frame["is_valid"].values).all()
+
+
+# ---------------------------------------------------------------- subsample
+
+def test_subsample_keeps_all_valid_rows(frame):
+    sub = subsample(frame, 0.1, seed=0)
+    assert set(sub.index[sub["is_valid"]]) == set(frame.index[frame["is_valid"]])
+
+
+def test_subsample_takes_about_frac_of_train(frame):
+    sub = subsample(frame, 0.1, seed=0)
+    n_train = (~frame["is_valid"]).sum()
+    assert (~sub["is_valid"]).sum() == pytest.approx(0.1 * n_train, abs=8)
+
+
+def test_subsample_full_fraction_keeps_everything(frame):
+    assert sorted(subsample(frame, 1.0).index) == sorted(frame.index)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_subsample_is_nested(frame, seed):
+    small, large = subsample(frame, 0.1, seed), subsample(frame, 0.5, seed)
+    small_train = set(small.index[~small["is_valid"]])
+    large_train = set(large.index[~large["is_valid"]])
+    assert small_train and small_train < large_train
+
+
+def test_subsample_depends_on_seed(frame):
+    a, b = subsample(frame, 0.1, 0), subsample(frame, 0.1, 1)
+    assert set(a.index[~a["is_valid"]]) != set(b.index[~b["is_valid"]])
+
+
+@pytest.mark.parametrize("frac", [0, 1.5, -0.1])
+def test_subsample_rejects_bad_frac(frame, frac):
+    with pytest.raises(ValueError, match="frac"):
+        subsample(frame, frac)
+
+
+# ---------------------------------------------------------------- elpv_dls
+
+def test_elpv_dls_binary_batch_shape(binary_dls):
+    x, y = binary_dls.one_batch()
+    assert tuple(x.shape) == (64, 3, 64, 64)
+    assert tuple(y.shape) == (64,)
+
+
+def test_elpv_dls_batch_is_float_in_unit_range(binary_dls):
+    x, _ = binary_dls.one_batch()
+    assert x.is_floating_point()
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_elpv_dls_channels_are_replicated_grayscale(binary_dls):
+    x, _ = binary_dls.one_batch()
+    assert (x[:, 0] == x[:, 1]).all() and (x[:, 0] == x[:, 2]).all()
+
+
+def test_elpv_dls_binary_vocab(binary_dls):
+    assert list(binary_dls.vocab) == ["defective", "functional"]
+
+
+def test_elpv_dls_uses_fixed_valid_set_and_train_frac(binary_dls, frame):
+    assert len(binary_dls.valid_ds) == frame["is_valid"].sum()
+    n_train = (~frame["is_valid"]).sum()
+    assert len(binary_dls.train_ds) == pytest.approx(0.25 * n_train, abs=8)
+
+
+def test_elpv_dls_4class_vocab():
+    dls = elpv_dls(profile("smoke"), task="4class", frac=0.1)
+    assert len(dls.vocab) == 4
+    assert set(dls.vocab) == {"0", "1/3", "2/3", "1"}
+
+
+def test_elpv_dls_unknown_task_raises():
+    with pytest.raises(ValueError, match="binary"):
+        elpv_dls(profile("smoke"), task="regression")
+
+
+# ---------------------------------------------------------------- open_image / check_images
+
+def test_open_image_reads_good_png_as_rgb(tmp_path):
+    (p,) = _write_pngs(tmp_path, 1)
+    im = open_image(p)
+    assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def test_open_image_corrupt_file_raises_bad_image_error(tmp_path):
+    bad = _write_bad(tmp_path / "bad.png")
+    with pytest.raises(BadImageError, match="bad.png"):
+        open_image(bad)
+
+
+def test_open_image_missing_file_raises_bad_image_error(tmp_path):
+    with pytest.raises(BadImageError, match="missing.png"):
+        open_image(tmp_path / "missing.png")
+
+
+def test_check_images_skip_returns_good_and_warns(tmp_path):
+    good = _write_pngs(tmp_path, 3)
+    bad = _write_bad(tmp_path / "bad.png")
+    with pytest.warns(UserWarning, match="bad.png"):
+        kept = check_images(good[:2] + [bad] + good[2:], on_bad="skip")
+    assert kept == good
+
+
+def test_check_images_raise_names_file(tmp_path):
+    good = _write_pngs(tmp_path, 2)
+    bad = _write_bad(tmp_path / "bad.png")
+    with pytest.raises(BadImageError, match="bad.png"):
+        check_images(good + [bad])
+
+
+def test_check_images_all_good_does_not_warn(tmp_path, recwarn):
+    good = _write_pngs(tmp_path, 2)
+    assert check_images(good, on_bad="skip") == good
+    assert not [w for w in recwarn if "unreadable" in str(w.message)]
+
+
+def test_check_images_rejects_bad_on_bad(tmp_path):
+    with pytest.raises(ValueError, match="on_bad"):
+        check_images([], on_bad="ignore")
+
+
+# ---------------------------------------------------------------- folder_dls
+
+def test_folder_dls_two_classes(tmp_path, small_cfg):
+    root = _make_class_folder(tmp_path / "pics")
+    dls = folder_dls(root, small_cfg)
+    assert list(dls.vocab) == ["cat", "dog"]
+    assert len(dls.train_ds) + len(dls.valid_ds) == 16
+    assert len(dls.valid_ds) == 4
+    x, y = dls.one_batch()
+    assert tuple(x.shape) == (4, 3, 64, 64)
+
+
+def test_folder_dls_uses_train_valid_folders(tmp_path, small_cfg):
+    root = tmp_path / "pics"
+    _make_class_folder(root / "train", n=6)
+    _make_class_folder(root / "valid", n=2)
+    dls = folder_dls(root, small_cfg)
+    assert (len(dls.train_ds), len(dls.valid_ds)) == (12, 4)
+    assert list(dls.vocab) == ["cat", "dog"]
+
+
+def test_folder_dls_missing_folder_raises(tmp_path, small_cfg):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        folder_dls(tmp_path / "nowhere", small_cfg)
+
+
+def test_folder_dls_corrupt_image_names_file(tmp_path, small_cfg):
+    root = _make_class_folder(tmp_path / "pics")
+    _write_bad(root / "dog" / "broken_7.png")
+    with pytest.raises(BadImageError, match="broken_7.png"):
+        folder_dls(root, small_cfg)
+
+
+def test_folder_dls_skip_leaves_out_corrupt_image(tmp_path, small_cfg):
+    root = _make_class_folder(tmp_path / "pics")
+    _write_bad(root / "dog" / "broken_7.png")
+    with pytest.warns(UserWarning, match="broken_7.png"):
+        dls = folder_dls(root, small_cfg, on_bad="skip")
+    assert len(dls.train_ds) + len(dls.valid_ds) == 16
+
+
+def test_folder_dls_one_class_raises(tmp_path, small_cfg):
+    root = tmp_path / "pics"
+    _write_pngs(root / "cat", 8)
+    with pytest.raises(ValueError, match="one class"):
+        folder_dls(root, small_cfg)
+
+
+def test_folder_dls_empty_folder_raises(tmp_path, small_cfg):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadImageError, match="no readable images"):
+        folder_dls(tmp_path / "empty", small_cfg)
+
+
+# ---------------------------------------------------------------- untar_dls
+
+def test_untar_dls_unknown_name_lists_known(small_cfg):
+    with pytest.raises(ValueError) as info:
+        untar_dls("no_such_dataset", small_cfg)
+    msg = str(info.value)
+    assert "no_such_dataset" in msg
+    assert "PETS" in msg and "IMAGENETTE_160" in msg
+
+
+def test_untar_dls_from_loopback_server(tmp_path, http_root, small_cfg):
+    root, port = http_root
+    src = _make_class_folder(tmp_path / "src" / "x")
+    with tarfile.open(root / "x.tgz", "w:gz") as tar:
+        tar.add(src, arcname="x")
+    before = _site_packages_state()
+
+    dls = untar_dls(f"http://127.0.0.1:{port}/x.tgz", small_cfg, base=tmp_path / "dl")
+
+    assert list(dls.vocab) == ["cat", "dog"]
+    assert len(dls.train_ds) + len(dls.valid_ds) == 16
+    assert (tmp_path / "dl" / "archive" / "x.tgz").is_file()
+    assert (tmp_path / "dl" / "data" / "x" / "cat").is_dir()
+    assert _site_packages_state() == before, "untar_data wrote into fastai's package folder"
+
+
+def test_untar_dls_second_call_uses_extracted_copy(tmp_path, http_root, small_cfg):
+    root, port = http_root
+    src = _make_class_folder(tmp_path / "src" / "x")
+    with tarfile.open(root / "x.tgz", "w:gz") as tar:
+        tar.add(src, arcname="x")
+    url = f"http://127.0.0.1:{port}/x.tgz"
+    untar_dls(url, small_cfg, base=tmp_path / "dl")
+    (root / "x.tgz").unlink()          # the server can no longer serve it
+    dls = untar_dls(url, small_cfg, base=tmp_path / "dl")
+    assert list(dls.vocab) == ["cat", "dog"]
+
+
+def test_untar_dls_closed_port_raises_data_unreachable(tmp_path, no_proxy, small_cfg):
+    url = f"http://127.0.0.1:{_closed_port()}/x.tgz"
+    with pytest.raises(DataUnreachableError) as info:
+        untar_dls(url, small_cfg, base=tmp_path / "dl")
+    assert "elpv_dls" in str(info.value)
+    assert url in str(info.value)
+
+
+def test_untar_dls_missing_file_raises_data_unreachable(tmp_path, http_root, small_cfg):
+    _, port = http_root
+    with pytest.raises(DataUnreachableError, match="folder_dls"):
+        untar_dls(f"http://127.0.0.1:{port}/absent.tgz", small_cfg, base=tmp_path / "dl")

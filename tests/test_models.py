@@ -1,0 +1,292 @@
+"""Tests for convtips_lib.models: offline weights, hub names, local weights, parameter groups and freezing."""
+import time
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from PIL import Image
+from skimage.data import chelsea
+
+from convtips_lib.models import (OFFLINE_WEIGHTS, Classifier, HubUnreachableError, UnknownModelError,
+                                 WeightsChecksumError, freeze, lite_keys_to_timm, list_archs, load_weights,
+                                 param_groups, pretrained, sha256sum, unfreeze)
+
+LITE0 = "efficientnet_lite0"
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module", params=list(OFFLINE_WEIGHTS))
+def offline_model(request):
+    """(name, ImageNet classifier with the shipped weights), eval mode."""
+    return request.param, pretrained(request.param).eval()
+
+
+@pytest.fixture(scope="module")
+def lite0_state_dict():
+    w = OFFLINE_WEIGHTS[LITE0]
+    return load_weights(w.path(), w.sha256)
+
+
+@pytest.fixture
+def lite0():
+    """A fresh random-init lite0 Classifier with a 2-class head (freeze tests mutate it)."""
+    return pretrained(LITE0, 2, pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def imagenet_info():
+    return timm.data.ImageNetInfo()
+
+
+def _chelsea(size: int, stats) -> torch.Tensor:
+    img = Image.fromarray(chelsea()).resize((size, size), Image.BILINEAR)
+    x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255
+    mean, std = (torch.tensor(s)[:, None, None] for s in stats)
+    return ((x - mean) / std)[None]
+
+
+def _trainable(params) -> list:
+    return [p.requires_grad for p in params]
+
+
+# ---------------------------------------------------------------- offline pretrained models
+
+def test_offline_model_has_1000_outputs(offline_model):
+    name, model = offline_model
+    assert isinstance(model, Classifier)
+    assert model.head[1].out_features == 1000
+    assert model.meta["arch"] == name
+    assert model.meta["sha256"] == OFFLINE_WEIGHTS[name].sha256
+
+
+def test_offline_model_classifies_chelsea_as_cat(offline_model, imagenet_info):
+    name, model = offline_model
+    x = _chelsea(model.meta["input_size"], model.meta["stats"])
+    assert x.shape[-1] == OFFLINE_WEIGHTS[name].input_size
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (1, 1000)
+    label = imagenet_info.index_to_description(int(logits.argmax()))
+    assert "cat" in label, f"{name} top-1 is {label!r}"
+
+
+@pytest.mark.parametrize("name", list(OFFLINE_WEIGHTS))
+def test_offline_model_new_head_output_shape(name):
+    model = pretrained(name, 2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 2)
+
+
+def test_new_head_keeps_pretrained_body(offline_model):
+    name, model = offline_model
+    new = pretrained(name, 2)
+    a, b = model.body.state_dict(), new.body.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- lite_keys_to_timm / load_weights
+
+def test_lite_keys_to_timm_maps_every_key(lite0_state_dict):
+    model = timm.create_model(OFFLINE_WEIGHTS[LITE0].timm_arch, pretrained=False)
+    out = lite_keys_to_timm(lite0_state_dict, model)
+    assert out.keys() == model.state_dict().keys()
+
+
+def test_lite_keys_to_timm_raises_on_missing_key(lite0_state_dict):
+    model = timm.create_model(OFFLINE_WEIGHTS[LITE0].timm_arch, pretrained=False)
+    sd = dict(lite0_state_dict)
+    sd.pop(next(k for k in sd if k.startswith("_blocks.")))
+    with pytest.raises(ValueError, match="do not fit"):
+        lite_keys_to_timm(sd, model)
+
+
+def test_lite_keys_to_timm_raises_on_wrong_architecture(lite0_state_dict):
+    model = timm.create_model(OFFLINE_WEIGHTS["efficientnet_lite1"].timm_arch, pretrained=False)
+    with pytest.raises((ValueError, IndexError)):
+        lite_keys_to_timm(lite0_state_dict, model)
+
+
+def test_load_weights_refuses_wrong_sha256():
+    with pytest.raises(WeightsChecksumError, match="sha256"):
+        load_weights(OFFLINE_WEIGHTS[LITE0].path(), "0" * 64)
+
+
+def test_load_weights_accepts_right_sha256(lite0_state_dict):
+    assert isinstance(lite0_state_dict, dict) and lite0_state_dict
+    assert all(isinstance(v, torch.Tensor) for v in lite0_state_dict.values())
+
+
+def test_load_weights_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_weights(tmp_path / "absent.pth")
+
+
+def test_shipped_weights_match_their_sha256():
+    for w in OFFLINE_WEIGHTS.values():
+        assert sha256sum(w.path()) == w.sha256
+
+
+# ---------------------------------------------------------------- names and hubs
+
+@pytest.mark.parametrize("name", ["no_such_model_xyz", "tv:no_such_model_xyz"])
+def test_unknown_name_raises_listing_offline_models(name):
+    with pytest.raises(UnknownModelError) as info:
+        pretrained(name, 2, pretrained=False)
+    assert LITE0 in str(info.value)
+    assert name in str(info.value)
+
+
+def test_hub_offline_raises_hub_unreachable_fast(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE (and the cache folder) once, at import: patch the live values too,
+    # else each weights file is retried for ~20 s before failing; an empty cache so a cached copy cannot answer
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError) as info:
+        pretrained("resnet18", 2, pretrained=True)
+    assert time.perf_counter() - start < 15
+    assert LITE0 in str(info.value)
+    assert "resnet18" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "tv:resnet18"])
+def test_random_init_hub_names_work(name):
+    model = pretrained(name, 3, pretrained=False).eval()
+    assert model.meta["source"] == "random init"
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3)
+
+
+def test_torchvision_name_keeps_1000_class_head():
+    model = pretrained("tv:resnet18", pretrained=False)
+    assert model.head[1].out_features == 1000
+    assert model.meta["arch"] == "tv:resnet18"
+
+
+# ---------------------------------------------------------------- local weights files
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """(path, state dict) of a random timm resnet18 saved to disk."""
+    torch.manual_seed(0)
+    sd = timm.create_model("resnet18", pretrained=False).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18_random.pth"
+    torch.save(sd, path)
+    return path, sd
+
+
+def test_local_weights_file_loads(resnet18_file):
+    path, sd = resnet18_file
+    model = pretrained("resnet18", 3, weights=path, sha256=sha256sum(path))
+    body = model.body.state_dict()
+    assert all(torch.equal(body[k], sd[k]) for k in body)
+    assert model.meta["sha256"] == sha256sum(path)
+    assert str(path) in model.meta["source"]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_local_weights_file_keeps_its_head(resnet18_file):
+    path, sd = resnet18_file
+    model = pretrained("resnet18", weights=path)
+    assert torch.equal(model.head[1].weight, sd["fc.weight"])
+
+
+def test_local_weights_file_wrong_sha256_refused(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(WeightsChecksumError):
+        pretrained("resnet18", 3, weights=path, sha256="f" * 64)
+
+
+def test_local_torchvision_weights_file_loads(tmp_path):
+    sd = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "tv_resnet18.pth"
+    torch.save(sd, path)
+    model = pretrained("tv:resnet18", 3, weights=path, sha256=sha256sum(path))
+    assert torch.equal(model.body.conv1.weight, sd["conv1.weight"])
+
+
+# ---------------------------------------------------------------- param_groups / freeze
+
+def test_lite0_has_nine_param_groups(lite0):
+    groups = param_groups(lite0)
+    assert len(groups) == 9
+    assert groups[-1] == list(lite0.head.parameters())
+
+
+def test_param_groups_cover_every_parameter_once(lite0):
+    ids = [id(p) for g in param_groups(lite0) for p in g]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in lite0.parameters()}
+
+
+def test_param_groups_without_group_matcher_use_children():
+    model = pretrained("tv:resnet18", 2, pretrained=False)
+    groups = param_groups(model)
+    ids = [id(p) for g in groups for p in g]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert all(groups)
+
+
+def test_freeze_head_leaves_only_head_trainable(lite0):
+    assert freeze(lite0, "head") == 8
+    head = {id(p) for p in lite0.head.parameters()}
+    for p in lite0.parameters():
+        assert p.requires_grad == (id(p) in head)
+
+
+def test_freeze_middle_freezes_four_groups(lite0):
+    assert freeze(lite0, "middle") == 4
+    groups = param_groups(lite0)
+    for i, g in enumerate(groups):
+        assert all(flag == (i >= 4) for flag in _trainable(g)), i
+
+
+def test_freeze_by_group_count(lite0):
+    assert freeze(lite0, 2) == 2
+    groups = param_groups(lite0)
+    assert not any(_trainable(groups[1])) and all(_trainable(groups[2]))
+
+
+def test_freeze_none_makes_all_trainable(lite0):
+    freeze(lite0, "head")
+    assert freeze(lite0, "none") == 0
+    assert all(_trainable(lite0.parameters()))
+
+
+def test_unfreeze_makes_all_trainable(lite0):
+    freeze(lite0, "middle")
+    unfreeze(lite0)
+    assert all(_trainable(lite0.parameters()))
+
+
+@pytest.mark.parametrize("depth", ["all", "body", 1.5, -1, 9, None])
+def test_freeze_bad_depth_raises(lite0, depth):
+    with pytest.raises(ValueError, match="freeze depth"):
+        freeze(lite0, depth)
+
+
+# ---------------------------------------------------------------- list_archs
+
+def test_list_archs_torchvision_prefix():
+    names = list_archs("resnet*", "torchvision")
+    assert "tv:resnet18" in names
+    assert all(n.startswith("tv:") for n in names)
+
+
+def test_list_archs_offline_and_timm():
+    assert list_archs("*", "offline") == list(OFFLINE_WEIGHTS)
+    assert "resnet18" in list_archs("resnet1*", "timm")
+
+
+def test_list_archs_bad_source():
+    with pytest.raises(ValueError, match="torchvision"):
+        list_archs("*", "keras")
