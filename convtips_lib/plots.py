@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars"]
+__all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines"]
 
 
 def plot_history(hist: pd.DataFrame, metrics=("train_loss", "valid_loss"), title: str = "", by: str | None = None):
@@ -58,3 +58,32 @@ def plot_bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: s
     ax.set(title=title, ylabel=ylabel or y)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_heatmap(df: pd.DataFrame, index: str, columns: str, values: str, title: str = "", fmt: str = "{:.2f}"):
+    """Heatmap of the mean of `values` over rows of `df` grouped by (`index`, `columns`), each cell labelled."""
+    table = df.pivot_table(index=index, columns=columns, values=values, aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(1.3 * table.shape[1] + 2.5, 0.6 * table.shape[0] + 1.8))
+    im = ax.imshow(table.values, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(table.values):
+        ax.text(j, i, fmt.format(v), ha="center", va="center", color="white" if v < np.nanmean(table.values) else "k")
+    ax.set(xticks=range(table.shape[1]), yticks=range(table.shape[0]), xlabel=columns, ylabel=index, title=title)
+    ax.set_xticklabels(table.columns, rotation=30, ha="right")
+    ax.set_yticklabels(table.index)
+    fig.colorbar(im, ax=ax, label=values)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lines(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: str = "", logx: bool = False,
+               ax=None):
+    """Mean of `y` against `x` per `hue`, with a band of +-1 std where `df` holds repeats (e.g. seeds)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3.5))
+    for name, g in (df.groupby(hue) if hue else [(y, df)]):
+        stats = g.groupby(x)[y].agg(["mean", "std"]).fillna(0)
+        ax.plot(stats.index, stats["mean"], marker="o", label=str(name))
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
+    ax.set(xlabel=x, ylabel=y, title=title, xscale="log" if logx else "linear")
+    ax.legend(fontsize=8, title=hue)
+    fig.tight_layout()
+    return fig

@@ -1,6 +1,8 @@
 """Training: one fastai Learner factory and one `fit` that keeps the history across phases."""
 from __future__ import annotations
 
+import random
+
 import pandas as pd
 from fastai.vision.all import (BalancedAccuracy, Callback, F1Score, Learner, Normalize, ProgressCallback, Recorder,
                                accuracy, noop)
@@ -9,7 +11,7 @@ from torch import nn
 from .env import is_quiet, seed_everything
 from .models import Classifier, freeze, param_groups, pretrained
 
-__all__ = ["History", "make_learner", "fit", "history"]
+__all__ = ["History", "make_learner", "fit", "fit_gradual", "history"]
 
 
 class History(Callback):
@@ -39,12 +41,19 @@ def _set_norm(dls, stats) -> None:
     dls.add_tfms([Normalize.from_stats(*stats)], "after_batch")
 
 
+def _seed_loaders(dls, seed: int) -> None:
+    """Reset each DataLoader's own shuffle RNG (fastai draws it once, at creation) so a seed repeats a run."""
+    for i, dl in enumerate(dls.loaders):
+        dl.rng = random.Random(seed + i)
+
+
 def make_learner(dls, arch: str = "efficientnet_lite0", pretrained_: bool = True, depth="head",
                  model: nn.Module | None = None, loss_func=None, cbs=None, train_bn: bool = True,
                  seed: int | None = None, **kw) -> Learner:
     """A fastai Learner for `arch` (or a given `model`) on `dls`, body frozen to `depth`, with accuracy, balanced accuracy, F1."""
     if seed is not None:
         seed_everything(seed)
+        _seed_loaders(dls, seed)
     model = model or pretrained(arch, dls.c, pretrained=pretrained_)
     _set_norm(dls, getattr(model, "meta", {}).get("stats", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))))
     metrics = [accuracy, BalancedAccuracy(), F1Score(average="macro")]
@@ -72,6 +81,18 @@ def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_
     else:
         hist.phase = "fit"
         learn.fit_one_cycle(epochs, lr)
+    return history(learn)
+
+
+def fit_gradual(learn: Learner, lr: float, epochs: int = 1, stages=("head", "middle", "none")) -> pd.DataFrame:
+    """Gradual unfreezing (Howard & Ruder, ULMFiT 2018): `epochs` per stage, each stage freezing less of the body.
+
+    Stages after the first use discriminative learning rates, lr/100 for the earliest layers up to lr/2.
+    """
+    for i, depth in enumerate(stages):
+        learn.history.phase = f"frozen: {depth}"
+        freeze(learn, depth)
+        learn.fit_one_cycle(epochs, lr if i == 0 else slice(lr / 100, lr / 2))
     return history(learn)
 
 

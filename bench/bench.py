@@ -1,0 +1,105 @@
+"""Benchmark (not a test): data loading, forward and training speed per architecture, and the smoke course run.
+
+    python bench/bench.py                      # parts only, profile smoke -> bench/results/bench_<profile>_<machine>.json
+    python bench/bench.py --course             # also time `convtips run` of every lesson in the smoke profile
+    python bench/bench.py --profile cpu --archs efficientnet_lite0 resnet18
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import convtips_lib as ctl
+from convtips_lib.results import atomic_write
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine() -> dict:
+    """Where the figures came from."""
+    env = ctl.environment()
+    return dict(host=platform.node(), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                threads=torch.get_num_threads(), device=env["device"], gpu=env["gpu"], torch=env["torch"],
+                fastai=env["fastai"], timm=env["timm"], python=env["python"])
+
+
+def loading_speed(cfg, aug: bool, n_batches: int = 8) -> dict:
+    """Images/s of the ELPV training DataLoader (decode, resize, batch; with fastai's aug_transforms if `aug`)."""
+    from fastai.vision.all import aug_transforms
+    dls = ctl.elpv_dls(cfg, tfms=aug_transforms(size=cfg.img_size) if aug else None, seed=0)
+    it, n, t = iter(dls.train), 0, time.perf_counter()
+    for _ in range(min(n_batches, len(dls.train))):
+        n += len(next(it)[0])
+    return dict(augment=aug, images=n, images_per_s=n / (time.perf_counter() - t))
+
+
+def train_speed(arch: str, cfg, steps: int = 3) -> dict:
+    """Training steps/s and images/s (forward + backward + AdamW step) on random (bs, 3, size, size) batches."""
+    model = ctl.pretrained(arch, 2, pretrained=False).to(ctl.device()).train()
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.randn(cfg.bs, 3, cfg.img_size, cfg.img_size, device=ctl.device())
+    y = torch.randint(0, 2, (cfg.bs,), device=ctl.device())
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if ctl.device().type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    step = sorted(times[1:])[len(times[1:]) // 2]
+    return dict(train_steps_per_s=1 / step, train_images_per_s=cfg.bs / step)
+
+
+def arch_speed(arch: str, cfg) -> dict:
+    """Parameters, FLOPs, inference latency and training speed of `arch` at the profile's image size."""
+    model = ctl.pretrained(arch, 2, pretrained=False).to(ctl.device())
+    lat = ctl.latency(model, cfg.img_size, bs=cfg.bs, reps=cfg.latency_reps)
+    return dict(arch=arch, img_size=cfg.img_size, bs=cfg.bs, params=ctl.count_params(model),
+                gflops_per_image=ctl.count_flops(model, cfg.img_size) / 1e9,
+                infer_images_per_s=lat["images_per_s"], **train_speed(arch, cfg))
+
+
+def course_run(profile: str, lessons: list) -> dict:
+    """Wall seconds of `convtips run` per lesson, parsed from its progress lines."""
+    cmd = [sys.executable, "-m", "convtips_lib.cli", "run", *lessons, "--profile", profile, "--out", "runs/bench"]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    per = {line.split("] ")[1].split(" ")[0]: float(line.rsplit("ok in ", 1)[1].split(" s")[0])
+           for line in out.stdout.splitlines() if " ok in " in line}
+    return dict(profile=profile, returncode=out.returncode, total_s=time.perf_counter() - t, per_lesson_s=per)
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="smoke")
+    ap.add_argument("--archs", nargs="*", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                                                   "resnet18", "resnet50", "mobilenetv3_large_100"])
+    ap.add_argument("--course", action="store_true", help="also time `convtips run` of every lesson (smoke)")
+    ap.add_argument("--lessons", nargs="*", default=[])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    cfg = ctl.profile(args.profile)
+    rec = dict(machine=machine(), profile=cfg.as_dict(), date=time.strftime("%Y-%m-%d"),
+               loading=[loading_speed(cfg, aug) for aug in (False, True)],
+               archs=[arch_speed(a, cfg) for a in args.archs])
+    if args.course:
+        rec["course"] = course_run("smoke", args.lessons)
+    tag = "gpu" if rec["machine"]["gpu"] else f"cpu{os.cpu_count()}"
+    out = Path(args.out or HERE / "results" / f"bench_{cfg.name}_{tag}.json")
+    atomic_write(out, json.dumps(rec, indent=1))
+    print(json.dumps(rec, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Tests for convtips_lib.train: the Learner factory, normalisation, freezing, fit's history, seeding."""
+import pandas as pd
+import pytest
+import torch
+from fastai.vision.all import Normalize, ProgressCallback
+
+from convtips_lib.data import elpv_dls
+from convtips_lib.models import pretrained
+from convtips_lib.profiles import profile
+from convtips_lib.train import fit, fit_gradual, history, make_learner
+
+CFG = profile("smoke").with_(img_size=32, bs=64)
+FRAC = 0.08   # about 160 training images: a fit takes about a second
+
+
+@pytest.fixture(scope="module")
+def dls():
+    return elpv_dls(CFG, task="binary", frac=FRAC, seed=0)
+
+
+def test_learner_has_the_course_metrics(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    names = [getattr(m, "name", getattr(m, "__name__", "")) for m in learn.metrics]
+    assert names == ["accuracy", "balanced_accuracy_score", "f1_score"]
+
+
+def test_dls_normalised_once_with_model_stats(dls):
+    make_learner(dls, "efficientnet_lite0", seed=0)
+    make_learner(dls, "resnet18", pretrained_=False, seed=0)   # ImageNet stats replace the Lite's 0.5/0.5
+    norms = [t for t in dls.train.after_batch.fs if isinstance(t, Normalize)]
+    assert len(norms) == 1
+    assert torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor([0.485, 0.456, 0.406]))
+
+
+@pytest.mark.parametrize("depth, frozen", [("head", 1.0), ("middle", 0.5), ("none", 0.0)])
+def test_depth_freezes_that_share_of_the_body(dls, depth, frozen):
+    learn = make_learner(dls, "efficientnet_lite0", depth=depth, seed=0)
+    n_body = len(learn.opt.param_groups) - 1
+    assert learn.opt.frozen_idx == round(frozen * n_body)
+    # BatchNorm stays trainable in frozen groups (train_bn=True); weights of convs and linears (ndim > 1) do not
+    first_trainable = [any(p.requires_grad for p in g["params"] if p.ndim > 1)
+                       for g in learn.opt.param_groups].index(True)
+    assert first_trainable == learn.opt.frozen_idx
+    assert all(p.requires_grad for p in learn.model.head.parameters())
+
+
+def test_random_init_trains_the_whole_network(dls):
+    learn = make_learner(dls, "efficientnet_lite0", pretrained_=False, depth="head", seed=0)
+    assert learn.model.meta["source"] == "random init"
+    assert all(p.requires_grad for p in learn.model.parameters())
+
+
+def test_quiet_mode_removes_progress_bars(dls, monkeypatch):
+    monkeypatch.setenv("CONVTIPS_QUIET", "1")
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    assert not any(isinstance(cb, ProgressCallback) for cb in learn.cbs)
+
+
+def test_fit_returns_one_row_per_epoch(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    hist = fit(learn, 2, 1e-3)
+    assert isinstance(hist, pd.DataFrame) and list(hist["epoch"]) == [1, 2]
+    assert {"train_loss", "valid_loss", "accuracy", "balanced_accuracy_score", "f1_score"} <= set(hist.columns)
+    assert hist[["train_loss", "valid_loss", "accuracy"]].notna().all().all()
+    assert hist["accuracy"].between(0, 1).all()
+
+
+def test_fine_tune_keeps_both_phases(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    hist = fit(learn, 1, 1e-3, fine_tune=True, freeze_epochs=1)
+    assert list(hist["phase"]) == ["frozen", "unfrozen"] and list(hist["epoch"]) == [1, 2]
+    assert all(p.requires_grad for p in learn.model.parameters())   # unfrozen at the end
+
+
+def test_history_ignores_evaluation_passes(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    fit(learn, 1, 1e-3)
+    learn.get_preds()
+    learn.validate()
+    assert len(history(learn)) == 1
+
+
+def test_same_seed_same_numbers(dls):
+    runs = [fit(make_learner(dls, "efficientnet_lite0", seed=7), 1, 1e-3) for _ in range(2)]
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+def test_given_model_is_used(dls):
+    model = pretrained("efficientnet_lite0", dls.c, pretrained=False)
+    learn = make_learner(dls, model=model, seed=0)
+    assert learn.model is model
+
+
+def test_fit_gradual_unfreezes_stage_by_stage(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    hist = fit_gradual(learn, 1e-3, epochs=1, stages=("head", "middle", "none"))
+    assert list(hist["phase"]) == ["frozen: head", "frozen: middle", "frozen: none"]
+    assert all(p.requires_grad for p in learn.model.parameters())
