@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .data import elpv_frame
 
-__all__ = ["check_valid_defectives", "check_poly_defect_rate"]
+__all__ = ["check_valid_defectives", "check_poly_defect_rate", "check_param_count", "check_cat_preprocessing",
+           "check_best_small_data_regime", "check_head_only_params"]
 
 
 def _verdict(answer, correct: bool, hint: str, praise: str) -> bool:
@@ -30,3 +31,64 @@ def check_poly_defect_rate(answer) -> bool:
     ok = answer is not None and abs(float(answer) - truth) < 0.005
     return _verdict(answer, ok, "select rows with type == 'poly' and take the mean of the boolean 'defective' column "
                     "(a fraction between 0 and 1, not a percentage).", f"{truth:.1%} of poly cells are defective.")
+
+
+def check_param_count(answer) -> bool:
+    """Lesson 01: the number of parameters of resnet18 with a 2-class head (random init, no download)."""
+    from .measure import count_params
+    from .models import pretrained
+    truth = count_params(pretrained("resnet18", 2, pretrained=False))
+    return _verdict(answer, answer is not None and int(answer) == truth,
+                    "sum p.numel() over model.parameters() (or use ctl.count_params); the 2-class head has "
+                    "512 * 2 weights + 2 biases.", f"resnet18 with a 2-class head has {truth:,} parameters.")
+
+
+def _preprocessing_mistake(x, model, img) -> str | None:
+    """Which detail of `x` differs from the right preprocessing of `img` for `model`; None when it matches."""
+    import torch
+    from .imagenet import preprocess
+    meta = model.meta
+    size, stats = meta["input_size"], meta["stats"]
+    if tuple(x.shape) != (1, 3, size, size):
+        return f"the shape is {tuple(x.shape)}, the model expects (1, 3, {size}, {size}): check size="
+    right = preprocess(img, size, stats)
+    if torch.allclose(x, right, atol=1e-4):
+        return None
+    if torch.allclose(x, right.flip(1), atol=1e-4):
+        return "the channels are in BGR order: use bgr=False"
+    if x.abs().max() > 20:
+        return "the values are far too large: pixels must be scaled to [0, 1] before normalising"
+    return f"the normalisation differs: this model expects mean {stats[0]} and std {stats[1]} (model.meta['stats'])"
+
+
+def check_cat_preprocessing(x, model, img) -> bool:
+    """Lesson 01: `x` must be `img` preprocessed as `model` expects, so that its top-1 is a cat class."""
+    if x is None:
+        return _verdict(None, False, "call ctl.preprocess(img, size, stats) with the values in model.meta.", "")
+    from .imagenet import imagenet_labels
+    mistake = _preprocessing_mistake(x, model, img)
+    model.eval()
+    with __import__("torch").no_grad():
+        label = imagenet_labels()[int(model(x).argmax())]
+    return _verdict("your tensor", mistake is None, f"{mistake} (the model now says {label!r}).",
+                    f"the model sees a {label!r}: size, channel order and normalisation all match model.meta.")
+
+
+def check_best_small_data_regime(answer, grid) -> bool:
+    """Lesson 02: the regime with the best mean balanced accuracy at the smallest data fraction of `grid`."""
+    small = grid[grid["frac"] == grid["frac"].min()]
+    truth = small.groupby("regime")["balanced_accuracy"].mean().idxmax()
+    return _verdict(answer, answer == truth, "filter the grid on the smallest 'frac', group by 'regime' and take "
+                    "the idxmax of the mean 'balanced_accuracy' (a regime name, e.g. 'head only').",
+                    f"in this run {truth!r} was best with the least data.")
+
+
+def check_head_only_params(answer) -> bool:
+    """Lesson 02: how many weights (ndim > 1) and biases of the Linear head a 'head only' lite0 2-class model trains."""
+    from .models import pretrained
+    head = pretrained("efficientnet_lite0", 2, pretrained=False).head
+    truth = sum(p.numel() for p in head.parameters())
+    return _verdict(answer, answer is not None and int(answer) == truth,
+                    "the head is Dropout + Linear(1280, 2): count its weight matrix and its bias.",
+                    f"{truth:,} parameters, against about 3.4 million in the body: that is why head-only training "
+                    "needs so little data.")

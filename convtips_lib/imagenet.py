@@ -1,11 +1,28 @@
-"""ImageNet predictions: preprocessing as a model expects it, and top-k labels with probabilities."""
+"""ImageNet predictions: preprocessing as a model expects it, top-k labels, what wrong preprocessing does, photos."""
 from __future__ import annotations
 
-import numpy as np
-import torch
-from PIL import Image
+import io
+import re
+from functools import lru_cache
+from pathlib import Path
 
-__all__ = ["imagenet_labels", "preprocess", "topk"]
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data import BadImageError
+from .models import IMAGENET_STATS
+
+__all__ = ["imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "prediction_summary",
+           "preprocessing_variants", "load_user_image", "sample_photo", "photo_top5", "photo_widget"]
+
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")   # skimage.data, offline
+
+
+@lru_cache(maxsize=1)
+def _labels() -> tuple:
+    return tuple(imagenet_labels())
 
 
 def imagenet_labels() -> list:
@@ -37,3 +54,126 @@ def topk(model, img, k: int = 5, size: int | None = None, **kw) -> list:
     vals, idx = p.topk(k)
     labels = imagenet_labels()
     return [(labels[i], float(v)) for v, i in zip(vals, idx)]
+
+
+def _target_ids(target: str) -> list:
+    """Indices of the classes whose description contains the word `target` ('cat' -> tabby, tiger cat, ...)."""
+    ids = [i for i, d in enumerate(_labels()) if re.search(rf"\b{re.escape(target)}\b", d, re.IGNORECASE)]
+    if not ids:
+        raise ValueError(f"no ImageNet class description contains the word {target!r}: "
+                         "try a broader word ('cat', 'dog', 'cup'), or see imagenet_labels()")
+    return ids
+
+
+def prediction_summary(model, x: torch.Tensor, target: str | None = None, k: int = 5) -> dict:
+    """Top-1 label and probability on a (1, 3, H, W) batch, model left as it is (no eval()); `target` in the top k?"""
+    with torch.no_grad():
+        p = model(x.to(next(model.parameters()).device)).softmax(1)[0].cpu()
+    top = p.topk(k).indices.tolist()
+    out = dict(label=_labels()[top[0]], prob=float(p[top[0]]))
+    if target is not None:
+        ids = _target_ids(target)
+        out.update(target_in_topk=bool(set(ids) & set(top)), target_prob=float(p[ids].sum()))
+    return out
+
+
+def _center_crop(img, size: int) -> Image.Image:
+    im = Image.fromarray(np.asarray(img)).convert("RGB")
+    w, h = im.size
+    left, top = max(0, (w - size) // 2), max(0, (h - size) // 2)
+    return im.crop((left, top, left + size, top + size))
+
+
+def _variants(size: int, stats) -> list:
+    """(name, what changes, image transform, preprocess kwargs) for the right and the usual wrong preprocessing."""
+    same, unscaled = (lambda im: im), ((0,) * 3, (1 / 255,) * 3)   # (x - 0) / (1/255): pixels back in 0-255
+    crop = lambda im: _center_crop(im, size)  # noqa: E731
+    return [("correct", f"resize to {size} px, stats {stats[0][0]:g}/{stats[1][0]:g}", same, dict(size=size)),
+            ("no normalisation", "pixels in [0, 1]", same, dict(size=size, normalize=False)),
+            ("pixels 0-255", "forgot / 255 (and normalisation)", same, dict(size=size, stats=unscaled)),
+            ("ImageNet mean/std", "the usual stats, not the model's", same, dict(size=size, stats=IMAGENET_STATS)),
+            ("BGR", "channels in OpenCV order", same, dict(size=size, bgr=True)),
+            ("half size", f"{size // 2} px instead of {size}", same, dict(size=size // 2)),
+            ("64 px", "the smoke profile's size", same, dict(size=64)),
+            ("center crop, no resize", f"a {size} px crop of the full-resolution photo", crop, dict(size=size))]
+
+
+def preprocessing_variants(model, img, target: str | None = None, k: int = 5) -> pd.DataFrame:
+    """Top-1 label and probability (and whether `target` is in the top `k`) under right and wrong preprocessing."""
+    meta = model.meta
+    model.eval()
+    rows = []
+    for name, change, tfm, kw in _variants(meta["input_size"], meta["stats"]):
+        kw = dict(dict(stats=meta["stats"]), **kw)
+        x = preprocess(tfm(img), kw.pop("size"), kw.pop("stats"), **kw)
+        rows.append(dict(variant=name, change=change, **prediction_summary(model, x, target, k)))
+    return pd.DataFrame(rows)
+
+
+def load_user_image(path_or_bytes, name: str | None = None) -> np.ndarray:
+    """An uploaded or local image file (path or raw bytes) as an (H, W, 3) uint8 RGB array; names a bad file."""
+    is_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
+    name = name or ("the uploaded image" if is_bytes else str(path_or_bytes))
+    try:
+        src = io.BytesIO(bytes(path_or_bytes)) if is_bytes else Path(path_or_bytes)
+        with Image.open(src) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadImageError(f"cannot read image {name}: {e}. Upload a JPEG or PNG photo, "
+                            f"or pick one of the sample photos ({', '.join(SAMPLE_PHOTOS)}).") from e
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of scikit-image's bundled photos (`SAMPLE_PHOTOS`) as an (H, W, 3) uint8 RGB array."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}: choose one of {', '.join(SAMPLE_PHOTOS)}, "
+                         "or pass an image array or the bytes of an uploaded file")
+    import skimage.data
+    img = getattr(skimage.data, name)()
+    return np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+
+
+def photo_top5(model, name_or_image) -> pd.DataFrame:
+    """Top-5 (rank, label, probability) of an ImageNet classifier on a sample photo's name, an image, or file bytes."""
+    if isinstance(name_or_image, str):
+        img = sample_photo(name_or_image)
+    elif isinstance(name_or_image, (bytes, bytearray, memoryview)):
+        img = load_user_image(name_or_image)
+    else:
+        img = name_or_image
+    return pd.DataFrame([dict(rank=i + 1, label=lab, prob=p) for i, (lab, p) in enumerate(topk(model, img, k=5))])
+
+
+def _show_photo(out, model, img, title: str) -> None:
+    """Draw `img` and its top-5 table into the Output widget `out`."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    with out:
+        out.clear_output(wait=True)
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ax.imshow(img)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        plt.show()
+        display(photo_top5(model, img))
+
+
+def photo_widget(model):
+    """A Dropdown of sample photos and a FileUpload: shows the image and the model's top-5 table."""
+    import ipywidgets as w
+    pick, upload = w.Dropdown(options=SAMPLE_PHOTOS, description="photo"), w.FileUpload(accept="image/*")
+    out = w.Output()
+
+    def _on_upload(change):
+        f = change["new"][-1]
+        try:
+            _show_photo(out, model, load_user_image(f["content"], f["name"]), f["name"])
+        except BadImageError as e:
+            with out:
+                out.clear_output()
+                print(e)
+
+    pick.observe(lambda ch: _show_photo(out, model, sample_photo(ch["new"]), ch["new"]), names="value")
+    upload.observe(_on_upload, names="value")
+    _show_photo(out, model, sample_photo(pick.value), pick.value)
+    return w.VBox([w.HBox([pick, upload]), out])

@@ -2,7 +2,8 @@
 import pytest
 
 from convtips_lib.data import elpv_frame
-from convtips_lib.exercises import check_poly_defect_rate, check_valid_defectives
+from convtips_lib.exercises import (check_best_small_data_regime, check_cat_preprocessing, check_head_only_params,
+                                    check_param_count, check_poly_defect_rate, check_valid_defectives)
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +29,47 @@ def test_poly_rate_tolerance_and_percent_hint(df, capsys):
     assert check_poly_defect_rate(truth + 0.001) is True
     assert check_poly_defect_rate(100 * truth) is False     # a percentage, not a fraction
     assert "fraction between 0 and 1" in capsys.readouterr().out
+
+
+def test_param_count(capsys):
+    assert check_param_count(11_177_538) is True
+    assert check_param_count(11_689_512) is False      # the ImageNet head's count
+    assert "512 * 2" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def lite0_and_cat():
+    from skimage.data import chelsea
+    from convtips_lib.models import pretrained
+    return pretrained("efficientnet_lite0").eval(), chelsea()
+
+
+@pytest.mark.parametrize("kw, hint", [(dict(bgr=True), "BGR"), (dict(size=64), "shape"),
+                                      (dict(stats=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))), "normalisation"),
+                                      (dict(stats=((0, 0, 0), (1 / 255,) * 3)), "too large")])
+def test_cat_preprocessing_names_the_mistake(lite0_and_cat, capsys, kw, hint):
+    from convtips_lib.imagenet import preprocess
+    model, img = lite0_and_cat
+    args = {**dict(size=model.meta["input_size"], stats=model.meta["stats"]), **kw}
+    assert check_cat_preprocessing(preprocess(img, args.pop("size"), args.pop("stats"), **args), model, img) is False
+    assert hint in capsys.readouterr().out
+
+
+def test_cat_preprocessing_right(lite0_and_cat, capsys):
+    from convtips_lib.imagenet import preprocess
+    model, img = lite0_and_cat
+    assert check_cat_preprocessing(preprocess(img, model.meta["input_size"], model.meta["stats"]), model, img)
+    assert "cat" in capsys.readouterr().out
+
+
+def test_best_small_data_regime(capsys):
+    import pandas as pd
+    grid = pd.DataFrame(dict(frac=[.1, .1, .5, .5], regime=["head only", "whole network"] * 2,
+                             balanced_accuracy=[.7, .6, .7, .9]))
+    assert check_best_small_data_regime("head only", grid) is True
+    assert check_best_small_data_regime("whole network", grid) is False
+
+
+def test_head_only_params():
+    assert check_head_only_params(1280 * 2 + 2) is True
+    assert check_head_only_params(1280 * 2) is False

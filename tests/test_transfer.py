@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from convtips_lib.profiles import profile
-from convtips_lib.transfer import REGIMES, best_regimes, freeze_grid, freeze_rule, run_regime
+from convtips_lib.transfer import REGIMES, best_regimes, freeze_grid, freeze_rule, run_regime, train_regime
 
 CFG = profile("smoke").with_(img_size=32)
 
@@ -57,3 +57,9 @@ def test_grid_runs_every_cell_on_real_data():
     assert g.groupby("frac")["n_train"].first().is_monotonic_increasing
     assert g[["accuracy", "balanced_accuracy", "f1_macro"]].stack().between(0, 1).all()
     assert set(REGIMES) >= set(g["regime"])
+
+
+def test_train_regime_history_matches_its_row():
+    hist, row = train_regime(CFG, "from scratch", 0.04, seed=1)
+    assert list(hist["regime"].unique()) == ["from scratch"] and len(hist) == row["epochs"] == CFG.epochs
+    assert hist["accuracy"].iloc[-1] == pytest.approx(row["accuracy"], abs=1e-6)

@@ -1,0 +1,126 @@
+"""Tests for convtips_lib.imagenet: top-k, preprocessing variants, user images and sample photos."""
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+from skimage.data import chelsea  # noqa: E402
+
+from convtips_lib.data import BadImageError  # noqa: E402
+from convtips_lib.imagenet import (SAMPLE_PHOTOS, load_user_image, photo_top5, photo_widget,  # noqa: E402
+                                   prediction_summary, preprocess, preprocessing_variants, sample_photo, topk)
+from convtips_lib.models import pretrained  # noqa: E402
+
+CATS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return pretrained("efficientnet_lite0").eval()
+
+
+@pytest.fixture(scope="module")
+def variants(lite0):
+    return preprocessing_variants(lite0, chelsea(), target="cat").set_index("variant")
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- predictions and preprocessing variants
+
+def test_topk_on_chelsea_is_a_cat(lite0):
+    (label, p), *_ = topk(lite0, chelsea())
+    assert label.startswith(CATS) and p > 0.5
+
+
+def test_prediction_summary_target(lite0):
+    x = preprocess(chelsea(), 224, lite0.meta["stats"])
+    s = prediction_summary(lite0, x, target="cat")
+    assert s["target_in_topk"] and 0.5 < s["target_prob"] <= 1 and s["prob"] <= 1
+    assert set(prediction_summary(lite0, x)) == {"label", "prob"}
+    with pytest.raises(ValueError, match="no ImageNet class.*'zzzq'"):
+        prediction_summary(lite0, x, target="zzzq")
+
+
+def test_preprocessing_variants_table(variants):
+    assert list(variants.columns) == ["change", "label", "prob", "target_in_topk", "target_prob"]
+    assert {"correct", "no normalisation", "pixels 0-255", "ImageNet mean/std", "BGR", "half size", "64 px",
+            "center crop, no resize"} == set(variants.index)
+    assert variants["prob"].between(0, 1).all()
+
+
+def test_correct_preprocessing_gives_a_cat(variants):
+    correct = variants.loc["correct"]
+    assert correct["label"].startswith(CATS) and correct["target_in_topk"]
+
+
+def test_unscaled_pixels_lose_the_cat(variants):
+    assert not variants.loc["pixels 0-255", "target_in_topk"]
+    assert variants.loc["pixels 0-255", "target_prob"] < 0.2 * variants.loc["correct", "target_prob"]
+    assert variants.loc["BGR", "prob"] != variants.loc["correct", "prob"]
+
+
+# ---------------------------------------------------------------- user images and sample photos
+
+def test_load_user_image_from_bytes_and_path(tmp_path):
+    gray = (np.arange(20 * 30) % 256).astype(np.uint8).reshape(20, 30)
+    arr = load_user_image(_png_bytes(gray))
+    assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8 and (arr[..., 0] == gray).all()
+    path = tmp_path / "cat.png"
+    path.write_bytes(_png_bytes(chelsea()))
+    assert (load_user_image(path) == chelsea()).all()
+
+
+def test_load_user_image_corrupt_bytes_names_the_file(tmp_path):
+    with pytest.raises(BadImageError, match="holiday.jpg.*JPEG or PNG"):
+        load_user_image(b"not an image at all", name="holiday.jpg")
+    with pytest.raises(BadImageError, match="uploaded image"):
+        load_user_image(_png_bytes(chelsea())[:100])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(BadImageError, match="broken.png"):
+        load_user_image(bad)
+
+
+@pytest.mark.parametrize("name", SAMPLE_PHOTOS)
+def test_sample_photos_are_rgb(name):
+    img = sample_photo(name)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+
+
+def test_sample_photo_unknown_lists_choices():
+    with pytest.raises(ValueError, match="chelsea, coffee"):
+        sample_photo("mona_lisa")
+
+
+def test_photo_top5_by_name_and_by_upload(lite0):
+    df = photo_top5(lite0, "chelsea")
+    assert list(df.columns) == ["rank", "label", "prob"] and list(df["rank"]) == [1, 2, 3, 4, 5]
+    assert df["prob"].is_monotonic_decreasing and df["label"][0].startswith(CATS)
+    uploaded = photo_top5(lite0, _png_bytes(chelsea()))
+    assert list(uploaded["label"]) == list(df["label"])
+
+
+def test_photo_widget_builds(lite0):
+    box = photo_widget(lite0)
+    pick, upload = box.children[0].children
+    assert tuple(pick.options) == SAMPLE_PHOTOS and upload.accept == "image/*"
+
+
+def test_photo_widget_callbacks(lite0, capsys):
+    """Outside a kernel the Output widget lets prints through: the callbacks' text shows in stdout."""
+    import datetime
+    pick, upload = photo_widget(lite0).children[0].children
+    pick.value = "coffee"
+    assert "espresso" in capsys.readouterr().out
+    upload.value = ({"name": "bad.jpg", "type": "image/jpeg", "size": 2, "content": memoryview(b"xx"),
+                     "last_modified": datetime.datetime.now()},)
+    assert "cannot read image bad.jpg" in capsys.readouterr().out
