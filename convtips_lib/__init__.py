@@ -10,7 +10,7 @@ from .data import (TASKS, elpv_frame, subsample, elpv_dls, folder_dls, untar_dls
 from .models import (OFFLINE_WEIGHTS, pretrained, param_groups, freeze, unfreeze, list_archs, load_weights,  # noqa: E402
                      sha256sum, UnknownModelError, HubUnreachableError, WeightsChecksumError)
 from .train import make_learner, fit, fit_gradual, history  # noqa: E402
-from .measure import evaluate, classification_metrics, count_params, count_flops, latency  # noqa: E402
+from .measure import evaluate, classification_metrics, count_params, count_flops, latency, noise_band  # noqa: E402
 from .results import Results, load_results  # noqa: E402
 from .plots import plot_history, plot_confusion, show_images, plot_bars, plot_heatmap, plot_lines  # noqa: E402
 from .imagenet import (imagenet_labels, preprocess, topk, SAMPLE_PHOTOS, sample_photo, load_user_image,  # noqa: E402
@@ -34,7 +34,7 @@ __all__ = ["Profile", "PROFILES", "profile", "ProfileError", "in_colab", "device
            "check_images", "BadImageError", "DataUnreachableError", "OFFLINE_WEIGHTS", "pretrained", "param_groups",
            "freeze", "unfreeze", "list_archs", "load_weights", "sha256sum", "UnknownModelError",
            "HubUnreachableError", "WeightsChecksumError", "make_learner", "fit", "fit_gradual", "history", "evaluate",
-           "classification_metrics", "count_params", "count_flops", "latency", "Results", "load_results",
+           "classification_metrics", "count_params", "count_flops", "latency", "noise_band", "Results", "load_results",
            "plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines",
            "imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "sample_photo", "load_user_image",
            "preprocessing_variants", "photo_top5", "photo_widget",

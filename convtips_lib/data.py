@@ -41,6 +41,29 @@ def open_image(path) -> PILImage:
                             "or build the data with on_bad='skip' to leave it out.") from e
 
 
+@lru_cache(maxsize=16384)
+def _open_resized(path: str, size: int, mtime_ns: int) -> PILImage:
+    """`open_image` resized to size x size, memoised per (file, size, modification time)."""
+    return PILImage.create(open_image(path).resize((size, size), Image.BILINEAR))
+
+
+class OpenResized:
+    """Item opener for square images (ELPV): decodes and resizes each file once per session, then serves the copy.
+
+    Repeated fits in one session (a grid of experiments) stop paying the PNG decode; a changed file is re-read.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, path) -> PILImage:
+        try:
+            mtime = Path(path).stat().st_mtime_ns
+        except OSError:
+            return open_image(path)   # raises BadImageError naming the file
+        return _open_resized(str(path), self.size, mtime)
+
+
 def check_images(paths, on_bad: str = "raise") -> list:
     """The paths that open as images; a bad one raises `BadImageError` (on_bad='raise') or is skipped with a warning."""
     if on_bad not in ("raise", "skip"):
@@ -118,8 +141,8 @@ def _task_column(task: str) -> str:
     return TASKS[task]
 
 
-def _image_block() -> TransformBlock:
-    return TransformBlock(type_tfms=open_image, batch_tfms=IntToFloatTensor)
+def _image_block(opener=open_image) -> TransformBlock:
+    return TransformBlock(type_tfms=opener, batch_tfms=IntToFloatTensor)
 
 
 def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
@@ -130,8 +153,9 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
-    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_x=ColReader("path"), get_y=ColReader(col),
-                       splitter=ColSplitter("is_valid"), item_tfms=Resize(size or cfg.img_size),
+    size = size or cfg.img_size
+    dblock = DataBlock(blocks=(_image_block(OpenResized(size)), CategoryBlock), get_x=ColReader("path"),
+                       get_y=ColReader(col), splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
                        batch_tfms=list(tfms or []))
     return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
                               seed=seed, shuffle=True)

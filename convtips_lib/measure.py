@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
-__all__ = ["Evaluation", "evaluate", "classification_metrics", "count_params", "count_flops", "latency"]
+__all__ = ["Evaluation", "evaluate", "classification_metrics", "count_params", "count_flops", "latency", "noise_band"]
 
 
 def classification_metrics(y_true, y_pred) -> dict:
@@ -44,6 +44,11 @@ def evaluate(learn, dl=None) -> Evaluation:
     vocab = list(learn.dls.vocab)
     return Evaluation(vocab, y_true, y_pred, probs.numpy(), classification_metrics(y_true, y_pred),
                       confusion_matrix(y_true, y_pred, labels=range(len(vocab))))
+
+
+def noise_band(p: float, n: int, z: float = 2.0) -> float:
+    """`z` binomial standard errors of a rate `p` measured on `n` samples: differences below it are noise."""
+    return z * float(np.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)))
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

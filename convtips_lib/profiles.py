@@ -46,11 +46,11 @@ _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_e
 
 PROFILES = {
     "smoke": Profile("smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25,
-                     fractions=(0.1, 0.3), n_seeds=1, n_members=2, zoo_archs=_ZOO_SMALL[:5] + ("vgg16",),
+                     fractions=(0.05, 0.2), n_seeds=1, n_members=2, zoo_archs=_ZOO_SMALL[:5] + ("vgg16",),
                      latency_reps=2, head_epochs=3, decides_claims=False),
-    "cpu": Profile("cpu", img_size=128, bs=32, epochs=3, lr=2e-3, train_frac=0.5,
-                   fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=2, n_members=3, zoo_archs=_ZOO_SMALL,
-                   latency_reps=5, head_epochs=10, decides_claims=True),
+    "cpu": Profile("cpu", img_size=128, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
+                   fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
+                   latency_reps=5, head_epochs=5, decides_claims=True),
     "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
                    fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
                    latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4),

@@ -11,7 +11,7 @@ from torch import nn
 from .env import is_quiet, seed_everything
 from .models import Classifier, freeze, param_groups, pretrained
 
-__all__ = ["History", "make_learner", "fit", "fit_gradual", "history"]
+__all__ = ["History", "make_learner", "fit", "fit_gradual", "history", "last_metrics"]
 
 
 class History(Callback):
@@ -99,3 +99,12 @@ def fit_gradual(learn: Learner, lr: float, epochs: int = 1, stages=("head", "mid
 def history(learn: Learner) -> pd.DataFrame:
     """Per-epoch losses and metrics of every fit so far."""
     return pd.DataFrame(learn.history.rows)
+
+
+_METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy_score": "balanced_accuracy", "f1_score": "f1_macro"}
+
+
+def last_metrics(learn: Learner) -> dict:
+    """Validation accuracy, balanced accuracy and macro F1 after the last epoch, as `evaluate` names them (no extra pass)."""
+    row = learn.history.rows[-1]
+    return {new: row[old] for old, new in _METRIC_NAMES.items()}

@@ -10,8 +10,7 @@ import pandas as pd
 
 from .data import elpv_dls, elpv_frame, subsample
 from .features import body_stages, cached_features, fit_head, split_at
-from .measure import evaluate
-from .train import fit, fit_gradual, make_learner
+from .train import fit, fit_gradual, last_metrics, make_learner
 
 __all__ = ["REGIMES", "train_regime", "run_regime", "freeze_grid", "best_regimes", "freeze_rule", "fraction_masks", "linear_curve",
            "quick_transfer", "transfer_widget"]
@@ -29,9 +28,12 @@ FROZEN_SHARE = {"head only": 1.0, "freeze to middle": 0.5, "whole network": 0.0}
 
 
 def _train(learn, cfg, spec: dict) -> pd.DataFrame:
+    """Train one regime for about `cfg.epochs` epochs in all (at least one epoch per phase or stage)."""
     if spec.get("gradual"):
-        return fit_gradual(learn, cfg.lr, epochs=cfg.epochs)
-    return fit(learn, cfg.epochs, cfg.lr, fine_tune=spec.get("fine_tune", False))
+        return fit_gradual(learn, cfg.lr, epochs=max(1, round(cfg.epochs / 3)))
+    if spec.get("fine_tune"):
+        return fit(learn, max(1, cfg.epochs - 1), cfg.lr, fine_tune=True, freeze_epochs=1)
+    return fit(learn, cfg.epochs, cfg.lr)
 
 
 def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str = "efficientnet_lite0",
@@ -44,8 +46,7 @@ def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str = "effi
     dls = elpv_dls(cfg, task=task, frac=frac, seed=seed)
     learn = make_learner(dls, arch, pretrained_=spec["pretrained_"], depth=spec["depth"], seed=seed)
     hist = _train(learn, cfg, spec)
-    ev = evaluate(learn)
-    row = dict(regime=regime, frac=frac, n_train=len(dls.train_ds), seed=seed, epochs=len(hist), **ev.metrics,
+    row = dict(regime=regime, frac=frac, n_train=len(dls.train_ds), seed=seed, epochs=len(hist), **last_metrics(learn),
                seconds=time.perf_counter() - t)
     return hist.assign(regime=regime), row
 

@@ -375,3 +375,26 @@ def test_untar_dls_missing_file_raises_data_unreachable(tmp_path, http_root, sma
     _, port = http_root
     with pytest.raises(DataUnreachableError, match="folder_dls"):
         untar_dls(f"http://127.0.0.1:{port}/absent.tgz", small_cfg, base=tmp_path / "dl")
+
+
+# ---------------------------------------------------------------- memoised opener
+
+def test_open_resized_memoises_and_rereads_a_changed_file(tmp_path):
+    import os
+    from convtips_lib.data import OpenResized
+    path = tmp_path / "cell.png"
+    Image.fromarray(np.full((30, 30), 10, np.uint8)).save(path)
+    opener = OpenResized(8)
+    first = opener(path)
+    assert first.size == (8, 8) and first.mode == "RGB"
+    assert opener(path) is first                                   # served from memory
+    Image.fromarray(np.full((30, 30), 200, np.uint8)).save(path)
+    os.utime(path, ns=(1, 1))                                      # a different modification time
+    again = opener(path)
+    assert again is not first and np.asarray(again).mean() == pytest.approx(200, abs=1)
+
+
+def test_open_resized_names_a_missing_file(tmp_path):
+    from convtips_lib.data import OpenResized
+    with pytest.raises(BadImageError, match="gone.png"):
+        OpenResized(8)(tmp_path / "gone.png")

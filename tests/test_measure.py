@@ -122,3 +122,10 @@ def test_per_class_recall_from_confusion():
     assert ev.per_class_recall == {"a": pytest.approx(0.75), "b": pytest.approx(0.5)}
     empty = Evaluation(["a", "b"], np.zeros(0), np.zeros(0), np.zeros((0, 2)), {}, np.zeros((2, 2), int))
     assert empty.per_class_recall == {"a": 0.0, "b": 0.0}
+
+
+def test_noise_band_is_two_binomial_standard_errors():
+    from convtips_lib.measure import noise_band
+    assert noise_band(0.5, 100) == pytest.approx(2 * 0.05)
+    assert noise_band(0.8, 654, z=1) == pytest.approx((0.8 * 0.2 / 654) ** 0.5)
+    assert noise_band(0.8, 2600) < noise_band(0.8, 650)

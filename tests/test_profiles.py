@@ -27,7 +27,7 @@ def test_smoke_profile_fields():
     assert cfg.epochs == 1
     assert cfg.lr == pytest.approx(3e-3)
     assert cfg.train_frac == pytest.approx(0.25)
-    assert cfg.fractions == (0.1, 0.3)
+    assert cfg.fractions == (0.05, 0.2)
     assert cfg.n_seeds == 1
     assert cfg.n_members == 2
     assert cfg.zoo_archs == ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100",

@@ -7,7 +7,7 @@ from fastai.vision.all import Normalize, ProgressCallback
 from convtips_lib.data import elpv_dls
 from convtips_lib.models import pretrained
 from convtips_lib.profiles import profile
-from convtips_lib.train import fit, fit_gradual, history, make_learner
+from convtips_lib.train import fit, fit_gradual, history, last_metrics, make_learner
 
 CFG = profile("smoke").with_(img_size=32, bs=64)
 FRAC = 0.08   # about 160 training images: a fit takes about a second
@@ -96,3 +96,12 @@ def test_fit_gradual_unfreezes_stage_by_stage(dls):
     hist = fit_gradual(learn, 1e-3, epochs=1, stages=("head", "middle", "none"))
     assert list(hist["phase"]) == ["frozen: head", "frozen: middle", "frozen: none"]
     assert all(p.requires_grad for p in learn.model.parameters())
+
+
+def test_last_metrics_equal_a_fresh_evaluation(dls):
+    from convtips_lib.measure import evaluate
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    fit(learn, 1, 1e-3)
+    got, want = last_metrics(learn), evaluate(learn).metrics
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want)
