@@ -70,8 +70,11 @@ def check_cat_preprocessing(x, model, img) -> bool:
     model.eval()
     with __import__("torch").no_grad():
         label = imagenet_labels()[int(model(x).argmax())]
-    return _verdict("your tensor", mistake is None, f"{mistake} (the model now says {label!r}).",
-                    f"the model sees a {label!r}: size, channel order and normalisation all match model.meta.")
+    if mistake is None:
+        print(f"Correct! The model sees a {label!r}: size, channel order and normalisation all match model.meta.")
+    else:
+        print(f"Not quite: {mistake} (the model now says {label!r}).")
+    return mistake is None
 
 
 def check_best_small_data_regime(answer, grid) -> bool:

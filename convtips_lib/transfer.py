@@ -89,10 +89,13 @@ def freeze_rule(grid: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:
 
 def fraction_masks(dls, fractions, seed: int) -> dict:
     """{frac: bool mask (N_train,)} of the rows of `dls.train_ds` that `subsample(frac, seed)` keeps (nested)."""
-    paths, df = dls.train_ds.items["path"], elpv_frame()
-    masks = {f: paths.isin(subsample(df, f, seed).query("not is_valid")["path"]).to_numpy() for f in fractions}
-    if not all(m.any() for m in masks.values()):
-        raise ValueError("a fraction keeps no rows of these DataLoaders: build them with frac >= max(fractions)")
+    paths, df, masks = dls.train_ds.items["path"], elpv_frame(), {}
+    for f in fractions:
+        keep = subsample(df, f, seed).query("not is_valid")["path"]
+        masks[f] = paths.isin(keep).to_numpy()
+        if masks[f].sum() != len(keep):
+            raise ValueError(f"these DataLoaders hold only {masks[f].sum()} of the {len(keep)} training images of "
+                             f"fraction {f}: build them with frac >= max(fractions) and the same seed ({seed})")
     return masks
 
 

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from convtips_lib.profiles import profile
-from convtips_lib.transfer import REGIMES, best_regimes, freeze_grid, freeze_rule, run_regime, train_regime
+from convtips_lib.transfer import (REGIMES, best_regimes, fraction_masks, freeze_grid, freeze_rule, linear_curve,
+                                   quick_transfer, run_regime, train_regime, transfer_widget)
 
 CFG = profile("smoke").with_(img_size=32)
 
@@ -63,3 +64,51 @@ def test_train_regime_history_matches_its_row():
     hist, row = train_regime(CFG, "from scratch", 0.04, seed=1)
     assert list(hist["regime"].unique()) == ["from scratch"] and len(hist) == row["epochs"] == CFG.epochs
     assert hist["accuracy"].iloc[-1] == pytest.approx(row["accuracy"], abs=1e-6)
+
+
+# ---------------------------------------------------------------- feature-based helpers
+
+def test_fraction_masks_are_nested_subsets_of_the_loaders():
+    from convtips_lib.data import elpv_dls
+    dls = elpv_dls(CFG, frac=0.08, seed=3)
+    masks = fraction_masks(dls, (0.02, 0.08), seed=3)
+    assert masks[0.08].all() and 0 < masks[0.02].sum() < masks[0.08].sum()
+    assert not (masks[0.02] & ~masks[0.08]).any()
+    with pytest.raises(ValueError, match="max\\(fractions\\)"):
+        fraction_masks(elpv_dls(CFG, frac=0.02, seed=3), (0.02, 0.5), seed=4)
+
+
+def test_linear_curve_fits_each_fraction():
+    import numpy as np
+    from convtips_lib.handcrafted import svm_baseline
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 2
+    x = rng.normal(size=(200, 5)) + y[:, None]
+    masks = {0.25: np.arange(200) < 50, 1.0: np.ones(200, bool)}
+    curve = linear_curve(x, y, x, y, masks, svm_baseline, C=1.0)
+    assert list(curve["n_train"]) == [50, 200] and (curve["accuracy"] > 0.7).all()
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from convtips_lib.models import pretrained
+    return pretrained("efficientnet_lite0", 2)
+
+
+def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0, tmp_path):
+    import torch
+    before = {k: v.clone() for k, v in lite0.state_dict().items()}
+    first = quick_transfer(lite0, CFG, 0.04, trainable_stages=1, cache_dir=tmp_path, seed=0)
+    again = quick_transfer(lite0, CFG, 0.04, trainable_stages=1, cache_dir=tmp_path, seed=0)
+    assert not first["cache_hit"] and again["cache_hit"]
+    assert first["balanced_accuracy"] == again["balanced_accuracy"]
+    assert all(torch.equal(v, lite0.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="trainable_stages"):
+        quick_transfer(lite0, CFG, 0.04, trainable_stages=99, cache_dir=tmp_path)
+
+
+def test_transfer_widget_builds(lite0, tmp_path):
+    import ipywidgets as w
+    box = transfer_widget(lite0, CFG, cache_dir=tmp_path)
+    frac, stages, button = box.children[0].children
+    assert isinstance(box, w.VBox) and list(frac.options) == list(CFG.fractions) and stages.max == 3
