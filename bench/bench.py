@@ -2,6 +2,7 @@
 
     python bench/bench.py                      # parts only, profile smoke -> bench/results/bench_<profile>_<machine>.json
     python bench/bench.py --course             # also time `convtips run` of every lesson in the smoke profile
+    python bench/bench.py --course --course-profile cpu --lessons 01 02   # lessons in the cpu profile
     python bench/bench.py --profile cpu --archs efficientnet_lite0 resnet18
 """
 from __future__ import annotations
@@ -70,13 +71,16 @@ def arch_speed(arch: str, cfg) -> dict:
 
 
 def course_run(profile: str, lessons: list) -> dict:
-    """Wall seconds of `convtips run` per lesson, parsed from its progress lines."""
-    cmd = [sys.executable, "-m", "convtips_lib.cli", "run", *lessons, "--profile", profile, "--out", "runs/bench"]
+    """Wall seconds of `convtips run` per lesson (parsed from its progress lines) and each lesson's claims."""
+    out_dir = HERE.parent / "runs" / f"bench_{profile}"
+    cmd = [sys.executable, "-m", "convtips_lib.cli", "run", *lessons, "--profile", profile, "--out", str(out_dir)]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
     per = {line.split("] ")[1].split(" ")[0]: float(line.rsplit("ok in ", 1)[1].split(" s")[0])
            for line in out.stdout.splitlines() if " ok in " in line}
-    return dict(profile=profile, returncode=out.returncode, total_s=time.perf_counter() - t, per_lesson_s=per)
+    claims = {r["lesson"]: r["claims"] for r in ctl.load_results(out_dir / "results")}
+    return dict(profile=profile, returncode=out.returncode, total_s=time.perf_counter() - t, per_lesson_s=per,
+                claims=claims)
 
 
 def main(argv=None) -> Path:
@@ -84,7 +88,8 @@ def main(argv=None) -> Path:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--archs", nargs="*", default=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
                                                    "resnet18", "resnet50", "mobilenetv3_large_100"])
-    ap.add_argument("--course", action="store_true", help="also time `convtips run` of every lesson (smoke)")
+    ap.add_argument("--course", action="store_true", help="also time `convtips run` of the lessons")
+    ap.add_argument("--course-profile", default="smoke", help="profile of the course run (default smoke)")
     ap.add_argument("--lessons", nargs="*", default=[])
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -93,9 +98,10 @@ def main(argv=None) -> Path:
                loading=[loading_speed(cfg, aug) for aug in (False, True)],
                archs=[arch_speed(a, cfg) for a in args.archs])
     if args.course:
-        rec["course"] = course_run("smoke", args.lessons)
+        rec["course"] = course_run(args.course_profile, args.lessons)
     tag = "gpu" if rec["machine"]["gpu"] else f"cpu{os.cpu_count()}"
-    out = Path(args.out or HERE / "results" / f"bench_{cfg.name}_{tag}.json")
+    course = f"_course-{args.course_profile}" if args.course else ""
+    out = Path(args.out or HERE / "results" / f"bench_{cfg.name}{course}_{tag}.json")
     atomic_write(out, json.dumps(rec, indent=1))
     print(json.dumps(rec, indent=1))
     return out

@@ -195,7 +195,8 @@ def _split_classifier(model: nn.Module):
     if hasattr(model, "get_classifier") and hasattr(model, "reset_classifier"):
         fc = model.get_classifier()
         model.reset_classifier(0)
-        return model, model.num_features, fc
+        nf = getattr(model, "head_hidden_size", None) or model.num_features   # mobilenetv3: 1280 after conv_head
+        return model, nf, fc
     parent_name, child = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     *path, last = parent_name.split(".")
     parent = model.get_submodule(".".join(path)) if path else model

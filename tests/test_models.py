@@ -290,3 +290,11 @@ def test_list_archs_offline_and_timm():
 def test_list_archs_bad_source():
     with pytest.raises(ValueError, match="torchvision"):
         list_archs("*", "keras")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16", "tv:resnet18",
+                                  "efficientnet_lite0"])
+def test_new_head_fits_the_body_features(name):
+    model = pretrained(name, 3, pretrained=False).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
