@@ -32,14 +32,25 @@ def machine() -> dict:
                 fastai=env["fastai"], timm=env["timm"], python=env["python"])
 
 
-def loading_speed(cfg, aug: bool, n_batches: int = 8) -> dict:
-    """Images/s of the ELPV training DataLoader (decode, resize, batch; with fastai's aug_transforms if `aug`)."""
-    from fastai.vision.all import aug_transforms
-    dls = ctl.elpv_dls(cfg, tfms=aug_transforms(size=cfg.img_size) if aug else None, seed=0)
-    it, n, t = iter(dls.train), 0, time.perf_counter()
-    for _ in range(min(n_batches, len(dls.train))):
+def _images_per_s(dl, n_batches: int) -> float:
+    it, n, t = iter(dl), 0, time.perf_counter()
+    for _ in range(min(n_batches, len(dl))):
         n += len(next(it)[0])
-    return dict(augment=aug, images=n, images_per_s=n / (time.perf_counter() - t))
+    return n / (time.perf_counter() - t)
+
+
+def loading_speed(cfg, aug: bool, n_batches: int = 8) -> dict:
+    """Images/s of the ELPV training DataLoader (decode, resize, batch; fastai's aug_transforms if `aug`).
+
+    `cold`: first pass, every PNG decoded; `warm`: again, decoded images served from the session's memo.
+    """
+    from fastai.vision.all import aug_transforms
+    from convtips_lib.data import _open_resized
+    _open_resized.cache_clear()
+    dls = ctl.elpv_dls(cfg, tfms=aug_transforms(size=cfg.img_size) if aug else None, seed=0)
+    cold = _images_per_s(dls.train.new(shuffle=False), n_batches)
+    return dict(augment=aug, cold_images_per_s=cold, warm_images_per_s=_images_per_s(dls.train.new(shuffle=False),
+                                                                                      n_batches))
 
 
 def train_speed(arch: str, cfg, steps: int = 3) -> dict:
