@@ -114,4 +114,4 @@ def test_with_rejects_unknown_field():
 def test_as_dict_has_every_field():
     d = profile("cpu").as_dict()
     assert set(d) == {f.name for f in dataclasses.fields(Profile)}
-    assert d["name"] == "cpu" and d["img_size"] == 128
+    assert d["name"] == "cpu" and d["img_size"] == 112
