@@ -17,6 +17,12 @@ def results_dir() -> Path:
     return Path(os.environ.get("CONVTIPS_RESULTS", "results"))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, data: bytes | str) -> Path:
     """Write `data` to `path` via a temporary file in the same folder and a rename: never a half-written file."""
     path = Path(path)
@@ -25,6 +31,7 @@ def atomic_write(path, data: bytes | str) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

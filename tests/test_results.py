@@ -204,3 +204,12 @@ def test_save_failure_keeps_previous_record(saved, monkeypatch):
         r.save()
     assert path.read_text() == before
     assert _leftovers(out) == []
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
