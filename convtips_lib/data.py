@@ -155,7 +155,7 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
     size = size or cfg.img_size
     dblock = DataBlock(blocks=(_image_block(OpenResized(size)), CategoryBlock), get_x=ColReader("path"),
-                       get_y=ColReader(col), splitter=ColSplitter("is_valid"), item_tfms=Resize(size),
+                       get_y=ColReader(col), splitter=ColSplitter("is_valid"),
                        batch_tfms=list(tfms or []))
     return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
                               seed=seed, shuffle=True)

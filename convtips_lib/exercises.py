@@ -1,6 +1,8 @@
 """Exercise checks: each returns True/False and prints a helpful message; `None` means not answered yet."""
 from __future__ import annotations
 
+import torch
+
 from .data import elpv_frame
 
 __all__ = ["check_valid_defectives", "check_poly_defect_rate", "check_param_count", "check_cat_preprocessing",
@@ -45,7 +47,6 @@ def check_param_count(answer) -> bool:
 
 def _preprocessing_mistake(x, model, img) -> str | None:
     """Which detail of `x` differs from the right preprocessing of `img` for `model`; None when it matches."""
-    import torch
     from .imagenet import preprocess
     meta = model.meta
     size, stats = meta["input_size"], meta["stats"]
@@ -68,7 +69,7 @@ def check_cat_preprocessing(x, model, img) -> bool:
     from .imagenet import imagenet_labels
     mistake = _preprocessing_mistake(x, model, img)
     model.eval()
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         label = imagenet_labels()[int(model(x).argmax())]
     if mistake is None:
         print(f"Correct! The model sees a {label!r}: size, channel order and normalisation all match model.meta.")
@@ -89,9 +90,10 @@ def check_best_small_data_regime(answer, grid) -> bool:
 def check_head_only_params(answer) -> bool:
     """Lesson 02: how many weights (ndim > 1) and biases of the Linear head a 'head only' lite0 2-class model trains."""
     from .models import pretrained
-    head = pretrained("efficientnet_lite0", 2, pretrained=False).head
-    truth = sum(p.numel() for p in head.parameters())
+    from .measure import count_params
+    model = pretrained("efficientnet_lite0", 2, pretrained=False)
+    truth, body = count_params(model.head), count_params(model.body)
     return _verdict(answer, answer is not None and int(answer) == truth,
                     "the head is Dropout + Linear(1280, 2): count its weight matrix and its bias.",
-                    f"{truth:,} parameters, against about 3.4 million in the body: that is why head-only training "
+                    f"{truth:,} parameters, against {body:,} in the body: that is why head-only training "
                     "needs so little data.")

@@ -102,12 +102,18 @@ def _tfms_repr(dl) -> str:
     return repr(dl.after_item) + repr([t for t in dl.after_batch.fs if not isinstance(t, Normalize)])
 
 
+def _opened_size(dls) -> tuple:
+    """(width, height) of an image as the dataset opens it, before the loader's transforms (e.g. `OpenResized`)."""
+    return tuple(getattr(dls.valid_ds[0][0], "size", ()))
+
+
 def feature_key(model: nn.Module, n: int | None, dls) -> str:
-    """sha256 (hex) of everything the features depend on: arch, prefix weights, n, transforms, stats, split, labels."""
+    """sha256 (hex) of everything the features depend on: arch, prefix weights, n, how images are opened (size),
+    transforms, stats, split, labels."""
     prefix, _ = split_at(model, n)
     meta = getattr(model, "meta", {})
     parts = [meta.get("arch"), _state_hash(prefix), _resolve_n(model, n), meta.get("stats"),
-             _tfms_repr(dls.valid), repr(dls.train_ds.tls[-1].tfms),
+             _opened_size(dls), _tfms_repr(dls.valid), repr(dls.train_ds.tls[-1].tfms),
              _item_paths(dls.train_ds.items), _labels(dls.train_ds),
              _item_paths(dls.valid_ds.items), _labels(dls.valid_ds)]
     return hashlib.sha256(repr(parts).encode()).hexdigest()

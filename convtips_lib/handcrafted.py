@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .data import open_image
+from .data import OpenResized
 from .features import _cached, default_cache_dir
 from .measure import classification_metrics
 
@@ -21,9 +20,9 @@ KINDS = ("hog", "lbp", "hog+lbp")
 def gray_images(paths, size: int) -> np.ndarray:
     """Images as (N, size, size) float32 grayscale in [0, 1] (bilinear resize); a bad file raises BadImageError."""
     out = np.empty((len(paths), size, size), dtype=np.float32)
+    opener = OpenResized(size)   # the decoded, resized images elpv_dls already holds this session
     for i, p in enumerate(paths):
-        img = open_image(p).convert("L").resize((size, size), Image.BILINEAR)
-        out[i] = np.asarray(img, dtype=np.float32) / 255
+        out[i] = np.asarray(opener(p).convert("L"), dtype=np.float32) / 255
     return out
 
 

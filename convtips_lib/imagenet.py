@@ -52,7 +52,7 @@ def topk(model, img, k: int = 5, size: int | None = None, **kw) -> list:
     with torch.no_grad():
         p = model(x.to(next(model.parameters()).device)).softmax(1)[0].cpu()
     vals, idx = p.topk(k)
-    labels = imagenet_labels()
+    labels = _labels()
     return [(labels[i], float(v)) for v, i in zip(vals, idx)]
 
 

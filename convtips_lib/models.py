@@ -241,9 +241,12 @@ def param_groups(model: Classifier) -> list:
     return [g for g in groups if g] + [list(model.head.parameters())]
 
 
+DEPTHS = {"head": 1.0, "middle": 0.5, "none": 0.0}   # named freeze depths: the share of the body frozen
+
+
 def _n_frozen(n_body: int, depth) -> int:
     if isinstance(depth, str):
-        depth = {"head": 1.0, "middle": 0.5, "none": 0.0}.get(depth, depth)
+        depth = DEPTHS.get(depth, depth)
     if isinstance(depth, float) and 0 <= depth <= 1:
         return int(round(depth * n_body))
     if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= n_body:

@@ -10,10 +10,11 @@ import pandas as pd
 
 from .data import elpv_dls, elpv_frame, subsample
 from .features import body_stages, cached_features, fit_head, split_at
+from .models import DEPTHS
 from .train import fit, fit_gradual, last_metrics, make_learner
 
-__all__ = ["REGIMES", "train_regime", "run_regime", "freeze_grid", "best_regimes", "freeze_rule", "fraction_masks", "linear_curve",
-           "quick_transfer", "transfer_widget"]
+__all__ = ["REGIMES", "train_regime", "run_regime", "freeze_grid", "best_regimes", "freeze_rule", "fraction_masks",
+           "linear_curve", "quick_transfer", "transfer_widget"]
 
 # regime -> (pretrained weights?, freeze depth, how to train); depth order: 'head' freezes most.
 REGIMES = {
@@ -24,7 +25,9 @@ REGIMES = {
     "fine_tune (fastai)": dict(pretrained_=True, depth="head", fine_tune=True),
     "gradual unfreezing": dict(pretrained_=True, depth="head", gradual=True),
 }
-FROZEN_SHARE = {"head only": 1.0, "freeze to middle": 0.5, "whole network": 0.0}
+# the manual regimes (pretrained, one freeze depth for the whole run) and the share of the body each freezes
+FROZEN_SHARE = {r: DEPTHS[s["depth"]] for r, s in REGIMES.items()
+                if s["pretrained_"] and not (s.get("fine_tune") or s.get("gradual"))}
 
 
 def _train(learn, cfg, spec: dict) -> pd.DataFrame:
