@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import convtips_lib as ctl
-from convtips_lib.results import atomic_write
+from convtips_lib.core.store import atomic_write
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,8 +45,7 @@ def loading_speed(cfg, aug: bool, n_batches: int = 8) -> dict:
     `cold`: first pass, every PNG decoded; `warm`: again, decoded images served from the session's memo.
     """
     from fastai.vision.all import aug_transforms
-    from convtips_lib.data import _open_resized
-    _open_resized.cache_clear()
+    ctl.OpenResized.forget()
     dls = ctl.elpv_dls(cfg, tfms=aug_transforms(size=cfg.img_size) if aug else None, seed=0)
     cold = _images_per_s(dls.train.new(shuffle=False), n_batches)
     return dict(augment=aug, cold_images_per_s=cold, warm_images_per_s=_images_per_s(dls.train.new(shuffle=False),
@@ -55,7 +54,7 @@ def loading_speed(cfg, aug: bool, n_batches: int = 8) -> dict:
 
 def train_speed(arch: str, cfg, steps: int = 3) -> dict:
     """Training steps/s and images/s (forward + backward + AdamW step) on random (bs, 3, size, size) batches."""
-    model = ctl.pretrained(arch, 2, pretrained=False).to(ctl.device()).train()
+    model = ctl.pretrained(arch, 2, weights=None).to(ctl.device()).train()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.randn(cfg.bs, 3, cfg.img_size, cfg.img_size, device=ctl.device())
     y = torch.randint(0, 2, (cfg.bs,), device=ctl.device())
@@ -74,7 +73,7 @@ def train_speed(arch: str, cfg, steps: int = 3) -> dict:
 
 def arch_speed(arch: str, cfg) -> dict:
     """Parameters, FLOPs, inference latency and training speed of `arch` at the profile's image size."""
-    model = ctl.pretrained(arch, 2, pretrained=False).to(ctl.device())
+    model = ctl.pretrained(arch, 2, weights=None).to(ctl.device())
     lat = ctl.latency(model, cfg.img_size, bs=cfg.bs, reps=cfg.latency_reps)
     return dict(arch=arch, img_size=cfg.img_size, bs=cfg.bs, params=ctl.count_params(model),
                 gflops_per_image=ctl.count_flops(model, cfg.img_size) / 1e9,
@@ -84,7 +83,7 @@ def arch_speed(arch: str, cfg) -> dict:
 def course_run(profile: str, lessons: list) -> dict:
     """Wall seconds of `convtips run` per lesson (parsed from its progress lines) and each lesson's claims."""
     out_dir = HERE.parent / "runs" / f"bench_{profile}"
-    cmd = [sys.executable, "-m", "convtips_lib.cli", "run", *lessons, "--profile", profile, "--out", str(out_dir)]
+    cmd = [sys.executable, "-m", "convtips_lib.course.cli", "run", *lessons, "--profile", profile, "--out", str(out_dir)]
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
     per = {line.split("] ")[1].split(" ")[0]: float(line.rsplit("ok in ", 1)[1].split(" s")[0])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import elpv_frame
+from ..core.data import elpv_frame
 
 __all__ = ["check_valid_defectives", "check_poly_defect_rate", "check_param_count", "check_cat_preprocessing",
            "check_best_small_data_regime", "check_head_only_params"]
@@ -37,9 +37,9 @@ def check_poly_defect_rate(answer) -> bool:
 
 def check_param_count(answer) -> bool:
     """Lesson 01: the number of parameters of resnet18 with a 2-class head (random init, no download)."""
-    from .measure import count_params
-    from .models import pretrained
-    truth = count_params(pretrained("resnet18", 2, pretrained=False))
+    from ..core.measure import count_params
+    from ..core.models import pretrained
+    truth = count_params(pretrained("resnet18", 2, weights=None))
     return _verdict(answer, answer is not None and int(answer) == truth,
                     "sum p.numel() over model.parameters() (or use ctl.count_params); the 2-class head has "
                     "512 * 2 weights + 2 biases.", f"resnet18 with a 2-class head has {truth:,} parameters.")
@@ -47,7 +47,7 @@ def check_param_count(answer) -> bool:
 
 def _preprocessing_mistake(x, model, img) -> str | None:
     """Which detail of `x` differs from the right preprocessing of `img` for `model`; None when it matches."""
-    from .imagenet import preprocess
+    from ..topics.imagenet import preprocess
     meta = model.meta
     size, stats = meta["input_size"], meta["stats"]
     if tuple(x.shape) != (1, 3, size, size):
@@ -66,7 +66,7 @@ def check_cat_preprocessing(x, model, img) -> bool:
     """Lesson 01: `x` must be `img` preprocessed as `model` expects, so that its top-1 is a cat class."""
     if x is None:
         return _verdict(None, False, "call ctl.preprocess(img, size, stats) with the values in model.meta.", "")
-    from .imagenet import imagenet_labels
+    from ..topics.imagenet import imagenet_labels
     mistake = _preprocessing_mistake(x, model, img)
     model.eval()
     with torch.no_grad():
@@ -89,9 +89,9 @@ def check_best_small_data_regime(answer, grid) -> bool:
 
 def check_head_only_params(answer) -> bool:
     """Lesson 02: how many weights (ndim > 1) and biases of the Linear head a 'head only' lite0 2-class model trains."""
-    from .models import pretrained
-    from .measure import count_params
-    model = pretrained("efficientnet_lite0", 2, pretrained=False)
+    from ..core.models import pretrained
+    from ..core.measure import count_params
+    model = pretrained("efficientnet_lite0", 2, weights=None)
     truth, body = count_params(model.head), count_params(model.body)
     return _verdict(answer, answer is not None and int(answer) == truth,
                     "the head is Dropout + Linear(1280, 2): count its weight matrix and its bias.",

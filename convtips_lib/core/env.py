@@ -5,7 +5,6 @@ import os
 import platform
 import random
 import sys
-import warnings
 from importlib import metadata
 
 import numpy as np
@@ -27,14 +26,30 @@ def device() -> torch.device:
 
 
 def gpu_hint(cfg=None) -> str | None:
-    """Warn (and return the message) when no GPU is present, naming how to get one; None on a GPU."""
+    """Show a short note (and return it) when no GPU is present, naming how to get one; None on a GPU.
+
+    In a notebook the note is formatted Markdown; elsewhere it is printed.
+    """
     if torch.cuda.is_available():
         return None
     name = getattr(cfg, "name", "cpu")
-    msg = (f"No GPU found: this lesson runs the {name!r} profile on the CPU (smaller images, fewer epochs). "
+    msg = (f"No GPU found: this lesson runs the '{name}' profile on the CPU (smaller images, fewer epochs). "
            "For the full-size 'gpu' profile, use a GPU runtime (Colab: Runtime > Change runtime type > GPU).")
-    warnings.warn(msg, stacklevel=2)
+    _note(msg)
     return msg
+
+
+def _note(msg: str) -> None:
+    """`msg` as a Markdown note in a notebook, else a printed line."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+        if get_ipython() is not None:
+            display(Markdown(f"> ℹ️ **Note:** {msg}"))
+            return
+    except ImportError:
+        pass
+    print(f"note: {msg}")
 
 
 def versions() -> dict:

@@ -58,10 +58,16 @@ PROFILES = {
 
 
 def profile(name: str | None = None) -> Profile:
-    """The profile `name`, else `$CONVTIPS_PROFILE`, else 'gpu' when CUDA is available and 'cpu' otherwise."""
+    """The profile `name`, else `$CONVTIPS_PROFILE`, else 'gpu' when CUDA is available and 'cpu' otherwise;
+    `$CONVTIPS_SEED` (an integer) replaces its seed."""
     name = name or os.environ.get("CONVTIPS_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
     key = name.strip().lower()
     if key not in PROFILES:
         raise ProfileError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
-                           f"(set CONVTIPS_PROFILE or pass profile='cpu')")
-    return PROFILES[key]
+                           f"(set CONVTIPS_PROFILE=cpu, or pass --profile cpu to convtips, or profile('cpu'))")
+    seed = os.environ.get("CONVTIPS_SEED", "").strip()
+    if not seed:
+        return PROFILES[key]
+    if not seed.lstrip("-").isdigit():
+        raise ProfileError(f"CONVTIPS_SEED must be an integer, got {seed!r}: e.g. CONVTIPS_SEED=1")
+    return PROFILES[key].with_(seed=int(seed))

@@ -7,18 +7,17 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-import ipywidgets as w
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import timm
 import torch
 import torchvision
 
-from .measure import count_flops, count_params, latency
-from .models import OFFLINE_WEIGHTS, UnknownModelError, pretrained, sha256sum
+from ..core.measure import Estimate, count_flops, count_params, latency
+from ..core.models import OFFLINE_WEIGHTS, UnknownModelError, pretrained, sha256sum
 
-__all__ = ["FAMILIES", "family", "arch_cost", "zoo_table", "plot_cost", "arch_row", "zoo_widget", "zoo_counts",
-           "weights_provenance", "unsafe_pickle_demo"]
+__all__ = ["FAMILIES", "family", "arch_cost", "zoo_table", "latency_predictors", "arch_row", "zoo_counts", "weights_provenance",
+           "unsafe_pickle_demo"]
 
 # longest prefix first: the first match names the family
 FAMILIES = ("efficientnetv2", "efficientnet_lite", "efficientnet", "mobilenetv2", "mobilenetv3", "mobilenet",
@@ -34,41 +33,37 @@ def family(name: str) -> str:
     return re.match(r"[a-z]*", base).group() or base
 
 
-def arch_cost(name: str, size: int, reps: int, device=None, bs: int = 8) -> dict:
-    """Params, GFLOPs at `size` px, ms/image and images/s at batch 1, and images/s at batch `bs` (random init)."""
-    model = pretrained(name, pretrained=False).eval()   # Classifier: same params and FLOPs as the registry model
+def arch_cost(arch: str, img_size: int, reps: int, device=None, bs: int = 8) -> dict:
+    """Params, GFLOPs at `img_size` px, ms/image and images/s at batch 1, and images/s at batch `bs` (random init)."""
+    model = pretrained(arch, weights=None).eval()   # Classifier: same params and FLOPs as the registry model
     model.to(device or "cpu")
-    one, batch = latency(model, size, bs=1, reps=reps), latency(model, size, bs=bs, reps=reps)
+    one, batch = latency(model, img_size, bs=1, reps=reps), latency(model, img_size, bs=bs, reps=reps)
     n = count_params(model)
-    return dict(arch=name, family=family(name), params=n, params_M=n / 1e6, gflops=count_flops(model, size) / 1e9,
-                size=size, ms_per_image=one["ms_per_image"], images_per_s=one["images_per_s"],
+    return dict(arch=arch, family=family(arch), params=n, params_M=n / 1e6,
+                gflops=count_flops(model, img_size) / 1e9, img_size=img_size, ms_per_image=one["ms_per_image"], images_per_s=one["images_per_s"],
                 bs=bs, throughput=batch["images_per_s"])
 
 
-def zoo_table(archs, size: int, reps: int, device=None, bs: int = 8) -> pd.DataFrame:
+def zoo_table(archs, img_size: int, reps: int, device=None, bs: int = 8) -> pd.DataFrame:
     """One `arch_cost` row per architecture, sorted by GFLOPs (cheapest first)."""
-    rows = [arch_cost(a, size, reps, device, bs) for a in archs]
+    rows = [arch_cost(a, img_size, reps, device, bs) for a in archs]
     return pd.DataFrame(rows).sort_values("gflops", ignore_index=True)
 
 
-def _scatter(ax, df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str) -> None:
-    ax.scatter(df[x], df[y], s=30)
-    for r in df.itertuples():
-        ax.annotate(r.arch, (getattr(r, x), getattr(r, y)), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
-    ax.margins(x=0.25, y=0.15)   # room for the labels
-    ax.grid(True, which="both", alpha=0.3)
+def latency_predictors(zoo: pd.DataFrame, n: int = 2000, seed: int = 0) -> Estimate:
+    """Spearman(latency, GFLOPs) - Spearman(latency, params) over the table's architectures, with a 95 % CI from
+    resampling the architectures (scipy's paired bootstrap): does compute predict latency better than size?"""
+    from scipy.stats import bootstrap as scipy_bootstrap, spearmanr
+    cols = [zoo[c].to_numpy(float) for c in ("ms_per_image", "gflops", "params_M")]
 
+    def diff(lat, flops, params):
+        return spearmanr(lat, flops)[0] - spearmanr(lat, params)[0]
 
-def plot_cost(df: pd.DataFrame):
-    """Two log-log panels of a `zoo_table`: GFLOPs vs millions of params, and ms/image vs GFLOPs; returns the Figure."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    _scatter(a, df, "params_M", "gflops", "parameters (millions)", f"GFLOPs at {df['size'].iloc[0]} px")
-    _scatter(b, df, "gflops", "ms_per_image", "GFLOPs", "latency at batch 1 (ms/image)")
-    a.set_title("size vs compute")
-    b.set_title("compute vs measured latency")
-    fig.tight_layout()
-    return fig
+    res = scipy_bootstrap(cols, diff, paired=True, vectorized=False, n_resamples=n, method="percentile",
+                          random_state=np.random.default_rng(seed))
+    low, high = np.nan_to_num(res.confidence_interval, nan=0.0)   # a resample of tied ranks has no correlation
+    return Estimate(float(diff(*cols)), float(low), float(high), "Spearman difference",
+                    f"paired bootstrap over {len(zoo)} architectures, {n} resamples")
 
 
 def arch_row(df: pd.DataFrame, name: str) -> pd.Series:
@@ -78,16 +73,6 @@ def arch_row(df: pd.DataFrame, name: str) -> pd.Series:
         raise UnknownModelError(f"{name!r} is not in this table: choose one of {', '.join(df['arch'])}, "
                                 "or add it with zoo_table([...]).")
     return hit.iloc[0]
-
-
-def zoo_widget(df: pd.DataFrame) -> w.Widget:
-    """A Dropdown of the table's architectures that shows the chosen one's row."""
-    def _show(name):
-        from IPython.display import display
-        display(arch_row(df, name).to_frame().T)
-
-    pick = w.Dropdown(options=list(df["arch"]), description="arch")
-    return w.VBox([pick, w.interactive_output(_show, dict(name=pick))])
 
 
 def zoo_counts(pattern: str = "*") -> dict:

@@ -49,7 +49,7 @@ def _execute(nb_path: Path, out_dir: Path, env: dict, timeout: int) -> Path:
 
 def cmd_run(args) -> int:
     """Run the chosen lessons, write executed notebooks and report.html under --out."""
-    from .profiles import profile
+    from ..core.profiles import profile
     from .report import write_report
     cfg = profile(args.profile)
     out = Path(args.out).resolve()
@@ -76,10 +76,10 @@ def cmd_run(args) -> int:
 
 def cmd_info(args) -> int:
     """Print profile, device, data and weights status."""
-    from .data import elpv_frame
-    from .env import environment
-    from .models import OFFLINE_WEIGHTS, sha256sum
-    from .profiles import profile
+    from ..core.data import elpv_frame
+    from ..core.env import environment
+    from ..core.models import OFFLINE_WEIGHTS, sha256sum
+    from ..core.profiles import profile
     cfg = profile(args.profile)
     print(json.dumps(dict(environment(cfg), profile_settings=cfg.as_dict()), indent=1))
     df = elpv_frame()

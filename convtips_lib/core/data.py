@@ -13,15 +13,18 @@ from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock,
                                IntToFloatTensor, PILImage, RandomSplitter, RegexLabeller, Resize, TransformBlock,
                                URLs, get_image_files, parent_label, untar_data)
 
+from .compat import renamed_kwargs
 from .env import seed_everything
 
-__all__ = ["TASKS", "SPLIT_SEED", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
-           "elpv_dls", "folder_dls", "untar_dls", "check_images", "open_image"]
+__all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
+           "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "check_images", "open_image", "OpenResized",
+           "plain_train_dl", "valid_labels"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
-VALID_PCT = 0.25           # the ELPV benchmark paper's 75/25 ratio
+VALID_N = 656              # the ELPV benchmark paper's test set: 656 of 2,624 cells (1,968 for training)
 _PROB_NAMES = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
+DEFECT_LEVELS = tuple(_PROB_NAMES.values())   # natural order: 0, 1/3, 2/3, 1
 
 
 class BadImageError(OSError):
@@ -55,6 +58,11 @@ class OpenResized:
 
     def __init__(self, size: int):
         self.size = size
+
+    @staticmethod
+    def forget() -> None:
+        """Drop every memoised image (the next pass decodes the files again, e.g. to time a cold start)."""
+        _open_resized.cache_clear()
 
     def __call__(self, path) -> PILImage:
         try:
@@ -91,13 +99,23 @@ def _elpv_root() -> Path:
         raise ModuleNotFoundError("the ELPV dataset is not installed: pip install elpv-dataset") from e
 
 
-def _split_column(df: pd.DataFrame) -> np.ndarray:
-    """Seeded stratified 75/25 split by defect probability x module type: True = validation."""
+def _valid_quota(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Largest-remainder allocation: per-stratum counts proportional to `sizes` that sum exactly to `total`."""
+    exact = sizes * total / sizes.sum()
+    quota = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - quota), kind="stable")       # largest remainders first, ties in stratum order
+    quota[order[: total - quota.sum()]] += 1
+    return quota
+
+
+def _split_column(df: pd.DataFrame, n_valid: int = VALID_N) -> np.ndarray:
+    """Seeded split stratified by defect probability x module type, exactly `n_valid` validation cells
+    (largest-remainder allocation over the strata): True = validation."""
     rng = np.random.default_rng(SPLIT_SEED)
     is_valid = np.zeros(len(df), dtype=bool)
-    for _, idx in df.groupby(["label_4", "type"]).indices.items():
-        idx = rng.permutation(idx)
-        is_valid[idx[: int(round(len(idx) * VALID_PCT))]] = True
+    strata = list(df.groupby(["label_4", "type"], observed=True).indices.values())
+    for idx, q in zip(strata, _valid_quota(np.array([len(i) for i in strata]), n_valid)):
+        is_valid[rng.permutation(idx)[:q]] = True
     return is_valid
 
 
@@ -112,7 +130,8 @@ def _elpv_frame_cached(root: str) -> pd.DataFrame:
                             "pip install --force-reinstall elpv-dataset")
     df["defective"] = df["prob"] >= 0.5
     df["label_bin"] = np.where(df["defective"], "defective", "functional")
-    df["label_4"] = [_PROB_NAMES[min(_PROB_NAMES, key=lambda k: abs(k - p))] for p in df["prob"]]
+    df["label_4"] = pd.Categorical([_PROB_NAMES[min(_PROB_NAMES, key=lambda k: abs(k - p))] for p in df["prob"]],
+                                   categories=DEFECT_LEVELS, ordered=True)
     df["is_valid"] = _split_column(df)
     return df[["path", "prob", "type", "defective", "label_bin", "label_4", "is_valid"]]
 
@@ -129,7 +148,7 @@ def subsample(df: pd.DataFrame, frac: float, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     train = df[~df["is_valid"]]
     keep = []
-    for _, idx in train.groupby(["label_4", "type"]).indices.items():
+    for _, idx in train.groupby(["label_4", "type"], observed=True).indices.items():
         idx = rng.permutation(idx)
         keep.extend(train.index[idx[: max(1, int(round(len(idx) * frac)))]])
     return pd.concat([df.loc[sorted(keep)], df[df["is_valid"]]])
@@ -145,16 +164,17 @@ def _image_block(opener=open_image) -> TransformBlock:
     return TransformBlock(type_tfms=opener, batch_tfms=IntToFloatTensor)
 
 
+@renamed_kwargs(size="img_size")
 def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
-             tfms: list | None = None, size: int | None = None, bs: int | None = None,
+             tfms: list | None = None, img_size: int | None = None, bs: int | None = None,
              df: pd.DataFrame | None = None) -> DataLoaders:
     """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split, the fixed valid set."""
     col = _task_column(task)
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
-    size = size or cfg.img_size
-    dblock = DataBlock(blocks=(_image_block(OpenResized(size)), CategoryBlock), get_x=ColReader("path"),
+    img_size = img_size or cfg.img_size
+    dblock = DataBlock(blocks=(_image_block(OpenResized(img_size)), CategoryBlock), get_x=ColReader("path"),
                        get_y=ColReader(col), splitter=ColSplitter("is_valid"),
                        batch_tfms=list(tfms or []))
     return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
@@ -214,3 +234,40 @@ def untar_dls(name: str, cfg, base=None, **kw) -> DataLoaders:
     if name.upper() in _LABEL_RES and "label_re" not in kw:
         kw["label_re"] = _LABEL_RES[name.upper()]
     return folder_dls(path, cfg, **kw)
+
+
+class TensorPairs:
+    """A dataset of (x[i], y[i]) over tensors (N, ...) and (N,), with the class names `vocab`."""
+
+    def __init__(self, x, y, vocab):
+        self.x, self.y, self.vocab, self.c = x, y, list(vocab), len(vocab)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0) -> DataLoaders:
+    """fastai DataLoaders over tensors (e.g. cached features): shuffled, drop-last train batches as an image
+    loader's; the validation set in order. `dls.vocab` and `dls.c` as for images."""
+    from fastai.data.load import DataLoader
+    train = DataLoader(TensorPairs(x_train, y_train, vocab), bs=bs, shuffle=True, drop_last=True,
+                       num_workers=num_workers)
+    valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=bs, shuffle=False, num_workers=num_workers)
+    return DataLoaders(train, valid)
+
+
+def plain_train_dl(dls, bs: int | None = None, shuffle: bool = False):
+    """The training items through the validation transforms (no augmentation): in order, or shuffled drop-last."""
+    dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=bs or dls.bs)
+    return dl.new(shuffle=True, drop_last=True) if shuffle else dl
+
+
+def valid_labels(dls) -> np.ndarray:
+    """(N_valid,) class indices of the validation set, in loader order, without opening an image."""
+    ds = dls.valid_ds
+    if isinstance(ds, TensorPairs):
+        return np.asarray(ds.y)
+    return np.array([int(ds.tls[-1][i]) for i in range(len(ds))])

@@ -5,7 +5,7 @@ import base64
 import html
 from pathlib import Path
 
-from .results import atomic_write, load_results
+from ..core.results import atomic_write, load_results
 
 __all__ = ["write_report"]
 

@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import BadImageError
-from .models import IMAGENET_STATS
+from ..core.data import BadImageError
+from ..core.models import IMAGENET_STATS
 
 __all__ = ["imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "prediction_summary",
-           "preprocessing_variants", "load_user_image", "sample_photo", "photo_top5", "photo_widget"]
+           "preprocessing_variants", "load_user_image", "sample_photo", "photo_top5"]
 
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")   # skimage.data, offline
 
@@ -142,38 +142,3 @@ def photo_top5(model, name_or_image) -> pd.DataFrame:
     else:
         img = name_or_image
     return pd.DataFrame([dict(rank=i + 1, label=lab, prob=p) for i, (lab, p) in enumerate(topk(model, img, k=5))])
-
-
-def _show_photo(out, model, img, title: str) -> None:
-    """Draw `img` and its top-5 table into the Output widget `out`."""
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-    with out:
-        out.clear_output(wait=True)
-        fig, ax = plt.subplots(figsize=(3, 3))
-        ax.imshow(img)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        plt.show()
-        display(photo_top5(model, img))
-
-
-def photo_widget(model):
-    """A Dropdown of sample photos and a FileUpload: shows the image and the model's top-5 table."""
-    import ipywidgets as w
-    pick, upload = w.Dropdown(options=SAMPLE_PHOTOS, description="photo"), w.FileUpload(accept="image/*")
-    out = w.Output()
-
-    def _on_upload(change):
-        f = change["new"][-1]
-        try:
-            _show_photo(out, model, load_user_image(f["content"], f["name"]), f["name"])
-        except BadImageError as e:
-            with out:
-                out.clear_output()
-                print(e)
-
-    pick.observe(lambda ch: _show_photo(out, model, sample_photo(ch["new"]), ch["new"]), names="value")
-    upload.observe(_on_upload, names="value")
-    _show_photo(out, model, sample_photo(pick.value), pick.value)
-    return w.VBox([w.HBox([pick, upload]), out])

@@ -1,26 +1,26 @@
 """Hand-crafted features (HOG, uniform LBP histograms) and a linear SVM: the pre-deep-learning baseline."""
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import OpenResized
-from .features import _cached, default_cache_dir
-from .measure import classification_metrics
+from ..core.compat import renamed_kwargs
+from ..core.data import OpenResized
+from ..core.measure import classification_metrics
+from ..core.store import cache_dir, cached, hash_key
 
 __all__ = ["KINDS", "gray_images", "hog_features", "lbp_features", "handcrafted_features", "svm_baseline"]
 
 KINDS = ("hog", "lbp", "hog+lbp")
 
 
-def gray_images(paths, size: int) -> np.ndarray:
-    """Images as (N, size, size) float32 grayscale in [0, 1] (bilinear resize); a bad file raises BadImageError."""
-    out = np.empty((len(paths), size, size), dtype=np.float32)
-    opener = OpenResized(size)   # the decoded, resized images elpv_dls already holds this session
+def gray_images(paths, img_size: int) -> np.ndarray:
+    """Images as (N, img_size, img_size) float32 grayscale in [0, 1] (bilinear resize); a bad file raises BadImageError."""
+    out = np.empty((len(paths), img_size, img_size), dtype=np.float32)
+    opener = OpenResized(img_size)   # the decoded, resized images elpv_dls already holds this session
     for i, p in enumerate(paths):
         out[i] = np.asarray(opener(p).convert("L"), dtype=np.float32) / 255
     return out
@@ -69,21 +69,17 @@ def _to_uint8(im: np.ndarray) -> np.ndarray:
     return im if im.dtype == np.uint8 else np.clip(np.rint(im * 255), 0, 255).astype(np.uint8)
 
 
-def _compute(paths, size: int, kind: str, hog_kw: dict, lbp_kw: dict) -> np.ndarray:
-    images = gray_images(paths, size)
+def _compute(paths, img_size: int, kind: str, hog_kw: dict, lbp_kw: dict) -> np.ndarray:
+    images = gray_images(paths, img_size)
     parts = ([hog_features(images, **hog_kw)] if "hog" in kind else []) + \
             ([lbp_features(images, **lbp_kw)] if "lbp" in kind else [])
     return np.concatenate(parts, axis=1)
 
 
-def _handcrafted_key(paths, size: int, kind: str, hog_kw: dict, lbp_kw: dict) -> str:
-    parts = ["handcrafted", [str(p) for p in paths], size, kind, sorted(hog_kw.items()), sorted(lbp_kw.items())]
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-
-def handcrafted_features(paths, size: int = 64, kind: str = "hog+lbp", hog_kw: dict | None = None,
+@renamed_kwargs(size="img_size")
+def handcrafted_features(paths, img_size: int = 64, kind: str = "hog+lbp", hog_kw: dict | None = None,
                          lbp_kw: dict | None = None, cache: bool | str | Path = False) -> np.ndarray:
-    """(N, D) float32 features of image files: 'hog', 'lbp' or 'hog+lbp' on `size` px grayscale.
+    """(N, D) float32 features of image files: 'hog', 'lbp' or 'hog+lbp' on `img_size` px grayscale.
 
     `cache`: False (compute), True (the default feature cache folder) or a folder; keyed on paths, size, kind, params.
     """
@@ -91,16 +87,16 @@ def handcrafted_features(paths, size: int = 64, kind: str = "hog+lbp", hog_kw: d
         raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     paths, hog_kw, lbp_kw = [str(p) for p in paths], dict(hog_kw or {}), dict(lbp_kw or {})
     if cache is False:
-        return _compute(paths, size, kind, hog_kw, lbp_kw)
-    key = _handcrafted_key(paths, size, kind, hog_kw, lbp_kw)
-    folder = default_cache_dir() if cache is True else Path(cache)
-    build = lambda: dict(x=torch.from_numpy(_compute(paths, size, kind, hog_kw, lbp_kw)))  # noqa: E731
-    payload, _, _ = _cached(folder / f"hc_{key[:16]}.pt", key, ("x",), build)
+        return _compute(paths, img_size, kind, hog_kw, lbp_kw)
+    key = hash_key("handcrafted", paths, img_size, kind, sorted(hog_kw.items()), sorted(lbp_kw.items()))
+    folder = cache_dir("features") if cache is True else Path(cache)
+    build = lambda: dict(x=torch.from_numpy(_compute(paths, img_size, kind, hog_kw, lbp_kw)))  # noqa: E731
+    payload, _, _ = cached(folder / f"hc_{key[:16]}.pt", key, ("x",), build)
     return payload["x"].numpy()
 
 
 def svm_baseline(X_train, y_train, X_valid, y_valid, C: float = 1e-3, class_weight=None) -> dict:
-    """StandardScaler + LinearSVC fitted on train, scored on valid: dict(metrics, model, seconds).
+    """StandardScaler + LinearSVC fitted on train, scored on valid: dict(metrics, y_true, y_pred, model, seconds).
 
     C defaults to 1e-3: on ELPV HOG+LBP (~1900 dims, ~2000 cells) C=1 overfits and takes ~40x longer to converge.
     """
@@ -110,5 +106,6 @@ def svm_baseline(X_train, y_train, X_valid, y_valid, C: float = 1e-3, class_weig
     t = time.perf_counter()
     clf = make_pipeline(StandardScaler(), LinearSVC(C=C, class_weight=class_weight, max_iter=5000, random_state=0))
     clf.fit(np.asarray(X_train), np.asarray(y_train))
-    metrics = classification_metrics(np.asarray(y_valid), clf.predict(np.asarray(X_valid)))
-    return dict(metrics=metrics, model=clf, seconds=time.perf_counter() - t)
+    y_true, y_pred = np.asarray(y_valid), clf.predict(np.asarray(X_valid))
+    return dict(metrics=classification_metrics(y_true, y_pred), y_true=y_true, y_pred=y_pred, model=clf,
+                seconds=time.perf_counter() - t)

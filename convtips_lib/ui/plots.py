@@ -5,7 +5,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines"]
+__all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines", "plot_cost",
+           "plot_forest", "VERDICT_COLOURS"]
+
+VERDICT_COLOURS = {"supported": "tab:green", "refuted": "tab:red", "inconclusive": "tab:orange",
+                   "undecided": "tab:gray"}
 
 
 def plot_history(hist: pd.DataFrame, metrics=("train_loss", "valid_loss"), title: str = "", by: str | None = None):
@@ -85,5 +89,45 @@ def plot_lines(df: pd.DataFrame, x: str, y: str, hue: str | None = None, title: 
         ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.15)
     ax.set(xlabel=x, ylabel=y, title=title, xscale="log" if logx else "linear")
     ax.legend(fontsize=8, title=hue)
+    fig.tight_layout()
+    return fig
+
+
+def _scatter(ax, df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str) -> None:
+    ax.scatter(df[x], df[y], s=30)
+    for r in df.itertuples():
+        ax.annotate(r.arch, (getattr(r, x), getattr(r, y)), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+    ax.margins(x=0.25, y=0.15)   # room for the labels
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_cost(df: pd.DataFrame):
+    """Two log-log panels of a `zoo_table`: GFLOPs vs millions of params, and ms/image vs GFLOPs; returns the Figure."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    _scatter(a, df, "params_M", "gflops", "parameters (millions)", f"GFLOPs at {df['img_size'].iloc[0]} px")
+    _scatter(b, df, "gflops", "ms_per_image", "GFLOPs", "latency at batch 1 (ms/image)")
+    a.set_title("size vs compute")
+    b.set_title("compute vs measured latency")
+    fig.tight_layout()
+    return fig
+
+
+def plot_forest(claims: pd.DataFrame, title: str = "claims: effect and 95 % interval"):
+    """Each claim's effect with its interval (rows of a `ledger` or `Results.claims()`), coloured by verdict."""
+    claims = claims.reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(claims) + 1.2))
+    for i, c in claims.iterrows():
+        colour = VERDICT_COLOURS.get(c["verdict"], "k")
+        y = len(claims) - 1 - i
+        ax.errorbar(c["effect"], y, xerr=[[c["effect"] - c["ci_low"]], [c["ci_high"] - c["effect"]]], fmt="o",
+                    color=colour, capsize=3)
+    label = lambda c: (f"{c['lesson']}: " if "lesson" in c else "") + str(c["claim"])[:60]  # noqa: E731
+    ax.set_yticks(range(len(claims)), [label(c) for _, c in claims.iloc[::-1].iterrows()], fontsize=7)
+    ax.axvline(0, color="k", lw=0.8, ls=":")
+    for verdict, colour in VERDICT_COLOURS.items():
+        ax.plot([], [], "o", color=colour, label=verdict)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set(xlabel="effect (each claim in its own unit)", title=title)
     fig.tight_layout()
     return fig

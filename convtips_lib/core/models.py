@@ -1,4 +1,4 @@
-"""Pretrained models: offline EfficientNet-Lite weights, timm and torchvision hubs, freeze helpers."""
+"""Pretrained models: offline EfficientNet-Lite weights, timm and torchvision hubs, one `Classifier` (body + head)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +12,10 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["OFFLINE_WEIGHTS", "Classifier", "UnknownModelError", "HubUnreachableError", "WeightsChecksumError",
-           "pretrained", "param_groups", "freeze", "unfreeze", "sha256sum", "load_weights", "list_archs",
+from .compat import renamed_kwargs
+
+__all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "Classifier", "UnknownModelError", "HubUnreachableError",
+           "WeightsChecksumError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
            "lite_keys_to_timm"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -132,7 +134,7 @@ def list_archs(pattern: str = "*", source: str = "timm") -> list:
     raise ValueError(f"unknown source {source!r}: choose 'offline', 'timm' or 'torchvision'")
 
 
-def _unknown(name: str) -> UnknownModelError:
+def _unknown(name) -> UnknownModelError:
     return UnknownModelError(f"unknown model {name!r}. Offline (no download): {', '.join(OFFLINE_WEIGHTS)}. "
                              "Online: any timm name (timm.list_models('resnet*')) or 'tv:' + a torchvision name "
                              "(torchvision.models.list_models()).")
@@ -141,7 +143,7 @@ def _unknown(name: str) -> UnknownModelError:
 def _hub_error(name: str, e: Exception) -> HubUnreachableError:
     return HubUnreachableError(f"could not fetch pretrained weights for {name!r} ({type(e).__name__}: {e}). "
                                f"Offline, use one of {', '.join(OFFLINE_WEIGHTS)} (weights ship with pip), "
-                               "pass weights='path/to/file.pth', or use pretrained=False.")
+                               "pass weights='path/to/file.pth', or use weights=None (random init).")
 
 
 def _offline_body(name: str, pretrained: bool):
@@ -204,21 +206,27 @@ def _split_classifier(model: nn.Module):
     return model, child.in_features, child
 
 
-def pretrained(name: str = "efficientnet_lite0", n_out: int | None = None, pretrained: bool = True,
-               weights=None, sha256: str | None = None, p: float = 0.2) -> Classifier:
-    """A `Classifier` (body + head) from a registry name; `n_out=None` keeps the ImageNet head (1000 classes).
+@renamed_kwargs(name="arch")
+def pretrained(arch: str = "efficientnet_lite0", n_out: int | None = None, weights: str | Path | None = "imagenet",
+               sha256: str | None = None, p: float = 0.2, **kw) -> Classifier:
+    """A `Classifier` (body + head) for a registry `arch`; `n_out=None` keeps the ImageNet head (1000 classes).
 
-    Names: offline `efficientnet_lite{0,1,2}`, any timm name, or `tv:<torchvision name>`; `weights` is a local file.
+    arch: offline `efficientnet_lite{0,1,2}`, any timm name, or `tv:<torchvision name>`.
+    weights: 'imagenet' (the published weights), None (random init) or a local file (checked against `sha256`).
     """
+    weights = _weights_from_legacy(weights, kw)
+    if not isinstance(arch, str) or not arch:
+        raise _unknown(arch)
     if n_out is not None and n_out < 1:
         raise ValueError(f"n_out must be a positive number of classes (or None for the ImageNet head), got {n_out}")
-    if name in OFFLINE_WEIGHTS:
-        model, meta = _offline_body(name, pretrained and weights is None)
-    elif name.startswith("tv:"):
-        model, meta = _torchvision_body(name[3:], pretrained and weights is None)
+    hub = weights == "imagenet"
+    if arch in OFFLINE_WEIGHTS:
+        model, meta = _offline_body(arch, hub)
+    elif arch.startswith("tv:"):
+        model, meta = _torchvision_body(arch[3:], hub)
     else:
-        model, meta = _timm_body(name, pretrained and weights is None)
-    if weights is not None:
+        model, meta = _timm_body(arch, hub)
+    if weights is not None and not hub:
         model.load_state_dict(load_weights(weights, sha256))
         meta.update(source=f"local file {weights}", sha256=sha256sum(weights))
     body, nf, fc = _split_classifier(model)
@@ -228,50 +236,19 @@ def pretrained(name: str = "efficientnet_lite0", n_out: int | None = None, pretr
     return net
 
 
-def param_groups(model: Classifier) -> list:
-    """Parameter groups from input to output: the body's stages (timm's coarse groups, else its children), then the head."""
-    body = model.body
-    if hasattr(body, "group_matcher"):
-        from timm.models import group_parameters
-        named = dict(body.named_parameters())
-        groups = [[named[n] for n in names] for names in
-                  group_parameters(body, body.group_matcher(coarse=True)).values()]
-    else:
-        groups = [list(c.parameters()) for c in body.children()]
-    return [g for g in groups if g] + [list(model.head.parameters())]
+def _weights_from_legacy(weights, kw: dict):
+    """Map the deprecated `pretrained=True/False` flag onto `weights` (with a warning)."""
+    if "pretrained" in kw:
+        import warnings
+        flag = kw.pop("pretrained")
+        warnings.warn("pretrained(..., pretrained=...) is deprecated: use weights='imagenet' or weights=None",
+                      DeprecationWarning, stacklevel=3)
+        weights = weights if flag else None
+    if kw:
+        raise TypeError(f"pretrained() got unexpected keyword argument(s) {', '.join(kw)}")
+    return weights
 
 
-DEPTHS = {"head": 1.0, "middle": 0.5, "none": 0.0}   # named freeze depths: the share of the body frozen
-
-
-def _n_frozen(n_body: int, depth) -> int:
-    if isinstance(depth, str):
-        depth = DEPTHS.get(depth, depth)
-    if isinstance(depth, float) and 0 <= depth <= 1:
-        return int(round(depth * n_body))
-    if isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= n_body:
-        return depth
-    raise ValueError(f"freeze depth must be 'head', 'middle', 'none', a fraction in [0, 1] or a number of "
-                     f"body groups 0..{n_body}, got {depth!r}")
-
-
-def freeze(obj, depth="head") -> int:
-    """Freeze the first `depth` of the body ('head' = all of it, 'middle', 'none', fraction or group count).
-
-    Works on a `Classifier` or a fastai Learner (via `freeze_to`); returns the number of frozen groups.
-    """
-    model = getattr(obj, "model", obj)
-    groups = param_groups(model)
-    n = _n_frozen(len(groups) - 1, depth)
-    if hasattr(obj, "freeze_to"):
-        obj.freeze_to(n)
-    else:
-        for i, g in enumerate(groups):
-            for p in g:
-                p.requires_grad_(i >= n)
-    return n
-
-
-def unfreeze(obj) -> None:
-    """Make every parameter trainable."""
-    freeze(obj, "none")
+def model_stats(model: nn.Module) -> tuple:
+    """The (mean, std) a model expects its inputs normalised with (its `meta`, else ImageNet's)."""
+    return getattr(model, "meta", {}).get("stats", IMAGENET_STATS)

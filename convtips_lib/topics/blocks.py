@@ -11,7 +11,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 from .imagenet import preprocess, prediction_summary
-from .measure import count_params
+from ..core.measure import count_params
 
 __all__ = ["BasicBlock", "PadSame", "InvertedResidual", "rebuild", "copy_weights", "compare_blocks", "block_input",
            "DETAILS", "detail_effects", "network_effects"]

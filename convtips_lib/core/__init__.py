@@ -1,0 +1,1 @@
+"""core: profiles, environment, data, models and their surgery, training, measurement, results, storage."""

@@ -1,0 +1,241 @@
+"""Measurement: classification metrics, confusion matrices, paired statistics with confidence intervals,
+parameters, FLOPs and latency."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
+from torch import nn
+
+from .compat import renamed_kwargs
+
+__all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
+           "paired_bootstrap", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion", "count_params", "count_flops",
+           "latency", "noise_band"]
+
+
+def classification_metrics(y_true, y_pred) -> dict:
+    """Accuracy, balanced accuracy and macro F1 (fractions in [0, 1]), computed by scikit-learn."""
+    return dict(accuracy=float(accuracy_score(y_true, y_pred)),
+                balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)),
+                f1_macro=float(f1_score(y_true, y_pred, average="macro")))
+
+
+# ------------------------------------------------------------------ metrics over many resamples at once
+# scikit-learn scores one prediction vector per call; a bootstrap needs thousands, so these are written by hand
+# over a leading resample axis (tests check them against scikit-learn).
+
+def _counts(y_true, y_pred, k: int) -> tuple:
+    """(true positives, support, predicted) per class, each (..., k), of labels (..., N)."""
+    t = y_true[..., None] == np.arange(k)
+    p = y_pred[..., None] == np.arange(k)
+    return (t & p).sum(-2), t.sum(-2), p.sum(-2)
+
+
+def _safe_div(a, b):
+    return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b > 0)
+
+
+def _metric_fn(metric: str, y_true: np.ndarray, k: int):
+    """A function (y_true (..., N), y_pred (..., N)) -> (...,) for `metric`."""
+    support = np.bincount(y_true, minlength=k).astype(float)
+    minority = int(np.argmin(np.where(support > 0, support, np.inf)))   # the rarest class present
+    fns = {
+        "accuracy": lambda t, p: (t == p).mean(-1),
+        "balanced_accuracy": lambda t, p: np.nanmean(_safe_div(*_counts(t, p, k)[:2]), -1),
+        "f1_macro": lambda t, p: (lambda tp, sup, pr: np.nanmean(_safe_div(2 * tp, sup + pr), -1))(*_counts(t, p, k)),
+        "minority_recall": lambda t, p: (lambda tp, sup, _: _safe_div(tp, sup)[..., minority])(*_counts(t, p, k)),
+    }
+    if metric not in fns:
+        raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(fns)}")
+    return fns[metric]
+
+
+def metric_value(y_true, y_pred, metric: str = "balanced_accuracy") -> float:
+    """One metric of predictions (N,): accuracy, balanced_accuracy, f1_macro or minority_recall (rarest true class)."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    return float(_metric_fn(metric, y_true, k)(y_true, y_pred))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured effect with its 95 % confidence interval [low, high], the metric and how it was computed."""
+    effect: float
+    low: float
+    high: float
+    metric: str = ""
+    method: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.effect:+.3f}, 95 % CI [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def _as_seeds(pred, n: int) -> np.ndarray:
+    """Predictions as (S, N) int: one row per seed."""
+    pred = np.asarray(pred, dtype=int)
+    pred = pred[None] if pred.ndim == 1 else pred
+    if pred.shape[-1] != n:
+        raise ValueError(f"predictions cover {pred.shape[-1]} images but y_true has {n}: use the same validation set")
+    return pred
+
+
+def bootstrap(y_true, preds: dict, statistic, metric: str = "balanced_accuracy", n: int = 2000,
+              seed: int = 0) -> Estimate:
+    """`statistic({name: metric values})` with a 95 % CI from resampling the validation images, the same indices
+    for every model (paired). `preds`: {name: (N,) or (S, N) predictions over S seeds}; with seeds the
+    statistic uses each model's mean over seeds, and the seeds are resampled too (the interval includes
+    seed-to-seed spread). E.g. a difference: `lambda m: m['b'] - m['a']`."""
+    y_true = np.asarray(y_true, dtype=int)
+    preds = {k: _as_seeds(v, len(y_true)) for k, v in preds.items()}
+    k = int(max(y_true.max(), *(p.max() for p in preds.values()))) + 1
+    fn, n_seeds = _metric_fn(metric, y_true, k), max(p.shape[0] for p in preds.values())
+
+    def stat(idx, seeds=None):   # idx (..., N) image indices; seeds (..., S) drawn seed rows or None
+        out = {}
+        for name, p in preds.items():
+            per_seed = np.stack([fn(y_true[idx], row[idx]) for row in p])          # (S, ...)
+            if seeds is None or len(p) == 1:
+                out[name] = per_seed.mean(0)
+            else:
+                out[name] = np.take_along_axis(per_seed.T, seeds, -1).mean(-1)  # mean over the drawn seeds
+        return np.asarray(statistic(out), dtype=float)
+
+    effect = float(stat(np.arange(len(y_true))))
+    if n_seeds == 1:
+        from scipy.stats import bootstrap as scipy_bootstrap
+        res = scipy_bootstrap((np.arange(len(y_true)),), lambda i, axis=-1: stat(i), vectorized=True, n_resamples=n,
+                              method="percentile", random_state=np.random.default_rng(seed))
+        low, high = res.confidence_interval
+        method = f"paired bootstrap over {len(y_true)} validation images, {n} resamples"
+    else:   # two-level bootstrap (seeds, then images): scipy has none, so by hand
+        rng = np.random.default_rng(seed)
+        draws = stat(rng.integers(0, len(y_true), (n, len(y_true))), rng.integers(0, n_seeds, (n, n_seeds)))
+        low, high = np.percentile(draws, [2.5, 97.5])
+        method = f"two-level bootstrap over {n_seeds} seeds and {len(y_true)} validation images, {n} resamples"
+    return Estimate(effect, float(low), float(high), metric, method)
+
+
+def paired_bootstrap(y_true, pred_a, pred_b, metric: str = "balanced_accuracy", n: int = 2000,
+                     seed: int = 0) -> Estimate:
+    """metric(b) - metric(a) on the same validation images, with its 95 % CI (paired bootstrap; seeds pooled)."""
+    return bootstrap(y_true, dict(a=pred_a, b=pred_b), lambda m: m["b"] - m["a"], metric, n, seed)
+
+
+def stack_preds(rows, by) -> dict:
+    """{key: (S, N) predictions} from a table of runs with a `y_pred` column, one row per seed under each key
+    (the values of the columns `by`; a bare value when `by` has one column)."""
+    by = [by] if isinstance(by, str) else list(by)
+    out = {}
+    for key, g in rows.groupby(by, sort=True):
+        key = key[0] if len(by) == 1 and isinstance(key, tuple) else key
+        out[key] = np.stack([np.asarray(p, dtype=int) for p in g["y_pred"]])
+    return out
+
+
+def mcnemar(y_true, pred_a, pred_b) -> dict:
+    """McNemar's exact test of two classifiers' accuracy: discordant counts and the two-sided p-value (scipy)."""
+    from scipy.stats import binomtest
+    y_true, a, b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    only_a, only_b = int(((a == y_true) & (b != y_true)).sum()), int(((a != y_true) & (b == y_true)).sum())
+    p = 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return dict(only_a_right=only_a, only_b_right=only_b, pvalue=p)
+
+
+def timing_ratio(slow_s, fast_s, n: int = 2000, seed: int = 0, fast_extra_s: float = 0.0, reps: int = 1) -> Estimate:
+    """How many times faster: (reps x median(slow)) / (fast_extra_s + reps x median(fast)), from repeated timings
+    (seconds), with a 95 % CI from resampling each set of timings (scipy's bootstrap, unpaired)."""
+    from scipy.stats import bootstrap as scipy_bootstrap
+    slow, fast = np.asarray(slow_s, dtype=float), np.asarray(fast_s, dtype=float)
+    ratio = lambda s, f, axis=-1: reps * np.median(s, axis) / (fast_extra_s + reps * np.median(f, axis))  # noqa: E731
+    res = scipy_bootstrap((slow, fast), ratio, vectorized=True, n_resamples=n, method="percentile",
+                          random_state=np.random.default_rng(seed))
+    low, high = res.confidence_interval
+    return Estimate(float(ratio(slow, fast)), float(low), float(high), "speed-up (x)",
+                    f"ratio of medians of {len(slow)} and {len(fast)} timings, bootstrap, {n} resamples")
+
+
+def proportion(k: int, n: int, metric: str = "share") -> Estimate:
+    """A share k/n with its exact (Clopper-Pearson) 95 % CI (scipy)."""
+    from scipy.stats import binomtest
+    ci = binomtest(int(k), int(n)).proportion_ci(0.95, method="exact")
+    return Estimate(k / n, float(ci.low), float(ci.high), metric, f"exact binomial interval, {k} of {n}")
+
+
+def exact(value: float, metric: str = "", why: str = "deterministic") -> Estimate:
+    """A measurement with no sampling noise (a check, a count): a zero-width interval, saying why."""
+    return Estimate(float(value), float(value), float(value), metric, f"exact ({why})")
+
+
+@dataclass
+class Evaluation:
+    """Predictions on one dataset: labels, probabilities (N, C), metrics and confusion matrix (C, C)."""
+    vocab: list
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    metrics: dict
+    confusion: np.ndarray
+
+    @property
+    def per_class_recall(self) -> dict:
+        """Recall of each class (the diagonal of the row-normalised confusion matrix)."""
+        rows = self.confusion.sum(1).clip(min=1)
+        return {c: float(self.confusion[i, i] / rows[i]) for i, c in enumerate(self.vocab)}
+
+
+def evaluate(learn, dl=None) -> Evaluation:
+    """Evaluate a fastai Learner on `dl` (default: its validation set), without progress bars."""
+    with learn.no_bar(), learn.no_logging():
+        probs, y = learn.get_preds(dl=dl)
+    y_true, y_pred = y.numpy(), probs.argmax(1).numpy()
+    vocab = list(learn.dls.vocab)
+    return Evaluation(vocab, y_true, y_pred, probs.numpy(), classification_metrics(y_true, y_pred),
+                      confusion_matrix(y_true, y_pred, labels=range(len(vocab))))
+
+
+def noise_band(p: float, n: int, z: float = 2.0) -> float:
+    """`z` binomial standard errors of a rate `p` measured on `n` samples: differences below it are noise."""
+    return z * float(np.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)))
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@renamed_kwargs(size="img_size")
+def count_flops(model: nn.Module, img_size: int, bs: int = 1) -> int:
+    """FLOPs of one forward pass on a (bs, 3, img_size, img_size) batch, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(bs, 3, img_size, img_size, device=next(model.parameters()).device)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops())
+
+
+@renamed_kwargs(size="img_size")
+def latency(model: nn.Module, img_size: int, bs: int = 1, reps: int = 5, warmup: int = 1) -> dict:
+    """Median forward time: ms per batch, ms per image and images/s on (bs, 3, img_size, img_size) inputs;
+    `times_ms` keeps every timed pass (for intervals)."""
+    dev = next(model.parameters()).device
+    x = torch.randn(bs, 3, img_size, img_size, device=dev)
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    ms = 1000 * float(np.median(times))
+    return dict(ms_per_batch=ms, ms_per_image=ms / bs, images_per_s=1000 * bs / ms,
+                times_ms=[1000 * t for t in times])

@@ -1,0 +1,152 @@
+"""Results record: each lesson's key numbers and claims, written atomically as JSON for the course report.
+
+A claim is judged by its 95 % confidence interval, never by the sign of a point estimate:
+supported (the interval lies wholly on the side the claim predicts), refuted (wholly on the other side),
+inconclusive (it straddles), or undecided (the profile is too small to decide, e.g. smoke).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from .env import environment
+from .measure import Estimate
+from .store import atomic_write
+
+__all__ = ["VERDICTS", "PREDICTS", "Results", "results_dir", "verdict", "describe", "load_results", "ledger"]
+
+VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
+PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
+UNDECIDED_NOTE = "this profile is too small to decide: run with CONVTIPS_PROFILE=cpu or gpu"
+
+
+def results_dir() -> Path:
+    """Where results go: `$CONVTIPS_RESULTS`, else ./results."""
+    return Path(os.environ.get("CONVTIPS_RESULTS", "results"))
+
+
+def verdict(low: float, high: float, predicts: str = "greater", threshold: float = 0.0) -> str:
+    """'supported', 'refuted' or 'inconclusive' from a 95 % CI [low, high] and what the claim predicts.
+
+    greater: supported when low > threshold, refuted when high < threshold.
+    less: supported when high < threshold, refuted when low > threshold.
+    within (an equivalence, |effect| <= threshold): supported when the whole CI lies in [-threshold, threshold],
+    refuted when it lies wholly outside.
+    """
+    if predicts not in PREDICTS:
+        raise ValueError(f"predicts must be one of {', '.join(PREDICTS)}, got {predicts!r}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    if predicts == "greater":
+        return "supported" if low > threshold else "refuted" if high < threshold else "inconclusive"
+    if predicts == "less":
+        return "supported" if high < threshold else "refuted" if low > threshold else "inconclusive"
+    t = abs(threshold)
+    return "supported" if -t <= low and high <= t else "refuted" if low > t or high < -t else "inconclusive"
+
+
+def describe(row: dict) -> str:
+    """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'."""
+    unit = f" {row['unit']}" if row.get("unit") else ""
+    lo, hi = row["ci"]
+    ci = "exact" if lo == hi == row["effect"] else f"95 % CI [{lo:+.3g}, {hi:+.3g}]"
+    return f"{row['effect']:+.3g}{unit}, {ci}: {row['verdict']}"
+
+
+def _finite(x):
+    """A float, or None for NaN/infinity (strict JSON has neither)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class Results:
+    """A lesson's record: profile, seed, environment, metrics, claims (effect, interval, verdict) and figures."""
+
+    def __init__(self, lesson: str, cfg, seed: int | None = None, out: Path | None = None):
+        self.lesson, self.cfg, self.out = lesson, cfg, Path(out or results_dir())
+        self.data = dict(lesson=lesson, profile=cfg.as_dict(), seed=cfg.seed if seed is None else seed,
+                         environment=environment(cfg), metrics={}, tables={}, claims=[], figures=[])
+
+    def metric(self, name: str, value) -> None:
+        """Record one number (or small dict/list of numbers) under `name`."""
+        self.data["metrics"][name] = value
+
+    def table(self, name: str, df) -> None:
+        """Record a small table (pandas DataFrame) under `name`."""
+        self.data["tables"][name] = json.loads(df.to_json(orient="records"))
+
+    def claim(self, claim: str, est: Estimate, predicts: str = "greater", threshold: float = 0.0, unit: str = "",
+              decidable: bool | None = None) -> dict:
+        """Record `claim` with its measured `est` (effect and 95 % CI) and the verdict; undecided where the profile
+        is too small. `predicts`/`threshold` state what the claim expects, e.g. greater than 0.01 (one point)."""
+        decidable = self.cfg.decides_claims if decidable is None else decidable
+        row = dict(claim=claim, effect=est.effect, ci=[est.low, est.high], unit=unit or est.metric,
+                   predicts=predicts, threshold=threshold, method=est.method,
+                   verdict=verdict(est.low, est.high, predicts, threshold) if decidable else "undecided",
+                   note="" if decidable else UNDECIDED_NOTE)
+        self.data["claims"] = [c for c in self.data["claims"] if c["claim"] != claim] + [row]
+        return row
+
+    def claims(self) -> pd.DataFrame:
+        """The claims so far as a table: claim, effect, interval, verdict."""
+        return _claims_frame(self.data["claims"])
+
+    def figure(self, fig, name: str) -> Path:
+        """Save a matplotlib figure as PNG next to the JSON and list it in the record."""
+        import io
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+        path = atomic_write(self.out / f"{self.lesson}_{name}.png", buf.getvalue())
+        if path.name not in self.data["figures"]:
+            self.data["figures"].append(path.name)
+        return path
+
+    def save(self) -> Path:
+        """Write `<out>/<lesson>.json` atomically (NaN and infinity as null); returns its path."""
+        self.data["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        text = json.dumps(_strict(self.data), indent=1, default=_jsonable, allow_nan=False)
+        return atomic_write(self.out / f"{self.lesson}.json", text)
+
+
+def _strict(x):
+    """`x` with every NaN or infinite float replaced by None (written as null)."""
+    if isinstance(x, float):
+        return _finite(x)
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
+def _jsonable(x):
+    if hasattr(x, "item") and getattr(x, "ndim", 0) == 0:
+        return _strict(x.item())
+    if hasattr(x, "tolist"):
+        return _strict(x.tolist())
+    return str(x)
+
+
+def _claims_frame(claims: list) -> pd.DataFrame:
+    rows = [dict(claim=c["claim"], effect=c["effect"], ci_low=c["ci"][0], ci_high=c["ci"][1], unit=c["unit"],
+                 verdict=c["verdict"]) for c in claims]
+    return pd.DataFrame(rows, columns=["claim", "effect", "ci_low", "ci_high", "unit", "verdict"])
+
+
+def load_results(folder=None) -> list:
+    """Every lesson record (dict) in `folder`, sorted by lesson name."""
+    folder = Path(folder or results_dir())
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def ledger(records: list) -> pd.DataFrame:
+    """Every claim of every lesson record: lesson, claim, effect, ci_low, ci_high, unit, verdict, profile."""
+    frames = [_claims_frame(r.get("claims", [])).assign(lesson=r["lesson"], profile=r["profile"]["name"])
+              for r in records]
+    cols = ["lesson", "claim", "effect", "ci_low", "ci_high", "unit", "verdict", "profile"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)

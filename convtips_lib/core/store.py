@@ -1,0 +1,91 @@
+"""Storage every cache and record shares: atomic writes, content hashes for cache keys, keyed tensor files."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["atomic_write", "cache_dir", "hash_key", "state_hash", "save_tensors", "load_tensors", "cached"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the permissions open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def cache_dir(kind: str = "features") -> Path:
+    """The cache folder for `kind`: `$CONVTIPS_CACHE/<kind>`, else ~/.cache/convtips/<kind>."""
+    root = os.environ.get("CONVTIPS_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "convtips") / kind
+
+
+def hash_key(*parts) -> str:
+    """sha256 (hex) of the repr of `parts`: a cache key covering everything that changes the cached value."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def state_hash(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, shapes, dtypes, values; buffers such as BN running stats included)."""
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(f"{k}:{tuple(v.shape)}:{v.dtype}".encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_tensors(path, payload: dict) -> Path:
+    """Write a dict of tensors, strings and lists with torch.save, atomically."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write(path, buf.getvalue())
+
+
+def load_tensors(path, key: str, fields: Iterable[str]) -> dict | None:
+    """The payload stored at `path` for `key` (`weights_only=True`); None when absent, or (warning) unreadable or stale."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("key") != key or not all(f in payload for f in fields):
+            raise ValueError("stored key or fields do not match")
+        return payload
+    except Exception as e:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        warnings.warn(f"cache file {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=3)
+        return None
+
+
+def cached(path, key: str, fields: tuple, build: Callable[[], dict]) -> tuple:
+    """(payload, hit, seconds): load `path` when it holds `key`, else build, store atomically and return it."""
+    t = time.perf_counter()
+    payload = load_tensors(path, key, fields)
+    hit = payload is not None
+    if not hit:
+        payload = dict(build(), key=key)
+        save_tensors(path, payload)
+    return payload, hit, time.perf_counter() - t

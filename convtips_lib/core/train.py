@@ -1,0 +1,156 @@
+"""Training: the one training path. Every model, full network or a head on cached features, trains in a fastai
+Learner made by `learner`, so every tip (a loss, a sampler, an optimizer, a Callback) works everywhere."""
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pandas as pd
+from fastai.vision.all import (Callback, CrossEntropyLossFlat, Learner, Normalize, ProgressCallback, Recorder,
+                               accuracy, noop, skm_to_fastai)
+from sklearn.metrics import balanced_accuracy_score, f1_score
+from torch import nn
+
+from .compat import renamed_kwargs
+from .env import is_quiet, seed_everything
+from .models import Classifier, model_stats, pretrained
+from .surgery import freeze, param_groups
+
+__all__ = ["METRICS", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
+           "last_metrics", "valid_preds"]
+
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
+
+
+def _metrics() -> list:
+    """fastai metrics named as in `METRICS` (scikit-learn computes the balanced accuracy and macro F1)."""
+    return [accuracy, skm_to_fastai(balanced_accuracy_score, name="balanced_accuracy"),
+            skm_to_fastai(f1_score, average="macro", name="f1_macro")]
+
+
+class History(Callback):
+    """One row per epoch across every `fit` call (fastai's Recorder forgets earlier fits), and the predicted class
+    of every validation image after each epoch (`preds`: list of (N_valid,) int arrays; `y_true` the labels),
+    for paired statistics on the fixed validation set."""
+    order = Recorder.order + 1
+
+    def __init__(self):
+        self.rows, self.preds, self.y_true, self.phase, self.fitting = [], [], None, "fit", False
+        self._batch, self._y = [], []
+
+    def before_epoch(self):
+        self._t0 = time.perf_counter()
+
+    def before_train(self):
+        self.fitting = True  # get_preds runs before_fit/after_epoch too, but never a training phase
+
+    def before_validate(self):
+        self._batch, self._y = [], []
+
+    def after_batch(self):
+        if not self.training and self.fitting:
+            self._batch.append(self.pred.detach().argmax(-1).cpu().numpy())
+            self._y.append(self.y.detach().cpu().numpy())
+
+    def after_epoch(self):
+        if not self.fitting:
+            return
+        self.fitting = False
+        names = [n for n in self.recorder.metric_names[1:] if n != "time"]
+        vals = self.recorder.log[1:len(names) + 1]
+        row = {n: float(v) if v is not None else None for n, v in zip(names, vals)}
+        row["seconds"] = time.perf_counter() - self._t0   # fastai's own epoch time is rounded to whole seconds
+        self.rows.append(dict(epoch=len(self.rows) + 1, phase=self.phase, **row))
+        self.preds.append(np.concatenate(self._batch) if self._batch else np.array([], dtype=int))
+        self.y_true = np.concatenate(self._y) if self._y else self.y_true
+
+
+def set_norm(dls, stats) -> None:
+    """Make image DataLoaders normalise with `stats` (mean, std), replacing any other Normalize."""
+    for dl in dls.loaders:
+        dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
+    dls.add_tfms([Normalize.from_stats(*stats)], "after_batch")
+
+
+def _seed_loaders(dls, seed: int) -> None:
+    """Reset each DataLoader's own shuffle RNG (fastai draws it once, at creation) so a seed repeats a run."""
+    for i, dl in enumerate(dls.loaders):
+        dl.rng = random.Random(seed + i)
+
+
+def learner(dls, model: nn.Module, loss_func=None, cbs=None, splitter=None, seed: int | None = None,
+            **kw) -> Learner:
+    """The one Learner factory: `METRICS`, `History`, quiet in CI, cross-entropy unless `loss_func`, seeded loaders."""
+    if seed is not None:
+        seed_everything(seed)
+        _seed_loaders(dls, seed)
+    learn = Learner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(), metrics=_metrics(),
+                    splitter=splitter or (lambda m: [list(m.parameters())]), cbs=[History(), *(cbs or [])], **kw)
+    if is_quiet():
+        learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
+        learn.logger = noop
+    return learn
+
+
+@renamed_kwargs(pretrained_="weights")
+def make_learner(dls, arch: str = "efficientnet_lite0", weights="imagenet", depth="head",
+                 model: nn.Module | None = None, loss_func=None, cbs=None, seed: int | None = None,
+                 **kw) -> Learner:
+    """A Learner for `arch` (or a given `model`) on image `dls`, normalised with the model's stats, body frozen to
+    `depth` (the whole network trains from a random init). `weights`: 'imagenet', None or a local file."""
+    if weights is False or weights is True:   # the deprecated pretrained_=True/False flag
+        weights = "imagenet" if weights else None
+    if seed is not None:
+        seed_everything(seed)                 # the new head's initialisation repeats with the seed
+    model = model or pretrained(arch, dls.c, weights=weights)
+    set_norm(dls, model_stats(model))
+    learn = learner(dls, model, loss_func, cbs, param_groups if isinstance(model, Classifier) else None, seed, **kw)
+    if isinstance(model, Classifier):
+        freeze(learn, depth if weights is not None else "none")
+    return learn
+
+
+def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1) -> pd.DataFrame:
+    """Train with one-cycle at peak `lr` (or fastai's `fine_tune`); returns the whole history as a DataFrame."""
+    hist = learn.history
+    if fine_tune:
+        hist.phase = "frozen"
+        learn.freeze()
+        learn.fit_one_cycle(freeze_epochs, lr)
+        hist.phase = "unfrozen"
+        learn.unfreeze()
+        learn.fit_one_cycle(epochs, slice(lr / 100, lr / 2))
+    else:
+        hist.phase = "fit"
+        learn.fit_one_cycle(epochs, lr)
+    return history(learn)
+
+
+@renamed_kwargs(stages="depths")
+def fit_gradual(learn: Learner, lr: float, epochs: int = 1, depths=("head", "middle", "none")) -> pd.DataFrame:
+    """Gradual unfreezing (Howard & Ruder, ULMFiT 2018): `epochs` per freeze depth, each depth freezing less.
+
+    Depths after the first use discriminative learning rates, lr/100 for the earliest layers up to lr/2.
+    """
+    for i, depth in enumerate(depths):
+        learn.history.phase = f"depth: {depth}"
+        freeze(learn, depth)
+        learn.fit_one_cycle(epochs, lr if i == 0 else slice(lr / 100, lr / 2))
+    return history(learn)
+
+
+def history(learn: Learner) -> pd.DataFrame:
+    """Per-epoch losses, `METRICS` and seconds of every fit so far."""
+    return pd.DataFrame(learn.history.rows)
+
+
+def last_metrics(learn: Learner) -> dict:
+    """`METRICS` on the validation set after the last epoch (no extra pass)."""
+    row = learn.history.rows[-1]
+    return {m: row[m] for m in METRICS}
+
+
+def valid_preds(learn: Learner, epoch: int = -1) -> tuple:
+    """(y_true, y_pred): (N_valid,) labels and predicted classes after `epoch` (default: the last), loader order."""
+    return learn.history.y_true, learn.history.preds[epoch]

@@ -1,0 +1,1 @@
+"""course: exercise checks, the HTML report and the `convtips` command."""

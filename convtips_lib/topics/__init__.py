@@ -1,0 +1,1 @@
+"""topics: one module per lesson topic (zoo, blocks, imagenet, transfer, features, handcrafted, ...)."""

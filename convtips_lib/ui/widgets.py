@@ -1,0 +1,136 @@
+"""ipywidgets the lessons share, imported only when a widget is built. Each widget's callback is a plain function
+in the library (`show_cells`, `arch_row`, `photo_top5`, `quick_transfer`) that a notebook calls once and the unit
+tests drive."""
+from __future__ import annotations
+
+import pandas as pd
+from PIL import Image
+
+from ..core.data import BadImageError
+from ..topics.imagenet import SAMPLE_PHOTOS, load_user_image, photo_top5, sample_photo
+from ..topics.transfer import quick_transfer
+from ..topics.zoo import arch_row
+from .plots import plot_lines, show_images
+
+__all__ = ["filter_cells", "show_cells", "dataset_browser", "zoo_widget", "photo_widget", "transfer_widget"]
+
+ANY = "any"
+
+
+def filter_cells(df: pd.DataFrame, label: str = ANY, module_type: str = ANY, prob: str = ANY) -> pd.DataFrame:
+    """ELPV rows matching a binary label, module type (mono/poly) and defect probability ('0', '1/3', '2/3', '1')."""
+    keep = pd.Series(True, index=df.index)
+    for col, val in (("label_bin", label), ("type", module_type), ("label_4", prob)):
+        if val != ANY:
+            if val not in set(df[col]):
+                raise ValueError(f"{col} has no value {val!r}: choose one of {_options(df, col)} or {ANY!r}")
+            keep &= df[col] == val
+    return df[keep]
+
+
+def _options(df: pd.DataFrame, col: str) -> list:
+    """A column's values in their natural order (categories as declared, e.g. defect levels 0, 1/3, 2/3, 1)."""
+    s = df[col]
+    return [c for c in s.cat.categories if c in set(s)] if isinstance(s.dtype, pd.CategoricalDtype) else sorted(set(s))
+
+
+def show_cells(df: pd.DataFrame, label: str = ANY, module_type: str = ANY, prob: str = ANY, n: int = 12,
+               seed: int = 0):
+    """A grid of up to `n` random cells matching the filters (the dataset browser's callback); returns the Figure."""
+    rows = filter_cells(df, label, module_type, prob)
+    rows = rows.sample(min(n, len(rows)), random_state=seed) if len(rows) else rows
+    titles = [f"{r.label_4} {r.type}" for r in rows.itertuples()]
+    return show_images([Image.open(p) for p in rows["path"]], titles, ncols=6,
+                       suptitle=f"{len(rows)} of {len(filter_cells(df, label, module_type, prob))} matching cells")
+
+
+def dataset_browser(df: pd.DataFrame):
+    """Dropdowns for label, module type and defect probability plus a count slider; shows matching cells."""
+    import ipywidgets as w
+    opts = lambda col: [ANY] + _options(df, col)  # noqa: E731
+    controls = dict(label=w.Dropdown(options=opts("label_bin"), description="label"),
+                    module_type=w.Dropdown(options=opts("type"), description="module"),
+                    prob=w.Dropdown(options=opts("label_4"), description="P(defect)"),
+                    n=w.IntSlider(12, 1, 24, description="cells"),
+                    seed=w.IntSlider(0, 0, 99, description="shuffle"))
+
+    def _show(**kw):
+        import matplotlib.pyplot as plt
+        show_cells(df, **kw)
+        plt.show()
+
+    out = w.interactive_output(_show, controls)
+    return w.VBox([w.HBox(list(controls.values())[:3]), w.HBox(list(controls.values())[3:]), out])
+
+
+def zoo_widget(df: pd.DataFrame):
+    """A Dropdown of a `zoo_table`'s architectures that shows the chosen one's row (`arch_row`)."""
+    import ipywidgets as w
+
+    def _show(arch):
+        from IPython.display import display
+        display(arch_row(df, arch).to_frame().T)
+
+    pick = w.Dropdown(options=list(df["arch"]), description="arch")
+    return w.VBox([pick, w.interactive_output(_show, dict(arch=pick))])
+
+
+def _show_photo(out, model, img, title: str) -> None:
+    """Draw `img` and its top-5 table (`photo_top5`) into the Output widget `out`."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    with out:
+        out.clear_output(wait=True)
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ax.imshow(img)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        plt.show()
+        display(photo_top5(model, img))
+
+
+def photo_widget(model):
+    """A Dropdown of sample photos and a FileUpload: shows the image and the model's top-5 table."""
+    import ipywidgets as w
+    pick, upload = w.Dropdown(options=SAMPLE_PHOTOS, description="photo"), w.FileUpload(accept="image/*")
+    out = w.Output()
+
+    def _on_upload(change):
+        f = change["new"][-1]
+        try:
+            _show_photo(out, model, load_user_image(f["content"], f["name"]), f["name"])
+        except BadImageError as e:
+            with out:
+                out.clear_output()
+                print(e)
+
+    pick.observe(lambda ch: _show_photo(out, model, sample_photo(ch["new"]), ch["new"]), names="value")
+    upload.observe(_on_upload, names="value")
+    _show_photo(out, model, sample_photo(pick.value), pick.value)
+    return w.VBox([w.HBox([pick, upload]), out])
+
+
+def transfer_widget(model, cfg, folder=None):
+    """Sliders for data fraction and freeze depth (body groups frozen); each run of `quick_transfer` adds a point
+    to a plot of balanced accuracy."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from ..core.surgery import n_groups
+    n_body = n_groups(model)
+    frac = w.SelectionSlider(options=list(cfg.fractions), value=cfg.fractions[0], description="data fraction")
+    depth = w.IntSlider(n_body, max(1, n_body - 3), n_body, description="frozen groups")
+    button, out, rows = w.Button(description="run"), w.Output(), []
+
+    def _run(_=None):
+        rows.append(quick_transfer(model, cfg, frac.value, depth.value, folder, seed=cfg.seed))
+        with out:
+            out.clear_output(wait=True)
+            df = pd.DataFrame(rows)
+            display(df.round(3))
+            plot_lines(df, "trainable_groups", "balanced_accuracy", hue="frac", title="quick experiments")
+            plt.show()
+
+    button.on_click(_run)
+    return w.VBox([w.HBox([frac, depth, button]), out])
