@@ -18,10 +18,13 @@ from .env import environment
 from .measure import Estimate
 from .store import atomic_write
 
-__all__ = ["VERDICTS", "PREDICTS", "Results", "results_dir", "verdict", "describe", "load_results", "ledger"]
+__all__ = ["VERDICTS", "PREDICTS", "SAME_WITHIN", "FAR_AHEAD", "Results", "results_dir", "verdict", "describe", "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
+# practical thresholds claims are judged against (on a metric in [0, 1])
+SAME_WITHIN = 0.02   # two results within 2 points count as the same ("matches", "reaches the same accuracy")
+FAR_AHEAD = 0.05     # "far ahead": at least 5 points better
 UNDECIDED_NOTE = "this profile is too small to decide: run with CONVTIPS_PROFILE=cpu or gpu"
 
 
@@ -50,12 +53,19 @@ def verdict(low: float, high: float, predicts: str = "greater", threshold: float
     return "supported" if -t <= low and high <= t else "refuted" if low > t or high < -t else "inconclusive"
 
 
+def _num(x) -> str:
+    """A signed number with 3 decimals below 10, fewer above ('+0.084', '+12.5', '+443')."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.3f}" if abs(x) < 10 else f"{x:+.1f}" if abs(x) < 100 else f"{x:+.0f}"
+
+
 def describe(row: dict) -> str:
     """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'."""
     unit = f" {row['unit']}" if row.get("unit") else ""
     lo, hi = row["ci"]
-    ci = "exact" if lo == hi == row["effect"] else f"95 % CI [{lo:+.3g}, {hi:+.3g}]"
-    return f"{row['effect']:+.3g}{unit}, {ci}: {row['verdict']}"
+    ci = "exact" if str(row.get("method", "")).startswith("exact") else f"95 % CI [{_num(lo)}, {_num(hi)}]"
+    return f"{_num(row['effect'])}{unit}, {ci}: {row['verdict']}"
 
 
 def _finite(x):
@@ -77,8 +87,10 @@ class Results:
         self.data["metrics"][name] = value
 
     def table(self, name: str, df) -> None:
-        """Record a small table (pandas DataFrame) under `name`."""
-        self.data["tables"][name] = json.loads(df.to_json(orient="records"))
+        """Record a small table (pandas DataFrame) under `name`; per-image columns (arrays, e.g. y_pred) are left out."""
+        per_image = [c for c in df.columns if len(df) and hasattr(df[c].iloc[0], "__len__")
+                     and not isinstance(df[c].iloc[0], str)]
+        self.data["tables"][name] = json.loads(df.drop(columns=per_image).to_json(orient="records"))
 
     def claim(self, claim: str, est: Estimate, predicts: str = "greater", threshold: float = 0.0, unit: str = "",
               decidable: bool | None = None) -> dict:

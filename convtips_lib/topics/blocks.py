@@ -10,11 +10,15 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from torch import nn
 
-from .imagenet import preprocess, prediction_summary
-from ..core.measure import count_params
+from ..core.measure import Estimate, count_params, exact
+from .imagenet import prediction_summary, preprocess
 
 __all__ = ["BasicBlock", "PadSame", "InvertedResidual", "rebuild", "copy_weights", "compare_blocks", "block_input",
-           "DETAILS", "detail_effects", "network_effects"]
+           "DETAILS", "detail_effects", "network_effects", "MATCH_TOL", "CHANGE_TOL", "twin_matches",
+           "details_that_matter", "lost_target"]
+
+MATCH_TOL = 1e-5     # max |output difference| under which a re-implementation counts as identical (float32 noise)
+CHANGE_TOL = 0.01    # relative output change above which a wrong detail counts as changing the block
 
 
 # ---------------------------------------------------------------- the blocks, as the papers draw them
@@ -290,3 +294,20 @@ def network_effects(model: nn.Module, img, target: str | None = None, k: int = 5
         torch.manual_seed(0)
         rows.append(dict(detail=detail, uses=uses, wrong=wrong, **prediction_summary(changed, x, target, k)))
     return pd.DataFrame(rows)
+
+
+def twin_matches(check: dict) -> Estimate:
+    """The largest |output difference| of a hand-built twin (`compare_blocks`), exact: below MATCH_TOL = identical."""
+    diff = check["max_abs_diff"] if check["same_shape"] else float("inf")
+    return exact(diff, "max |output difference|", "one deterministic forward pass")
+
+
+def details_that_matter(details: pd.DataFrame) -> Estimate:
+    """Share of the wrong details (`detail_effects`) that change the block's output by more than CHANGE_TOL."""
+    return exact(float((details["rel_diff"] > CHANGE_TOL).mean()), "share of wrong details",
+                 f"{len(details)} deterministic forward passes")
+
+
+def lost_target(network: pd.DataFrame) -> list:
+    """The details (`network_effects` rows) under which the network gives the target less than half its probability."""
+    return network[network["target_prob"] < 0.5]["detail"].tolist()

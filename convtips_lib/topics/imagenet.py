@@ -11,11 +11,12 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..core.compat import renamed_kwargs
 from ..core.data import BadImageError
 from ..core.models import IMAGENET_STATS
 
 __all__ = ["imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "prediction_summary",
-           "preprocessing_variants", "load_user_image", "sample_photo", "photo_top5"]
+           "preprocessing_variants", "preprocessing_effects", "load_user_image", "sample_photo", "photo_top5"]
 
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")   # skimage.data, offline
 
@@ -32,9 +33,10 @@ def imagenet_labels() -> list:
     return [info.index_to_description(i) for i in range(1000)]
 
 
-def preprocess(img, size: int, stats, bgr: bool = False, normalize: bool = True) -> torch.Tensor:
-    """An RGB image (H, W, 3 array or PIL) -> a (1, 3, size, size) float tensor, resized and normalised with `stats`."""
-    img = Image.fromarray(np.asarray(img)).convert("RGB").resize((size, size), Image.BICUBIC)
+@renamed_kwargs(size="img_size")
+def preprocess(img, img_size: int, stats, bgr: bool = False, normalize: bool = True) -> torch.Tensor:
+    """An RGB image (H, W, 3 array or PIL) -> a (1, 3, img_size, img_size) float tensor, resized and normalised."""
+    img = Image.fromarray(np.asarray(img)).convert("RGB").resize((img_size, img_size), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     if bgr:
         x = x.flip(0)
@@ -44,10 +46,11 @@ def preprocess(img, size: int, stats, bgr: bool = False, normalize: bool = True)
     return x[None]
 
 
-def topk(model, img, k: int = 5, size: int | None = None, **kw) -> list:
+@renamed_kwargs(size="img_size")
+def topk(model, img, k: int = 5, img_size: int | None = None, **kw) -> list:
     """Top-`k` (label, probability) of an ImageNet classifier on one image, preprocessed per `model.meta`."""
     meta = model.meta
-    x = preprocess(img, size or meta["input_size"], meta["stats"], **kw)
+    x = preprocess(img, img_size or meta["input_size"], meta["stats"], **kw)
     model.eval()
     with torch.no_grad():
         p = model(x.to(next(model.parameters()).device)).softmax(1)[0].cpu()
@@ -105,9 +108,20 @@ def preprocessing_variants(model, img, target: str | None = None, k: int = 5) ->
     rows = []
     for name, change, tfm, kw in _variants(meta["input_size"], meta["stats"]):
         kw = dict(dict(stats=meta["stats"]), **kw)
-        x = preprocess(tfm(img), kw.pop("size"), kw.pop("stats"), **kw)
+        x = preprocess(tfm(img), kw.pop("size"), kw.pop("stats"), **kw)   # `size`: the variant's input side
         rows.append(dict(variant=name, change=change, **prediction_summary(model, x, target, k)))
     return pd.DataFrame(rows)
+
+
+def preprocessing_effects(variants: pd.DataFrame) -> pd.DataFrame:
+    """Per wrong variant of `preprocessing_variants` rows over several photos (column `photo`): on how many photos
+    the top-1 label changes against 'correct', and the mean change of the top-1 probability."""
+    right = variants[variants["variant"] == "correct"].set_index("photo")
+    wrong = variants[variants["variant"] != "correct"].assign(
+        top1_changed=lambda d: [lab != right.loc[p, "label"] for lab, p in zip(d["label"], d["photo"])],
+        prob_change=lambda d: d["prob"] - d["photo"].map(right["prob"]))
+    return (wrong.groupby("variant", sort=False)
+            .agg(photos_changed=("top1_changed", "sum"), mean_prob_change=("prob_change", "mean")).reset_index())
 
 
 def load_user_image(path_or_bytes, name: str | None = None) -> np.ndarray:

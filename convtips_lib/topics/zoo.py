@@ -61,7 +61,8 @@ def latency_predictors(zoo: pd.DataFrame, n: int = 2000, seed: int = 0) -> Estim
 
     res = scipy_bootstrap(cols, diff, paired=True, vectorized=False, n_resamples=n, method="percentile",
                           random_state=np.random.default_rng(seed))
-    low, high = np.nan_to_num(res.confidence_interval, nan=0.0)   # a resample of tied ranks has no correlation
+    low, high = np.nanpercentile(res.bootstrap_distribution, [2.5, 97.5])   # a resample of one repeated
+    # architecture has no rank correlation (NaN): it is left out rather than counted as 0
     return Estimate(float(diff(*cols)), float(low), float(high), "Spearman difference",
                     f"paired bootstrap over {len(zoo)} architectures, {n} resamples")
 
