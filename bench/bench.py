@@ -81,16 +81,22 @@ def arch_speed(arch: str, cfg) -> dict:
 
 
 def course_run(profile: str, lessons: list) -> dict:
-    """Wall seconds of `convtips run` per lesson (parsed from its progress lines) and each lesson's claims."""
+    """Wall seconds and status of each lesson of `convtips run` (read from its run.json) and each lesson's claims."""
+    from convtips_lib.core.results import read_records
     out_dir = HERE.parent / "runs" / f"bench_{profile}"
     cmd = [sys.executable, "-m", "convtips_lib.course.cli", "run", *lessons, "--profile", profile, "--out", str(out_dir)]
+    run_json = out_dir / "run.json"
+    run_json.unlink(missing_ok=True)
     t = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
-    per = {line.split("] ")[1].split(" ")[0]: float(line.rsplit("ok in ", 1)[1].split(" s")[0])
-           for line in out.stdout.splitlines() if " ok in " in line}
-    claims = {r["lesson"]: r["claims"] for r in ctl.load_results(out_dir / "results") if r["lesson"] in per}
+    if not run_json.exists():
+        raise RuntimeError(f"`convtips run` wrote no {run_json} (exit {out.returncode}): {out.stderr.strip()[-500:]}")
+    run = json.loads(run_json.read_text())
+    per = {r["lesson"]: r["seconds"] for r in run if r["status"] == "ok"}
+    claims = {r["lesson"]: r["claims"] for r in read_records(out_dir / "results")[0] if r["lesson"] in per}
     return dict(profile=profile, returncode=out.returncode, total_s=time.perf_counter() - t, per_lesson_s=per,
-                claims=claims)
+                status={r["lesson"]: r["status"] for r in run}, claims=claims,
+                problems={r["lesson"]: r["error"] for r in run if r["status"] != "ok"})
 
 
 def main(argv=None) -> Path:

@@ -1,27 +1,80 @@
-"""Tests for convtips_lib.cli: lesson selection, clear errors, `info`, and `run` on a tiny notebook."""
+"""Tests for convtips_lib.course.cli: `convtips run` on tiny generated lessons (one records a claim, one raises, one
+sleeps): failures and timeouts named by cell, Ctrl-C, run.json, stale and foreign records, clear errors, --seed,
+and `convtips claims`."""
+import contextlib
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from convtips_lib.cli import find_lessons, main
+from convtips_lib.core.measure import Estimate
+from convtips_lib.core.profiles import profile
+from convtips_lib.core.results import Results
+from convtips_lib.course.cli import find_lessons, main
+
+CLAIM = """import os
+from convtips_lib.core.measure import Estimate
+from convtips_lib.core.profiles import profile
+from convtips_lib.core.results import Results
+cfg = profile()
+res = Results('00_claim', cfg)
+res.metric('seed_env', os.environ.get('CONVTIPS_SEED'))
+res.claim('tiny lessons <run> fast', Estimate(0.1, 0.05, 0.15, 'accuracy', 'test'), decidable=True)
+res.save()"""
+RAISES = "def check(v):\n    raise ValueError(f'bad value {v}')\n\ncheck(x)"
+SLEEPS = "import os, time\nopen(os.environ['TINY_PID_FILE'], 'w').write(str(os.getpid()))\n" \
+         "time.sleep(float(os.environ.get('TINY_SLEEP', '0')))"
 
 
-def _notebook(path, code):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+def _notebook(path, *codes):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in codes])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
+
+
+def _run(*argv) -> tuple:
+    """main(argv) with its stdout and stderr captured: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(map(str, argv)))
+    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
 def lessons(tmp_path):
     folder = tmp_path / "lessons"
     folder.mkdir()
-    code = ("import os, convtips_lib as ctl\ncfg = ctl.profile()\nres = ctl.Results('00_tiny', cfg)\n"
-            "res.metric('profile', cfg.name)\nres.save()")
-    _notebook(folder / "00_tiny.ipynb", code)
+    _notebook(folder / "00_tiny.ipynb", "x = 1")
     _notebook(folder / "01_broken.ipynb", "raise RuntimeError('this lesson fails')")
     return folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One run of three lessons (claim, broken, ok) into a folder holding a stale, a corrupt and a foreign record."""
+    tmp = tmp_path_factory.mktemp("run")
+    folder, out = tmp / "lessons", tmp / "out"
+    folder.mkdir()
+    _notebook(folder / "00_claim.ipynb", CLAIM)
+    _notebook(folder / "01_broken.ipynb", "x = 1", RAISES)
+    _notebook(folder / "02_ok.ipynb", "print('hi')")
+    results = out / "results"
+    results.mkdir(parents=True)
+    stale = Results("01_broken", profile("smoke"), out=results)
+    stale.metric("stale_number", 0.987654)
+    stale.save()
+    (results / "01_broken_curve.png").write_bytes(b"old figure")
+    (results / "zz_half.json").write_text('{"lesson": "zz\x01')
+    (results / "yy_foreign.json").write_text('{"name": "some other tool"}')
+    rc, stdout, stderr = _run("run", "--profile", "smoke", "--out", out, "--lessons-dir", folder, "--seed", 7)
+    return dict(rc=rc, out=out, stdout=stdout, stderr=stderr, report=(out / "report.html").read_text())
 
 
 def test_find_lessons_by_prefix_and_glob(lessons):
@@ -29,29 +82,146 @@ def test_find_lessons_by_prefix_and_glob(lessons):
     assert [p.stem for p in find_lessons(("01*",), lessons)] == ["01_broken"]
 
 
-def test_unknown_lesson_lists_the_choices(lessons, capsys):
-    assert main(["run", "07", "--lessons-dir", str(lessons)]) == 2
-    assert "00_tiny, 01_broken" in capsys.readouterr().err
+def test_unknown_lesson_lists_the_choices(lessons):
+    rc, _, err = _run("run", "07", "--lessons-dir", lessons)
+    assert rc == 2 and "00_tiny, 01_broken" in err
 
 
-def test_unknown_profile_is_a_clear_error(lessons, capsys):
-    assert main(["run", "--profile", "huge", "--lessons-dir", str(lessons)]) == 2
-    assert "smoke, cpu, gpu" in capsys.readouterr().err
+def test_unknown_profile_is_a_one_line_error(lessons):
+    rc, _, err = _run("run", "--profile", "huge", "--lessons-dir", lessons)
+    assert rc == 2 and err.startswith("convtips: unknown profile 'huge'") and "smoke, cpu, gpu" in err
+    assert "Traceback" not in err
 
 
-def test_run_writes_notebooks_results_and_report(lessons, tmp_path, capsys):
-    out = tmp_path / "run"
-    rc = main(["run", "--profile", "smoke", "--out", str(out), "--lessons-dir", str(lessons), "--timeout", "120"])
-    captured = capsys.readouterr()
-    assert rc == 1 and "01_broken" in captured.err                  # one failure is reported, the other ran
-    assert (out / "00_tiny.ipynb").exists() and (out / "01_broken.ipynb").exists()
-    record = json.loads((out / "results" / "00_tiny.json").read_text())
-    assert record["metrics"]["profile"] == "smoke"
-    assert "00_tiny" in (out / "report.html").read_text()
+def test_lessons_dir_errors_name_the_real_flag(tmp_path):
+    rc, _, err = _run("run", "--lessons-dir", tmp_path / "missing")
+    assert rc == 2 and "does not exist" in err and "--lessons-dir FOLDER" in err
+    rc, _, err = _run("run", "--lessons-dir", tmp_path)
+    assert rc == 2 and "no lessons" in err and "--lessons-dir FOLDER" in err and "--lessons " not in err
 
 
-def test_info_prints_profile_and_verified_weights(capsys):
-    assert main(["info", "--profile", "smoke"]) == 0
-    out = capsys.readouterr().out
-    assert '"profile": "smoke"' in out and "2624 images" in out
+def test_out_as_a_file_is_a_clear_error(lessons, tmp_path):
+    file = tmp_path / "report.txt"
+    file.write_text("not a folder")
+    rc, _, err = _run("run", "--profile", "smoke", "--out", file, "--lessons-dir", lessons)
+    assert rc == 2 and "is a file, not a folder" in err and "Traceback" not in err
+    rc, _, err = _run("run", "--profile", "smoke", "--out", file / "sub", "--lessons-dir", lessons)
+    assert rc == 2 and "which is a file" in err
+
+
+def test_failed_lesson_names_cell_line_and_exception(run):
+    assert run["rc"] == 1
+    assert "01_broken  failed" in run["stdout"]
+    assert "cell 2 of 2, line 2: raise ValueError(f'bad value {v}')" in run["stdout"]
+    assert "ValueError: bad value 1" in run["stdout"] and "-----" not in run["stdout"]
+    assert "00_claim  ok" in run["stdout"] and "02_ok  ok" in run["stdout"]
+    assert "without encryption" not in run["stdout"] + run["stderr"]          # the kernel's chatter stays in logs/
+
+
+def test_run_json_lists_every_lesson_with_status_time_and_reason(run):
+    rows = {r["lesson"]: r for r in json.loads((run["out"] / "run.json").read_text())}
+    assert {k: r["status"] for k, r in rows.items()} == {"00_claim": "ok", "01_broken": "failed", "02_ok": "ok"}
+    assert rows["01_broken"]["cell"] == 2 and rows["01_broken"]["error"] == "ValueError: bad value 1"
+    assert all(r["seconds"] > 0 for r in rows.values())
+    marked = nbformat.read(run["out"] / "01_broken.ipynb", as_version=4)
+    assert marked.metadata["convtips"]["status"] == "failed" and "Incomplete: failed" in marked.cells[0].source
+
+
+def test_report_opens_with_the_ledger_and_lists_failed_lessons_with_the_reason(run):
+    page = run["report"]
+    assert page.index("Claims ledger") < page.index("Lessons in this run") < page.index("<h2 class='lesson'>")
+    assert "<tr class='supported'><td>00_claim</td><td>tiny lessons &lt;run&gt; fast</td>" in page
+    assert page.count("class='forest'") == 1
+    assert "<td>01_broken</td><td>failed</td>" in page and "ValueError: bad value 1" in page
+
+
+def test_stale_record_and_figures_are_removed_before_a_lesson_runs(run):
+    results = run["out"] / "results"
+    assert not (results / "01_broken.json").exists() and not (results / "01_broken_curve.png").exists()
+    assert "0.9877" not in run["report"]
+
+
+def test_corrupt_and_foreign_json_are_skipped_with_a_warning(run):
+    assert "warning: skipped" in run["stderr"] and "zz_half.json: not valid JSON" in run["stderr"]
+    assert "yy_foreign.json: not a lesson record" in run["stderr"]
+    assert "Files skipped" in run["report"]
+
+
+def test_seed_reaches_the_kernels(run):
+    record = json.loads((run["out"] / "results" / "00_claim.json").read_text())
+    assert record["metrics"]["seed_env"] == "7" and record["seed"] == 7
+
+
+def test_a_stalled_cell_times_out_naming_lesson_and_cell(tmp_path, monkeypatch):
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    _notebook(folder / "00_stall.ipynb", "y = 2", "import time\ntime.sleep(60)")
+    t = time.monotonic()
+    rc, out, _ = _run("run", "--profile", "smoke", "--out", tmp_path / "out", "--lessons-dir", folder,
+                      "--timeout", 5)
+    assert rc == 1 and time.monotonic() - t < 40
+    assert "00_stall  timed out" in out and "cell 2 of 2, line 2: time.sleep(60)" in out   # where it hung
+    assert json.loads((tmp_path / "out" / "run.json").read_text())[0]["status"] == "timed out"
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\tZ" not in status.read_text()
+
+
+def test_ctrl_c_keeps_a_marked_partial_notebook_and_leaves_no_kernel(tmp_path, monkeypatch):
+    folder, out, pid_file = tmp_path / "lessons", tmp_path / "out", tmp_path / "kernel.pid"
+    folder.mkdir()
+    _notebook(folder / "00_sleepy.ipynb", SLEEPS, "print('done')")
+    env = dict(os.environ, TINY_SLEEP="120", TINY_PID_FILE=str(pid_file))
+    cmd = [sys.executable, "-m", "convtips_lib.course.cli", "run", "--profile", "smoke", "--out", str(out),
+           "--lessons-dir", str(folder)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    kernel = int(pid_file.read_text())
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted during lesson 00_sleepy, cell 1 of 2; partial notebook kept at" in stderr
+    assert "marked incomplete" in stderr and "Traceback" not in stderr + stdout
+    assert not _alive(kernel)
+    partial = nbformat.read(out / "00_sleepy.ipynb", as_version=4)
+    assert partial.metadata["convtips"]["status"] == "interrupted"
+    assert "Incomplete: interrupted" in partial.cells[0].source and "line 3: time.sleep" in partial.cells[0].source
+    monkeypatch.setenv("TINY_PID_FILE", str(pid_file))                  # a rerun into the same folder works
+    monkeypatch.delenv("TINY_SLEEP", raising=False)
+    rc, stdout, _ = _run("run", "--profile", "smoke", "--out", out, "--lessons-dir", folder)
+    assert rc == 0 and "00_sleepy  ok" in stdout
+    assert nbformat.read(out / "00_sleepy.ipynb", as_version=4).metadata["convtips"]["complete"]
+
+
+def _record(folder, lesson, claim, low, high):
+    res = Results(lesson, profile("smoke"), out=folder)
+    res.claim(claim, Estimate((low + high) / 2, low, high, "accuracy", "paired bootstrap"), decidable=True)
+    res.save()
+
+
+def test_claims_prints_the_ledger_and_the_verdict_counts(tmp_path):
+    _record(tmp_path / "results", "00_one", "pretrained weights beat random initialisation on every split we "
+            "tried, by a margin that is larger than the noise band", 0.02, 0.08)
+    _record(tmp_path / "results", "01_two", "freezing the body is as good as fine-tuning it", -0.04, 0.01)
+    rc, out, _ = _run("claims", tmp_path)
+    assert rc == 0
+    assert "00_one" in out and "pretrained weights beat random" in out and "01_two" in out
+    assert "[+0.020, +0.080]" in out and "supported" in out and "inconclusive" in out
+    assert out.strip().endswith("2 claims: 1 supported, 0 refuted, 1 inconclusive, 0 undecided")
+
+
+def test_claims_on_a_folder_without_results_says_so(tmp_path):
+    rc, _, err = _run("claims", tmp_path)
+    assert rc == 2 and "no lesson results" in err
+    rc, _, err = _run("claims", tmp_path / "nowhere")
+    assert rc == 2 and "does not exist" in err
+
+
+def test_info_prints_profile_and_verified_weights():
+    rc, out, _ = _run("info", "--profile", "smoke")
+    assert rc == 0 and '"profile": "smoke"' in out and "2624 images" in out
     assert out.count("sha256 verified") == 3

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,8 @@ from .env import environment
 from .measure import Estimate
 from .store import atomic_write
 
-__all__ = ["VERDICTS", "PREDICTS", "SAME_WITHIN", "FAR_AHEAD", "Results", "results_dir", "verdict", "describe", "load_results", "ledger"]
+__all__ = ["VERDICTS", "PREDICTS", "SAME_WITHIN", "FAR_AHEAD", "Results", "results_dir", "verdict", "describe",
+           "signed", "interval_text", "read_records", "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -53,19 +55,25 @@ def verdict(low: float, high: float, predicts: str = "greater", threshold: float
     return "supported" if -t <= low and high <= t else "refuted" if low > t or high < -t else "inconclusive"
 
 
-def _num(x) -> str:
-    """A signed number with 3 decimals below 10, fewer above ('+0.084', '+12.5', '+443')."""
-    if x is None or not math.isfinite(x):
+def signed(x) -> str:
+    """A signed number with 3 decimals below 10, fewer above ('+0.084', '+12.5', '+443'); 'n/a' if missing."""
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
         return "n/a"
     return f"{x:+.3f}" if abs(x) < 10 else f"{x:+.1f}" if abs(x) < 100 else f"{x:+.0f}"
+
+
+def interval_text(low, high, effect) -> str:
+    """'[low, high]', or 'exact' for a zero-width interval at the effect (a deterministic measurement)."""
+    if low == high == effect and signed(low) != "n/a":
+        return "exact"
+    return f"[{signed(low)}, {signed(high)}]"
 
 
 def describe(row: dict) -> str:
     """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'."""
     unit = f" {row['unit']}" if row.get("unit") else ""
-    lo, hi = row["ci"]
-    ci = "exact" if str(row.get("method", "")).startswith("exact") else f"95 % CI [{_num(lo)}, {_num(hi)}]"
-    return f"{_num(row['effect'])}{unit}, {ci}: {row['verdict']}"
+    ci = "exact" if str(row.get("method", "")).startswith("exact") else f"95 % CI {interval_text(*row['ci'], None)}"
+    return f"{signed(row['effect'])}{unit}, {ci}: {row['verdict']}"
 
 
 def _finite(x):
@@ -150,10 +158,71 @@ def _claims_frame(claims: list) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "effect", "ci_low", "ci_high", "unit", "verdict"])
 
 
+_CLAIM_KEYS = ("claim", "effect", "ci", "unit", "verdict")
+
+
+def _record_problem(rec) -> str | None:
+    """Why `rec` (parsed JSON) is not a lesson record, or None when it is one."""
+    if not isinstance(rec, dict):
+        return f"not a lesson record (a JSON {type(rec).__name__}, not an object)"
+    missing = [k for k in ("lesson", "profile", "claims") if k not in rec]
+    if missing:
+        return f"not a lesson record: no {', '.join(repr(k) for k in missing)} key"
+    if not isinstance(rec["profile"], dict) or "name" not in rec["profile"]:
+        return "not a lesson record: 'profile' has no 'name'"
+    if not isinstance(rec["claims"], list):
+        return "not a lesson record: 'claims' is not a list"
+    for i, c in enumerate(rec["claims"], 1):
+        if not isinstance(c, dict) or any(k not in c for k in _CLAIM_KEYS) or len(c.get("ci") or ()) != 2:
+            return f"claim {i} lacks one of {', '.join(_CLAIM_KEYS)} (ci as [low, high])"
+    return None
+
+
+def _read_record(path: Path):
+    """(record, None) for a usable lesson record, else (None, why not)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not valid JSON ({e}), perhaps half-written"
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror or e})"
+    problem = _record_problem(rec)
+    return (None, problem) if problem else (rec, None)
+
+
+def read_records(folder) -> tuple:
+    """(records, skipped): every usable `<lesson>.json` in `folder` sorted by lesson, and one warning per file
+    skipped because it is unreadable, half-written or not a lesson record."""
+    records, skipped = [], []
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        rec, why = _read_record(path)
+        if rec is None:
+            skipped.append(f"skipped {path}: {why}; delete it or rerun its lesson")
+        else:
+            records.append(rec)
+    return sorted(records, key=lambda r: str(r["lesson"])), skipped
+
+
+def read_records(folder) -> tuple:
+    """(records, skipped): every usable `<lesson>.json` in `folder` sorted by lesson, and one message per file
+    skipped because it is unreadable, half-written or not a lesson record."""
+    records, skipped = [], []
+    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        rec, why = _read_record(path)
+        if rec is None:
+            skipped.append(f"skipped {path}: {why}; delete it or rerun its lesson")
+        else:
+            records.append(rec)
+    return sorted(records, key=lambda r: str(r["lesson"])), skipped
+
+
 def load_results(folder=None) -> list:
-    """Every lesson record (dict) in `folder`, sorted by lesson name."""
-    folder = Path(folder or results_dir())
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """Every usable lesson record (dict) in `folder` (default `results_dir()`), sorted by lesson; a file that is not
+    one is skipped with a warning naming it."""
+    records, skipped = read_records(folder or results_dir())
+    for msg in skipped:
+        warnings.warn(msg, stacklevel=2)
+    return records
 
 
 def ledger(records: list) -> pd.DataFrame:

@@ -1,0 +1,60 @@
+"""Benchmark (not a test): do two runs with different seeds reach the same verdicts?
+
+    CONVTIPS_SEED=42 convtips run 01 02 --profile cpu --out runs/seed42
+    CONVTIPS_SEED=43 convtips run 01 02 --profile cpu --out runs/seed43
+    python bench/agreement.py runs/seed42 runs/seed43     # -> bench/results/agreement_<profile>_<machine>.json
+
+The goal: no claim is supported with one seed and refuted with the other (a claim that flips must come out
+inconclusive).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import convtips_lib as ctl  # noqa: E402
+from bench import machine  # noqa: E402
+from convtips_lib.core.store import atomic_write  # noqa: E402
+
+
+def _ledger(folder: Path):
+    return ctl.ledger(ctl.load_results(Path(folder) / "results"))
+
+
+def agreement(a: Path, b: Path) -> dict:
+    """Per claim of the lessons both runs hold: both verdicts and effects; counts of agreement and of flips."""
+    la, lb = _ledger(a), _ledger(b)
+    both = la.merge(lb, on=["lesson", "claim"], suffixes=("_a", "_b"))
+    rows = [dict(lesson=r.lesson, claim=r.claim, verdict_a=r.verdict_a, verdict_b=r.verdict_b,
+                 effect_a=r.effect_a, effect_b=r.effect_b, ci_a=[r.ci_low_a, r.ci_high_a],
+                 ci_b=[r.ci_low_b, r.ci_high_b]) for r in both.itertuples()]
+    flips = [r for r in rows if {r["verdict_a"], r["verdict_b"]} == {"supported", "refuted"}]
+    return dict(claims=len(rows), agree=sum(r["verdict_a"] == r["verdict_b"] for r in rows), flips=len(flips),
+                rows=rows)
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_a")
+    ap.add_argument("run_b")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    recs = ctl.load_results(Path(args.run_a) / "results")
+    profile = recs[0]["profile"]["name"] if recs else "unknown"
+    seeds = [ctl.load_results(Path(f) / "results")[0]["seed"] for f in (args.run_a, args.run_b)]
+    rec = dict(machine=machine(), date=time.strftime("%Y-%m-%d"), profile=profile, seeds=seeds,
+               **agreement(Path(args.run_a), Path(args.run_b)))
+    out = Path(args.out or HERE / "results" / f"agreement_{profile}_cpu{rec['machine']['cores']}.json")
+    atomic_write(out, json.dumps(rec, indent=1))
+    print(f"{rec['agree']} of {rec['claims']} verdicts agree; {rec['flips']} supported/refuted flips -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
