@@ -44,11 +44,12 @@ def main(argv=None) -> Path:
     ap.add_argument("run_a")
     ap.add_argument("run_b")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default="", help="conditions worth recording, e.g. other jobs loading the machine")
     args = ap.parse_args(argv)
     recs = ctl.load_results(Path(args.run_a) / "results")
     profile = recs[0]["profile"]["name"] if recs else "unknown"
     seeds = [ctl.load_results(Path(f) / "results")[0]["seed"] for f in (args.run_a, args.run_b)]
-    rec = dict(machine=machine(), date=time.strftime("%Y-%m-%d"), profile=profile, seeds=seeds,
+    rec = dict(machine=machine(), date=time.strftime("%Y-%m-%d"), profile=profile, seeds=seeds, note=args.note,
                **agreement(Path(args.run_a), Path(args.run_b)))
     out = Path(args.out or HERE / "results" / f"agreement_{profile}_cpu{rec['machine']['cores']}.json")
     atomic_write(out, json.dumps(rec, indent=1))
