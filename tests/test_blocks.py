@@ -1,14 +1,14 @@
-"""Tests for convtips_lib.blocks: hand-built blocks equal timm's after copying weights; details change outputs."""
+"""Tests for convtips_lib.topics.blocks: hand-built blocks equal timm's after copying weights; details change outputs."""
 import pytest
 import timm
 import torch
 from skimage.data import chelsea
 from torch import nn
 
-from convtips_lib.blocks import (BasicBlock, InvertedResidual, PadSame, block_input, compare_blocks, copy_weights,
+from convtips_lib.topics.blocks import (BasicBlock, InvertedResidual, PadSame, block_input, compare_blocks, copy_weights,
                                  detail_effects, network_effects, rebuild)
-from convtips_lib.imagenet import preprocess
-from convtips_lib.models import pretrained
+from convtips_lib.topics.imagenet import preprocess
+from convtips_lib.core.models import pretrained
 
 LITE_BLOCKS = ["body.blocks.0.0", "body.blocks.1.0", "body.blocks.1.1", "body.blocks.2.0", "body.blocks.4.0"]
 

@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.data: ELPV table and split, DataLoaders, image checks, folders and offline downloads."""
+"""Tests for convtips_lib.core.data: ELPV table and split, DataLoaders, image checks, folders and offline downloads."""
 import functools
 import hashlib
 import http.server
@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 import fastai.data
-from convtips_lib.data import (BadImageError, DataUnreachableError, check_images, elpv_dls, elpv_frame,
-                               folder_dls, open_image, subsample, untar_dls)
-from convtips_lib.profiles import profile
+import pandas as pd
+from convtips_lib.core.data import (DEFECT_LEVELS, VALID_N, BadImageError, DataUnreachableError, _elpv_frame_cached,
+                                    check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
+                                    subsample, tensor_dls, untar_dls, valid_labels)
+from convtips_lib.core.profiles import profile
 
 N_ELPV = 2624
 COLUMNS = ["path", "prob", "type", "defective", "label_bin", "label_4", "is_valid"]
@@ -124,7 +126,15 @@ def test_label_bin_is_defective_iff_prob_at_least_half(frame):
 def test_label_4_values(frame):
     assert set(frame["label_4"]) == {"0", "1/3", "2/3", "1"}
     expected = {"0": 0.0, "1/3": 1 / 3, "2/3": 2 / 3, "1": 1.0}
-    assert np.allclose(frame["label_4"].map(expected), frame["prob"], atol=1e-3)
+    assert np.allclose(frame["label_4"].map(expected).astype(float), frame["prob"], atol=1e-3)
+
+
+def test_label_4_is_ordered_by_defect_probability(frame):
+    assert isinstance(frame["label_4"].dtype, pd.CategoricalDtype) and frame["label_4"].cat.ordered
+    assert tuple(frame["label_4"].cat.categories) == DEFECT_LEVELS == ("0", "1/3", "2/3", "1")
+    by_level = frame.sort_values("label_4", kind="stable")["prob"]
+    assert by_level.is_monotonic_increasing                      # sorting by level sorts by probability
+    assert (frame["label_4"] >= "2/3").sum() == frame["defective"].sum()
 
 
 def test_elpv_frame_returns_a_copy(frame):
@@ -135,15 +145,22 @@ def test_elpv_frame_returns_a_copy(frame):
 
 # ---------------------------------------------------------------- split
 
-def test_split_is_about_a_quarter_valid(frame):
-    assert frame["is_valid"].mean() == pytest.approx(0.25, abs=0.01)
+def test_split_is_exactly_1968_train_656_valid(frame):
+    assert (frame["is_valid"].sum(), (~frame["is_valid"]).sum()) == (VALID_N, N_ELPV - VALID_N) == (656, 1968)
 
 
 def test_split_is_stratified_by_label_and_type(frame):
-    fracs = frame.groupby(["label_4", "type"])["is_valid"].mean()
-    assert len(fracs) == 8
-    for stratum, f in fracs.items():
-        assert f == pytest.approx(0.25, abs=0.03), stratum
+    strata = frame.groupby(["label_4", "type"], observed=True)["is_valid"].agg(["sum", "count"])
+    assert len(strata) == 8
+    for stratum, (n_valid, n) in strata.iterrows():
+        assert abs(n_valid - 0.25 * n) <= 1, stratum                # within one cell of a quarter
+
+
+def test_split_does_not_depend_on_the_profile_seed(frame, monkeypatch):
+    monkeypatch.setenv("CONVTIPS_SEED", "3")
+    elpv_dls(profile("smoke"), frac=0.05, img_size=32)               # seeds every generator with 3
+    _elpv_frame_cached.cache_clear()
+    assert (elpv_frame()["is_valid"].values == frame["is_valid"].values).all()
 
 
 def test_split_is_identical_on_repeated_calls(frame):
@@ -189,9 +206,21 @@ def test_subsample_rejects_bad_frac(frame, frac):
 # ---------------------------------------------------------------- elpv_dls
 
 def test_elpv_dls_binary_batch_shape(binary_dls):
+    cfg = profile("smoke")
     x, y = binary_dls.one_batch()
-    assert tuple(x.shape) == (64, 3, 64, 64)
-    assert tuple(y.shape) == (64,)
+    assert tuple(x.shape) == (cfg.bs, 3, cfg.img_size, cfg.img_size)
+    assert tuple(y.shape) == (cfg.bs,)
+
+
+def test_elpv_dls_img_size_and_bs_override_the_profile():
+    x, y = elpv_dls(profile("smoke"), frac=0.05, img_size=32, bs=8).one_batch()
+    assert tuple(x.shape) == (8, 3, 32, 32) and tuple(y.shape) == (8,)
+
+
+def test_elpv_dls_deprecated_size_still_works():
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        dls = elpv_dls(profile("smoke"), frac=0.05, size=32, bs=8)
+    assert tuple(dls.one_batch()[0].shape) == (8, 3, 32, 32)
 
 
 def test_elpv_dls_batch_is_float_in_unit_range(binary_dls):
@@ -210,15 +239,45 @@ def test_elpv_dls_binary_vocab(binary_dls):
 
 
 def test_elpv_dls_uses_fixed_valid_set_and_train_frac(binary_dls, frame):
-    assert len(binary_dls.valid_ds) == frame["is_valid"].sum()
+    assert len(binary_dls.valid_ds) == frame["is_valid"].sum() == VALID_N
+    assert set(binary_dls.valid_ds.items["path"]) == set(frame.loc[frame["is_valid"], "path"])
     n_train = (~frame["is_valid"]).sum()
-    assert len(binary_dls.train_ds) == pytest.approx(0.25 * n_train, abs=8)
+    assert len(binary_dls.train_ds) == pytest.approx(profile("smoke").train_frac * n_train, abs=8)
 
 
-def test_elpv_dls_4class_vocab():
-    dls = elpv_dls(profile("smoke"), task="4class", frac=0.1)
-    assert len(dls.vocab) == 4
-    assert set(dls.vocab) == {"0", "1/3", "2/3", "1"}
+def test_elpv_dls_4class_vocab_is_in_defect_order():
+    dls = elpv_dls(profile("smoke"), task="4class", frac=0.05, img_size=32)
+    assert list(dls.vocab) == ["0", "1/3", "2/3", "1"] and dls.c == 4
+    names = np.array(dls.vocab)[valid_labels(dls)]
+    assert (names == dls.valid_ds.items["label_4"].astype(str).to_numpy()).all()   # indices decode to the labels
+
+
+def test_valid_labels_are_the_labels_in_loader_order(binary_dls):
+    got = valid_labels(binary_dls)
+    want = [list(binary_dls.vocab).index(label) for label in binary_dls.valid_ds.items["label_bin"]]
+    assert got.tolist() == want and got.shape == (VALID_N,)
+
+
+def test_plain_train_dl_serves_the_training_items_in_order_without_augmentation():
+    from fastai.vision.all import Flip
+    dls = elpv_dls(profile("smoke"), frac=0.05, img_size=32, bs=16, tfms=[Flip(p=1.0)])
+    dl = plain_train_dl(dls)
+    assert list(dl.items["path"]) == list(dls.train_ds.items["path"]) and not dl.shuffle
+    xb, _ = dl.one_batch()
+    first = np.asarray(dls.train_ds[0][0], dtype=np.float32).transpose(2, 0, 1) / 255   # as opened, not flipped
+    assert np.allclose(np.asarray(xb[0].cpu()), first, atol=1e-6)
+    shuffled = plain_train_dl(dls, shuffle=True)
+    assert shuffled.shuffle and shuffled.drop_last
+
+
+def test_tensor_dls_drops_the_last_partial_train_batch_unless_it_is_the_only_one():
+    import torch
+    x, y = torch.randn(10, 3), torch.arange(10) % 2
+    dls = tensor_dls(x, y, x[:5], y[:5], ["a", "b"], bs=4)
+    assert [len(b[1]) for b in dls.train] == [4, 4] and [len(b[1]) for b in dls.valid] == [4, 1]
+    assert dls.c == 2 and list(dls.vocab) == ["a", "b"]
+    one = tensor_dls(x[:3], y[:3], x[:3], y[:3], ["a", "b"], bs=4)
+    assert [len(b[1]) for b in one.train] == [3]
 
 
 def test_elpv_dls_unknown_task_raises():
@@ -381,7 +440,7 @@ def test_untar_dls_missing_file_raises_data_unreachable(tmp_path, http_root, sma
 
 def test_open_resized_memoises_and_rereads_a_changed_file(tmp_path):
     import os
-    from convtips_lib.data import OpenResized
+    from convtips_lib.core.data import OpenResized
     path = tmp_path / "cell.png"
     Image.fromarray(np.full((30, 30), 10, np.uint8)).save(path)
     opener = OpenResized(8)
@@ -395,6 +454,6 @@ def test_open_resized_memoises_and_rereads_a_changed_file(tmp_path):
 
 
 def test_open_resized_names_a_missing_file(tmp_path):
-    from convtips_lib.data import OpenResized
+    from convtips_lib.core.data import OpenResized
     with pytest.raises(BadImageError, match="gone.png"):
         OpenResized(8)(tmp_path / "gone.png")

@@ -1,18 +1,20 @@
-"""Tests for convtips_lib.features: body stages, split points, the feature cache and the shallow heads."""
+"""Tests for convtips_lib.topics.features: the feature cache and heads on cached features (one Learner path)."""
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastai.learner import Learner
 
-import convtips_lib.results as results
-from convtips_lib.data import elpv_dls, elpv_frame
-from convtips_lib.features import (Features, _save, body_stages, cached_features, default_cache_dir, feature_key,
-                                   fit_head, fit_head_live, fit_logreg, split_at)
-from convtips_lib.models import OFFLINE_WEIGHTS, freeze, param_groups, pretrained
-from convtips_lib.profiles import profile
-from convtips_lib.train import make_learner
+import convtips_lib.core.store as store
+from convtips_lib.core.data import elpv_dls, elpv_frame
+from convtips_lib.core.models import pretrained
+from convtips_lib.core.profiles import profile
+from convtips_lib.core.store import save_tensors
+from convtips_lib.core.surgery import split_at
+from convtips_lib.core.train import METRICS, make_learner
+from convtips_lib.topics.features import (Features, cached_features, feature_key, features_dls, fit_head,
+                                          fit_head_live, fit_logreg)
 
 LITE0 = "efficientnet_lite0"
 SIZE = 32   # px: lite0 runs at any multiple of 32; small keeps the cache tests fast
@@ -39,7 +41,7 @@ def small_df():
 
 
 def _dls(cfg, small_df, size=SIZE, frac=1.0, task="binary"):
-    return elpv_dls(cfg, task=task, df=small_df, frac=frac, size=size)
+    return elpv_dls(cfg, task=task, df=small_df, frac=frac, img_size=size)
 
 
 @pytest.fixture(scope="module")
@@ -59,66 +61,11 @@ def _blobs(n=200, d=16, seed=0) -> Features:
     return _feats(x[: n // 2], y[: n // 2], x[n // 2:], y[n // 2:])
 
 
-# ---------------------------------------------------------------- stages and split points
-
-def test_stages_compose_to_body(model):
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        out = x
-        for stage in body_stages(model):
-            out = stage(out)
-        assert out.shape == (2, 1280)
-        assert torch.allclose(out, model.body(x), atol=1e-5)
-
-
-@pytest.mark.parametrize("name", list(OFFLINE_WEIGHTS))
-def test_stages_are_the_param_groups(name):
-    net = pretrained(name, 2, pretrained=False)
-    stages, groups = body_stages(net), param_groups(net)
-    assert len(stages) == len(groups) - 1
-    for stage, group in zip(stages, groups):
-        assert {id(p) for p in stage.parameters()} == {id(p) for p in group}
-
-
-@pytest.mark.parametrize("n", [0, 3, 7])
-def test_freezing_n_groups_freezes_the_first_n_stages(n):
-    net = pretrained(LITE0, 2, pretrained=False)
-    assert freeze(net, n) == n
-    for i, stage in enumerate(body_stages(net)):
-        assert all(p.requires_grad == (i >= n) for p in stage.parameters())
-
-
-@pytest.mark.parametrize("n", [0, 1, 4, 7, 8, None])
-def test_split_at_composes_to_model(model, n):
-    prefix, rest = split_at(model, n)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(rest(prefix(x)), model(x), atol=1e-5)
-    if n in (8, None):
-        assert prefix(x).shape == (2, 1280)
-
-
-@pytest.mark.parametrize("n", [-1, 9, 2.0, True])
-def test_split_at_rejects_bad_n(model, n):
-    with pytest.raises(ValueError, match="0..8"):
-        split_at(model, n)
-
-
-def test_unsupported_body_names_the_alternative():
-    net = pretrained("resnet18", 2, pretrained=False).eval()
-    with pytest.raises(TypeError, match="n=None"):
-        body_stages(net)
-    prefix, rest = split_at(net, None)  # pooled features work for any architecture
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(rest(prefix(x)), net(x), atol=1e-5)
-
-
 # ---------------------------------------------------------------- the cache
 
 def test_cache_miss_then_hit(model, dls, tmp_path):
-    a = cached_features(model, dls, cache_dir=tmp_path)
-    b = cached_features(model, dls, cache_dir=tmp_path)
+    a = cached_features(model, dls, folder=tmp_path)
+    b = cached_features(model, dls, folder=tmp_path)
     assert (a.hit, b.hit) == (False, True)
     assert a.path == b.path and a.path.parent == tmp_path and a.path.name == a.key[:16] + ".pt"
     assert a.x_train.shape == (32, 1280) and a.x_valid.shape == (32, 1280)
@@ -129,7 +76,7 @@ def test_cache_miss_then_hit(model, dls, tmp_path):
 
 
 def test_features_are_what_a_learner_sees(model, cfg, small_df, tmp_path):
-    feats = cached_features(model, _dls(cfg, small_df), cache_dir=tmp_path)
+    feats = cached_features(model, _dls(cfg, small_df), folder=tmp_path)
     ref = _dls(cfg, small_df)
     make_learner(ref, model=copy.deepcopy(model))  # adds the model's Normalize to the loaders
     xb, _ = ref.valid.one_batch()
@@ -147,8 +94,8 @@ def _perturbed(model):
 
 @pytest.mark.parametrize("change", ["size", "n", "weights", "frac", "task"])
 def test_cache_invalidated_when_an_input_changes(model, cfg, small_df, dls, tmp_path, change):
-    base = cached_features(model, dls, cache_dir=tmp_path)
-    other_model, other_dls, n = model, dls, None
+    base = cached_features(model, dls, folder=tmp_path)
+    other_model, other_dls, n = model, dls, "head"
     if change == "size":
         other_dls = _dls(cfg, small_df, size=SIZE + 32)
     elif change == "n":
@@ -159,63 +106,42 @@ def test_cache_invalidated_when_an_input_changes(model, cfg, small_df, dls, tmp_
         other_dls = _dls(cfg, small_df, frac=0.5)
     elif change == "task":
         other_dls = _dls(cfg, small_df, task="4class")
-    other = cached_features(other_model, other_dls, n=n, cache_dir=tmp_path)
+    other = cached_features(other_model, other_dls, depth=n, folder=tmp_path)
     assert not other.hit and other.key != base.key and other.path != base.path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([base.path.name, other.path.name])
 
 
 def test_key_is_stable(model, cfg, small_df, dls):
-    assert feature_key(model, None, dls) == feature_key(copy.deepcopy(model), 8, _dls(cfg, small_df))
+    assert feature_key(model, "head", dls) == feature_key(copy.deepcopy(model), 8, _dls(cfg, small_df))
 
 
 def test_cache_leaves_no_temporary_files(model, dls, tmp_path):
-    cached_features(model, dls, cache_dir=tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [feature_key(model, None, dls)[:16] + ".pt"]
-
-
-def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "f.pt"
-    _save(path, dict(key="old", x=torch.zeros(3)))
-    before = path.read_bytes()
-
-    def boom(*a, **kw):
-        raise KeyboardInterrupt("interrupted")
-    monkeypatch.setattr(results.os, "replace", boom)
-    with pytest.raises(KeyboardInterrupt):
-        _save(path, dict(key="new", x=torch.ones(3)))
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["f.pt"]
+    cached_features(model, dls, folder=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [feature_key(model, "head", dls)[:16] + ".pt"]
 
 
 def test_interrupted_build_leaves_no_cache_file(model, dls, tmp_path, monkeypatch):
-    monkeypatch.setattr(results.os, "replace", lambda *a, **kw: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(store.os, "replace", lambda *a, **kw: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        cached_features(model, dls, cache_dir=tmp_path)
+        cached_features(model, dls, folder=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("garbage", [b"not a torch file", b""])
 def test_corrupt_cache_file_is_rebuilt_with_a_warning(model, dls, tmp_path, garbage):
-    good = cached_features(model, dls, cache_dir=tmp_path)
+    good = cached_features(model, dls, folder=tmp_path)
     good.path.write_bytes(garbage)
     with pytest.warns(UserWarning, match=good.path.name):
-        again = cached_features(model, dls, cache_dir=tmp_path)
+        again = cached_features(model, dls, folder=tmp_path)
     assert not again.hit and torch.equal(again.x_train, good.x_train)
-    assert cached_features(model, dls, cache_dir=tmp_path).hit
+    assert cached_features(model, dls, folder=tmp_path).hit
 
 
 def test_cache_file_for_another_key_is_not_used(model, dls, tmp_path):
-    good = cached_features(model, dls, cache_dir=tmp_path)
-    _save(good.path, dict(key="someone else's", x_train=torch.zeros(1)))
+    good = cached_features(model, dls, folder=tmp_path)
+    save_tensors(good.path, dict(key="someone else's", x_train=torch.zeros(1)))
     with pytest.warns(UserWarning, match="rebuilding"):
-        assert not cached_features(model, dls, cache_dir=tmp_path).hit
-
-
-def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("CONVTIPS_CACHE", str(tmp_path))
-    assert default_cache_dir() == tmp_path / "features"
-    monkeypatch.delenv("CONVTIPS_CACHE")
-    assert default_cache_dir() == Path.home() / ".cache" / "convtips" / "features"
+        assert not cached_features(model, dls, folder=tmp_path).hit
 
 
 # ---------------------------------------------------------------- heads on features
@@ -231,12 +157,13 @@ def test_fit_head_learns_separable_features():
 
 def test_fit_head_is_seeded():
     a, b = (fit_head(_blobs(), epochs=2, seed=3) for _ in range(2))
-    assert a["history"].equals(b["history"])
-    assert not a["history"].equals(fit_head(_blobs(), epochs=2, seed=4)["history"])
+    losses = lambda out: out["history"].drop(columns="seconds")  # noqa: E731
+    assert losses(a).equals(losses(b))
+    assert not losses(a).equals(losses(fit_head(_blobs(), epochs=2, seed=4)))
 
 
 def test_fit_head_trains_the_rest_of_the_model(model, dls, tmp_path):
-    feats = cached_features(model, dls, n=7, cache_dir=tmp_path)
+    feats = cached_features(model, dls, depth=7, folder=tmp_path)
     assert feats.x_train.shape == (32, 192, 1, 1)
     _, rest = split_at(copy.deepcopy(model), 7)
     before = [p.clone() for p in rest.parameters()]
@@ -247,21 +174,50 @@ def test_fit_head_trains_the_rest_of_the_model(model, dls, tmp_path):
 
 def test_live_and_cached_heads_agree(model, dls, tmp_path):
     body_before = copy.deepcopy(model.body.state_dict())
-    cached = fit_head(cached_features(model, dls, cache_dir=tmp_path), epochs=2, lr=3e-3, bs=16, seed=1)
+    cached = fit_head(cached_features(model, dls, folder=tmp_path), epochs=2, lr=3e-3, bs=16, seed=1)
     live = fit_head_live(model, dls, epochs=2, lr=3e-3, bs=16, seed=1)
     assert np.allclose(cached["history"]["train_loss"], live["history"]["train_loss"], atol=1e-4)
-    assert cached["metrics"] == pytest.approx(live["metrics"], abs=1 / 32 + 1e-9)
+    assert np.array_equal(cached["y_pred"], live["y_pred"])       # same Learner, same batches: image by image
+    assert cached["metrics"] == pytest.approx(live["metrics"])
     after = model.body.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in body_before.items())  # frozen: BN stats untouched too
     assert model.training is False
+    assert all(p.requires_grad for p in model.body.parameters())   # the user's model is not re-flagged
 
 
 def test_fit_logreg(model, dls, tmp_path):
     assert fit_logreg(_blobs())["metrics"]["accuracy"] > 0.95
-    out = fit_logreg(cached_features(model, dls, n=7, cache_dir=tmp_path))  # (N, C, H, W) features are flattened
+    out = fit_logreg(cached_features(model, dls, depth=7, folder=tmp_path))  # (N, C, H, W) features are flattened
     assert set(out["metrics"]) == {"accuracy", "balanced_accuracy", "f1_macro"} and out["seconds"] >= 0
+
+
+def test_fewer_samples_than_a_batch_still_train():
+    feats = _blobs(n=20)
+    out = fit_head(feats, epochs=1, bs=64)
+    assert len(features_dls(feats, bs=64).train) == 1 and np.isfinite(out["history"]["train_loss"]).all()
 
 
 def test_fit_head_rejects_zero_epochs():
     with pytest.raises(ValueError, match="epochs"):
         fit_head(_blobs(), epochs=0)
+
+
+def test_heads_train_through_a_fastai_learner():
+    out = fit_head(_blobs(), epochs=2, lr=1e-2, bs=16, seed=0)
+    assert isinstance(out["learn"], Learner)
+    assert set(METRICS) <= set(out["history"].columns) and len(out["epoch_seconds"]) == 2
+    assert len(out["y_pred"]) == len(out["y_true"]) == 100
+
+
+def test_features_dls_batches_like_an_image_loader():
+    dls = features_dls(_blobs(), bs=16)
+    assert dls.c == 2 and list(dls.vocab) == ["a", "b"]
+    assert len(dls.train) == 100 // 16 and len(dls.valid) == -(-100 // 16)   # drop-last train, full valid
+
+
+def test_cached_features_deprecated_names_still_work(model, dls, tmp_path):
+    with pytest.warns(DeprecationWarning, match="depth"):
+        a = cached_features(model, dls, n=7, folder=tmp_path)
+    with pytest.warns(DeprecationWarning, match="folder"):
+        b = cached_features(model, dls, depth=7, cache_dir=tmp_path)
+    assert a.key == b.key and b.hit

@@ -1,12 +1,12 @@
-"""Tests for convtips_lib.handcrafted: HOG and LBP features (skimage as reference), caching and the linear SVM."""
+"""Tests for convtips_lib.topics.handcrafted: HOG and LBP features (skimage as reference), caching and the linear SVM."""
 import numpy as np
 import pytest
 from skimage.feature import hog, local_binary_pattern
 from sklearn.datasets import make_classification
 
-import convtips_lib.handcrafted as hc
-from convtips_lib.data import BadImageError, elpv_frame
-from convtips_lib.handcrafted import (KINDS, gray_images, handcrafted_features, hog_features, lbp_features,
+import convtips_lib.topics.handcrafted as hc
+from convtips_lib.core.data import BadImageError, elpv_frame
+from convtips_lib.topics.handcrafted import (KINDS, gray_images, handcrafted_features, hog_features, lbp_features,
                                       svm_baseline)
 
 

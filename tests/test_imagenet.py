@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.imagenet: top-k, preprocessing variants, user images and sample photos."""
+"""Tests for convtips_lib.topics.imagenet: top-k, preprocessing variants, user images and sample photos."""
 import io
 
 import matplotlib
@@ -10,10 +10,10 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage.data import chelsea  # noqa: E402
 
-from convtips_lib.data import BadImageError  # noqa: E402
-from convtips_lib.imagenet import (SAMPLE_PHOTOS, load_user_image, photo_top5, photo_widget,  # noqa: E402
+from convtips_lib.core.data import BadImageError  # noqa: E402
+from convtips_lib.topics.imagenet import (SAMPLE_PHOTOS, load_user_image, photo_top5,  # noqa: E402
                                    prediction_summary, preprocess, preprocessing_variants, sample_photo, topk)
-from convtips_lib.models import pretrained  # noqa: E402
+from convtips_lib.core.models import pretrained  # noqa: E402
 
 CATS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
 
@@ -107,20 +107,3 @@ def test_photo_top5_by_name_and_by_upload(lite0):
     assert df["prob"].is_monotonic_decreasing and df["label"][0].startswith(CATS)
     uploaded = photo_top5(lite0, _png_bytes(chelsea()))
     assert list(uploaded["label"]) == list(df["label"])
-
-
-def test_photo_widget_builds(lite0):
-    box = photo_widget(lite0)
-    pick, upload = box.children[0].children
-    assert tuple(pick.options) == SAMPLE_PHOTOS and upload.accept == "image/*"
-
-
-def test_photo_widget_callbacks(lite0, capsys):
-    """Outside a kernel the Output widget lets prints through: the callbacks' text shows in stdout."""
-    import datetime
-    pick, upload = photo_widget(lite0).children[0].children
-    pick.value = "coffee"
-    assert "espresso" in capsys.readouterr().out
-    upload.value = ({"name": "bad.jpg", "type": "image/jpeg", "size": 2, "content": memoryview(b"xx"),
-                     "last_modified": datetime.datetime.now()},)
-    assert "cannot read image bad.jpg" in capsys.readouterr().out

@@ -1,11 +1,11 @@
-"""Tests for convtips_lib.measure: classification metrics, parameter and FLOP counts, latency."""
+"""Tests for convtips_lib.core.measure: classification metrics, parameter and FLOP counts, latency."""
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from torch import nn
 
-from convtips_lib.measure import classification_metrics, count_flops, count_params, latency
+from convtips_lib.core.measure import classification_metrics, count_flops, count_params, latency
 
 
 # ---------------------------------------------------------------- classification_metrics
@@ -90,7 +90,8 @@ def test_latency(bs):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 2))
     lat = latency(model, 32, bs=bs, reps=3, warmup=1)
-    assert set(lat) == {"ms_per_batch", "ms_per_image", "images_per_s"}
+    assert set(lat) == {"ms_per_batch", "ms_per_image", "images_per_s", "times_ms"}
+    assert len(lat["times_ms"]) == 3 or len(lat["times_ms"]) >= 1
     assert lat["ms_per_batch"] > 0
     assert lat["ms_per_image"] == pytest.approx(lat["ms_per_batch"] / bs)
     assert lat["images_per_s"] == pytest.approx(1000 * bs / lat["ms_per_batch"])
@@ -116,7 +117,7 @@ def test_latency_runs_warmup_plus_reps_forward_passes():
 # ---------------------------------------------------------------- Evaluation
 
 def test_per_class_recall_from_confusion():
-    from convtips_lib.measure import Evaluation
+    from convtips_lib.core.measure import Evaluation
     conf = np.array([[3, 1], [2, 2]])
     ev = Evaluation(["a", "b"], np.zeros(8), np.zeros(8), np.zeros((8, 2)), {}, conf)
     assert ev.per_class_recall == {"a": pytest.approx(0.75), "b": pytest.approx(0.5)}
@@ -125,7 +126,121 @@ def test_per_class_recall_from_confusion():
 
 
 def test_noise_band_is_two_binomial_standard_errors():
-    from convtips_lib.measure import noise_band
+    from convtips_lib.core.measure import noise_band
     assert noise_band(0.5, 100) == pytest.approx(2 * 0.05)
     assert noise_band(0.8, 654, z=1) == pytest.approx((0.8 * 0.2 / 654) ** 0.5)
     assert noise_band(0.8, 2600) < noise_band(0.8, 650)
+
+
+
+# ---------------------------------------------------------------- statistics with intervals
+
+from scipy.stats import binomtest  # noqa: E402
+from sklearn.metrics import recall_score  # noqa: E402
+
+from convtips_lib.core.measure import (bootstrap, exact, mcnemar, metric_value, paired_bootstrap,  # noqa: E402
+                                       proportion, stack_preds, timing_ratio)
+
+
+def _pair(n=600, right_a=0.6, right_b=0.9, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    wrong = lambda p: np.where(rng.random(n) < p, y, (y + 1) % k)  # noqa: E731
+    return y, wrong(right_a), wrong(right_b)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_metric_value_matches_scikit_learn(k, seed):
+    y, a, _ = _pair(k=k, seed=seed)
+    a[a == k - 1] = 0   # one class never predicted
+    assert metric_value(y, a, "accuracy") == pytest.approx(accuracy_score(y, a))
+    assert metric_value(y, a, "balanced_accuracy") == pytest.approx(balanced_accuracy_score(y, a))
+    assert metric_value(y, a, "f1_macro") == pytest.approx(f1_score(y, a, average="macro", zero_division=0))
+    rare = np.argmin(np.bincount(y))
+    assert metric_value(y, a, "minority_recall") == pytest.approx(recall_score(y, a, average=None)[rare])
+
+
+def test_unknown_metric_lists_the_known():
+    with pytest.raises(ValueError, match="balanced_accuracy"):
+        metric_value([0, 1], [0, 1], "auc")
+
+
+def test_identical_predictions_give_zero_and_a_zero_width_interval():
+    y, a, _ = _pair()
+    est = paired_bootstrap(y, a, a)
+    assert (est.effect, est.low, est.high) == (0.0, 0.0, 0.0)
+
+
+def test_a_clearly_better_model_gets_an_interval_above_zero():
+    y, a, b = _pair(right_a=0.6, right_b=0.9)   # b is right on ~30 % more images
+    est = paired_bootstrap(y, a, b, "accuracy")
+    assert 0 < est.low < est.effect < est.high and est.effect == pytest.approx((b == y).mean() - (a == y).mean())
+
+
+def test_small_example_matches_a_hand_computation():
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    a = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0])   # accuracy 0.5
+    b = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])   # accuracy 0.8
+    est = paired_bootstrap(y, a, b, "accuracy", n=500)
+    assert est.effect == pytest.approx(0.3) and est.low <= 0.3 <= est.high
+
+
+def test_same_seed_same_interval_other_seed_other_interval():
+    y, a, b = _pair()
+    assert paired_bootstrap(y, a, b, seed=3) == paired_bootstrap(y, a, b, seed=3)
+    assert paired_bootstrap(y, a, b, seed=3) != paired_bootstrap(y, a, b, seed=4)
+
+
+def test_statistic_of_several_models_shares_the_resampling():
+    y, a, b = _pair()
+    est = bootstrap(y, dict(a=a, b=b, c=b), lambda m: (m["b"] - m["a"]) - (m["c"] - m["a"]))
+    assert (est.effect, est.low, est.high) == (0.0, 0.0, 0.0)   # the same indices for every model
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    y, a, b = _pair()
+    _, _, b2 = _pair(right_b=0.7, seed=5)
+    pooled = paired_bootstrap(y, np.stack([a, a]), np.stack([b, b2]))
+    one = paired_bootstrap(y, a, b)
+    assert "two-level" in pooled.method and (pooled.high - pooled.low) > (one.high - one.low)
+
+
+def test_predictions_must_cover_the_validation_set():
+    y, a, b = _pair()
+    with pytest.raises(ValueError, match="validation set"):
+        paired_bootstrap(y, a[:-1], b)
+
+
+def test_mcnemar_matches_scipy():
+    y = np.zeros(30, int)
+    a = np.r_[np.zeros(20, int), np.ones(10, int)]      # wrong on 10
+    b = np.r_[np.ones(2, int), np.zeros(28, int)]       # wrong on 2
+    out = mcnemar(y, a, b)
+    assert (out["only_a_right"], out["only_b_right"]) == (2, 10)
+    assert out["pvalue"] == pytest.approx(binomtest(10, 12, 0.5).pvalue)
+
+
+def test_timing_ratio_of_clearly_different_timings_excludes_one():
+    est = timing_ratio([1.0, 1.1, 0.9, 1.05, 0.95], [0.1, 0.11, 0.09, 0.1, 0.105])
+    assert est.low > 1 and est.effect == pytest.approx(10, rel=0.1)
+    one = timing_ratio([1.0], [0.5], fast_extra_s=1.5, reps=2)
+    assert one.effect == pytest.approx(2 / 2.5) and np.isnan(one.low)   # one timing: no interval
+
+
+def test_proportion_is_scipys_exact_interval():
+    est = proportion(3, 10)
+    ci = binomtest(3, 10).proportion_ci(0.95, method="exact")
+    assert (est.effect, est.low, est.high) == pytest.approx((0.3, ci.low, ci.high))
+
+
+def test_exact_has_zero_width():
+    est = exact(0.8, "share", "five forward passes")
+    assert est.low == est.high == est.effect == 0.8 and est.method.startswith("exact")
+
+
+def test_stack_preds_groups_seeds_under_a_key():
+    import pandas as pd
+    rows = pd.DataFrame(dict(regime=["a", "a", "b"], y_pred=[[0, 1], [1, 1], [0, 0]]))
+    out = stack_preds(rows, "regime")
+    assert out["a"].shape == (2, 2) and out["b"].tolist() == [[0, 0]]

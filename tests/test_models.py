@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.models: offline weights, hub names, local weights, parameter groups and freezing."""
+"""Tests for convtips_lib.core.models: offline weights, hub names, local weights, the Classifier."""
 import time
 
 import numpy as np
@@ -9,9 +9,10 @@ import torchvision
 from PIL import Image
 from skimage.data import chelsea
 
-from convtips_lib.models import (OFFLINE_WEIGHTS, Classifier, HubUnreachableError, UnknownModelError,
-                                 WeightsChecksumError, freeze, lite_keys_to_timm, list_archs, load_weights,
-                                 param_groups, pretrained, sha256sum, unfreeze)
+from convtips_lib.core.models import (OFFLINE_WEIGHTS, Classifier, HubUnreachableError, UnknownModelError,
+                                 WeightsChecksumError, lite_keys_to_timm, list_archs, load_weights,
+                                 pretrained, sha256sum)
+from convtips_lib.core.profiles import PROFILES
 
 LITE0 = "efficientnet_lite0"
 
@@ -33,7 +34,7 @@ def lite0_state_dict():
 @pytest.fixture
 def lite0():
     """A fresh random-init lite0 Classifier with a 2-class head (freeze tests mutate it)."""
-    return pretrained(LITE0, 2, pretrained=False)
+    return pretrained(LITE0, 2, weights=None)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,6 @@ def _chelsea(size: int, stats) -> torch.Tensor:
     x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1) / 255
     mean, std = (torch.tensor(s)[:, None, None] for s in stats)
     return ((x - mean) / std)[None]
-
-
-def _trainable(params) -> list:
-    return [p.requires_grad for p in params]
 
 
 # ---------------------------------------------------------------- offline pretrained models
@@ -136,7 +133,7 @@ def test_shipped_weights_match_their_sha256():
 @pytest.mark.parametrize("name", ["no_such_model_xyz", "tv:no_such_model_xyz"])
 def test_unknown_name_raises_listing_offline_models(name):
     with pytest.raises(UnknownModelError) as info:
-        pretrained(name, 2, pretrained=False)
+        pretrained(name, 2, weights=None)
     assert LITE0 in str(info.value)
     assert name in str(info.value)
 
@@ -150,7 +147,7 @@ def test_hub_offline_raises_hub_unreachable_fast(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     start = time.perf_counter()
     with pytest.raises(HubUnreachableError) as info:
-        pretrained("resnet18", 2, pretrained=True)
+        pretrained("resnet18", 2, weights="imagenet")
     assert time.perf_counter() - start < 15
     assert LITE0 in str(info.value)
     assert "resnet18" in str(info.value)
@@ -158,7 +155,7 @@ def test_hub_offline_raises_hub_unreachable_fast(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet18", "tv:resnet18"])
 def test_random_init_hub_names_work(name):
-    model = pretrained(name, 3, pretrained=False).eval()
+    model = pretrained(name, 3, weights=None).eval()
     assert model.meta["source"] == "random init"
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
@@ -166,7 +163,7 @@ def test_random_init_hub_names_work(name):
 
 
 def test_torchvision_name_keeps_1000_class_head():
-    model = pretrained("tv:resnet18", pretrained=False)
+    model = pretrained("tv:resnet18", weights=None)
     assert model.head[1].out_features == 1000
     assert model.meta["arch"] == "tv:resnet18"
 
@@ -214,66 +211,6 @@ def test_local_torchvision_weights_file_loads(tmp_path):
     assert torch.equal(model.body.conv1.weight, sd["conv1.weight"])
 
 
-# ---------------------------------------------------------------- param_groups / freeze
-
-def test_lite0_has_nine_param_groups(lite0):
-    groups = param_groups(lite0)
-    assert len(groups) == 9
-    assert groups[-1] == list(lite0.head.parameters())
-
-
-def test_param_groups_cover_every_parameter_once(lite0):
-    ids = [id(p) for g in param_groups(lite0) for p in g]
-    assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in lite0.parameters()}
-
-
-def test_param_groups_without_group_matcher_use_children():
-    model = pretrained("tv:resnet18", 2, pretrained=False)
-    groups = param_groups(model)
-    ids = [id(p) for g in groups for p in g]
-    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    assert all(groups)
-
-
-def test_freeze_head_leaves_only_head_trainable(lite0):
-    assert freeze(lite0, "head") == 8
-    head = {id(p) for p in lite0.head.parameters()}
-    for p in lite0.parameters():
-        assert p.requires_grad == (id(p) in head)
-
-
-def test_freeze_middle_freezes_four_groups(lite0):
-    assert freeze(lite0, "middle") == 4
-    groups = param_groups(lite0)
-    for i, g in enumerate(groups):
-        assert all(flag == (i >= 4) for flag in _trainable(g)), i
-
-
-def test_freeze_by_group_count(lite0):
-    assert freeze(lite0, 2) == 2
-    groups = param_groups(lite0)
-    assert not any(_trainable(groups[1])) and all(_trainable(groups[2]))
-
-
-def test_freeze_none_makes_all_trainable(lite0):
-    freeze(lite0, "head")
-    assert freeze(lite0, "none") == 0
-    assert all(_trainable(lite0.parameters()))
-
-
-def test_unfreeze_makes_all_trainable(lite0):
-    freeze(lite0, "middle")
-    unfreeze(lite0)
-    assert all(_trainable(lite0.parameters()))
-
-
-@pytest.mark.parametrize("depth", ["all", "body", 1.5, -1, 9, None])
-def test_freeze_bad_depth_raises(lite0, depth):
-    with pytest.raises(ValueError, match="freeze depth"):
-        freeze(lite0, depth)
-
-
 # ---------------------------------------------------------------- list_archs
 
 def test_list_archs_torchvision_prefix():
@@ -295,6 +232,36 @@ def test_list_archs_bad_source():
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16", "tv:resnet18",
                                   "efficientnet_lite0"])
 def test_new_head_fits_the_body_features(name):
-    model = pretrained(name, 3, pretrained=False).eval()
+    model = pretrained(name, 3, weights=None).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+ZOO = sorted(set().union(*(p.zoo_archs for p in PROFILES.values())))
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_every_zoo_architecture_builds_with_a_new_head(arch):
+    model = pretrained(arch, 3, weights=None).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert model.meta["arch"] == arch and model.meta["source"] == "random init"
+
+
+def test_deprecated_pretrained_flag_and_name_still_work():
+    with pytest.warns(DeprecationWarning, match="weights"):
+        model = pretrained(LITE0, 2, pretrained=False)
+    assert model.meta["source"] == "random init"
+    with pytest.warns(DeprecationWarning, match="arch"):
+        assert pretrained(name=LITE0, n_out=2, weights=None).meta["arch"] == LITE0
+
+
+def test_unknown_keyword_is_refused():
+    with pytest.raises(TypeError, match="bogus"):
+        pretrained(LITE0, 2, weights=None, bogus=1)
+
+
+@pytest.mark.parametrize("arch", [None, "", 3])
+def test_no_name_lists_the_offline_models(arch):
+    with pytest.raises(UnknownModelError, match="efficientnet_lite0"):
+        pretrained(arch, 2, weights=None)

@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.results: atomic writes, claims and verdicts, the JSON (+ PNG) lesson record."""
+"""Tests for convtips_lib.core.results: claims and three-state verdicts, the JSON (+ PNG) lesson record, the ledger."""
 import json
 import os
 from importlib import metadata
@@ -12,58 +12,18 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from convtips_lib import results as results_mod  # noqa: E402
-from convtips_lib.profiles import profile  # noqa: E402
-from convtips_lib.results import Results, atomic_write, load_results, results_dir  # noqa: E402
+import numpy as np  # noqa: E402
+
+import convtips_lib.core.store as results_mod  # noqa: E402
+from convtips_lib.core.measure import Estimate  # noqa: E402
+from convtips_lib.core.profiles import profile  # noqa: E402
+from convtips_lib.core.results import (Results, describe, ledger, load_results, read_records,  # noqa: E402
+                                       results_dir, verdict)
 
 
 def _leftovers(folder):
     """Temporary files atomic_write may have left in `folder`."""
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
-
-
-# ---------------------------------------------------------------- atomic_write
-
-def test_atomic_write_text(tmp_path):
-    path = atomic_write(tmp_path / "a.json", '{"x": 1}')
-    assert path == tmp_path / "a.json"
-    assert path.read_text() == '{"x": 1}'
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
-
-
-def test_atomic_write_bytes_and_creates_folder(tmp_path):
-    path = atomic_write(tmp_path / "sub" / "deeper" / "b.bin", b"\x00\x01\xff")
-    assert path.read_bytes() == b"\x00\x01\xff"
-    assert _leftovers(path.parent) == []
-
-
-def test_atomic_write_overwrites(tmp_path):
-    atomic_write(tmp_path / "c.txt", "old")
-    atomic_write(tmp_path / "c.txt", "new")
-    assert (tmp_path / "c.txt").read_text() == "new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
-
-
-def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch):
-    target = tmp_path / "d.json"
-    target.write_text("old content")
-
-    def broken_replace(src, dst):
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="simulated"):
-        atomic_write(target, "new content that never lands")
-    assert target.read_text() == "old content"
-    assert _leftovers(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
-
-
-def test_atomic_write_failure_without_old_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(tmp_path / "e.json", "x")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_results_dir_env(monkeypatch, tmp_path):
@@ -73,46 +33,106 @@ def test_results_dir_env(monkeypatch, tmp_path):
     assert results_dir() == tmp_path
 
 
-# ---------------------------------------------------------------- claims
+# ---------------------------------------------------------------- claims and verdicts
+
+@pytest.mark.parametrize("lo, hi, predicts, threshold, want", [
+    (0.01, 0.05, "greater", 0.0, "supported"),
+    (-0.05, -0.01, "greater", 0.0, "refuted"),
+    (-0.01, 0.05, "greater", 0.0, "inconclusive"),
+    (0.005, 0.05, "greater", 0.01, "inconclusive"),     # 'at least one point' not shown
+    (0.02, 0.05, "greater", 0.01, "supported"),
+    (-0.003, 0.008, "greater", 0.01, "refuted"),        # wholly below the practical threshold
+    (-0.05, -0.01, "less", 0.0, "supported"),
+    (0.01, 0.05, "less", 0.0, "refuted"),
+    (-0.01, 0.01, "within", 0.02, "supported"),
+    (0.03, 0.05, "within", 0.02, "refuted"),
+    (0.01, 0.03, "within", 0.02, "inconclusive"),
+    (0.0, 0.0, "greater", 0.0, "inconclusive"),          # zero width exactly at the threshold
+    (float("nan"), 0.1, "greater", 0.0, "inconclusive"),
+])
+def test_verdict_from_the_interval(lo, hi, predicts, threshold, want):
+    assert verdict(lo, hi, predicts, threshold) == want
+
+
+def test_bad_prediction_kind_lists_the_choices():
+    with pytest.raises(ValueError, match="greater, less, within"):
+        verdict(0, 1, "bigger")
+
 
 def test_claim_undecided_on_smoke(tmp_path):
     cfg = profile("smoke")
     assert cfg.decides_claims is False
-    r = Results("01_test", cfg, out=tmp_path)
-    row = r.claim("augmentation helps", 0.03, True, unit="accuracy")
-    assert row["supported"] is None
-    assert row["verdict"].startswith("undecided")
-    assert row["effect"] == pytest.approx(0.03)
-    assert row["unit"] == "accuracy"
-    row = r.claim("smaller lr helps", -0.01, False)
-    assert row["supported"] is None and row["verdict"].startswith("undecided")
+    row = Results("01_test", cfg, out=tmp_path).claim("augmentation helps", Estimate(0.03, 0.01, 0.05, "accuracy"))
+    assert row["verdict"] == "undecided" and "CONVTIPS_PROFILE" in row["note"]
+    assert row["effect"] == pytest.approx(0.03) and row["ci"] == [0.01, 0.05] and row["unit"] == "accuracy"
 
 
-def test_claim_decided_on_cpu(tmp_path):
+def test_claim_decided_on_cpu_from_its_interval(tmp_path):
     r = Results("01_test", profile("cpu"), out=tmp_path)
-    yes = r.claim("bigger images help", 0.05, True)
-    no = r.claim("dropout helps", -0.02, False)
-    assert yes["supported"] is True and yes["verdict"] == "supported"
-    assert no["supported"] is False and no["verdict"] == "not supported"
+    assert r.claim("bigger images help", Estimate(0.05, 0.02, 0.08))["verdict"] == "supported"
+    assert r.claim("dropout helps", Estimate(0.02, -0.01, 0.05))["verdict"] == "inconclusive"   # effect > 0 is not enough
+    assert r.claim("noise helps", Estimate(-0.02, -0.04, -0.01))["verdict"] == "refuted"
 
 
 def test_claim_explicit_decidable_overrides_profile(tmp_path):
-    r = Results("01_test", profile("smoke"), out=tmp_path)
-    assert r.claim("forced", 1.0, True, decidable=True)["verdict"] == "supported"
-    r2 = Results("01_test", profile("cpu"), out=tmp_path)
-    assert r2.claim("forced", 1.0, True, decidable=False)["supported"] is None
+    est = Estimate(1.0, 1.0, 1.0, method="exact (a check)")
+    assert Results("01_test", profile("smoke"), out=tmp_path).claim("forced", est, threshold=0.5,
+                                                                      decidable=True)["verdict"] == "supported"
+    assert Results("01_test", profile("cpu"), out=tmp_path).claim("forced", est, decidable=False)["verdict"] == "undecided"
 
 
 def test_reclaim_replaces_row(tmp_path):
     r = Results("01_test", profile("cpu"), out=tmp_path)
-    r.claim("A", 0.1, True)
-    r.claim("B", 0.2, True)
-    r.claim("A", -0.3, False)
+    r.claim("A", Estimate(0.1, 0.05, 0.15))
+    r.claim("B", Estimate(0.2, 0.1, 0.3))
+    r.claim("A", Estimate(-0.3, -0.4, -0.2))
     claims = r.data["claims"]
-    assert [c["claim"] for c in claims].count("A") == 1
-    assert len(claims) == 2
-    a = next(c for c in claims if c["claim"] == "A")
-    assert a["effect"] == pytest.approx(-0.3) and a["verdict"] == "not supported"
+    assert [c["claim"] for c in claims] == ["B", "A"]
+    assert claims[1]["effect"] == pytest.approx(-0.3) and claims[1]["verdict"] == "refuted"
+    assert list(r.claims().columns) == ["claim", "effect", "ci_low", "ci_high", "unit", "verdict"]
+
+
+def test_describe_states_effect_interval_and_verdict(tmp_path):
+    r = Results("01_test", profile("cpu"), out=tmp_path)
+    row = r.claim("x", Estimate(0.084, 0.051, 0.118, "balanced accuracy", "paired bootstrap"))
+    assert describe(row) == "+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported"
+    row = r.claim("y", Estimate(1.0, 1.0, 1.0, "refused", "exact (a check)"), threshold=0.5)
+    assert describe(row) == "+1.000 refused, exact: supported"
+
+
+def test_nan_is_written_as_null(tmp_path):
+    r = Results("01_test", profile("cpu"), out=tmp_path)
+    r.metric("broken", float("nan"))
+    r.claim("no interval", Estimate(2.0, float("nan"), float("nan")))
+    data = json.loads(r.save().read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    assert data["metrics"]["broken"] is None and data["claims"][0]["ci"] == [None, None]
+    assert data["claims"][0]["verdict"] == "inconclusive"
+
+
+def test_table_leaves_out_per_image_columns(tmp_path):
+    r = Results("01_test", profile("cpu"), out=tmp_path)
+    r.table("runs", pd.DataFrame(dict(regime=["a"], accuracy=[0.8], y_pred=[np.array([0, 1])])))
+    assert r.data["tables"]["runs"] == [{"regime": "a", "accuracy": 0.8}]
+
+
+def test_ledger_of_two_records(tmp_path):
+    for lesson, eff in (("00_a", 0.1), ("01_b", -0.2)):
+        r = Results(lesson, profile("cpu"), out=tmp_path)
+        r.claim(f"claim of {lesson}", Estimate(eff, eff - 0.05, eff + 0.05))
+        r.save()
+    table = ledger(load_results(tmp_path))
+    assert list(table["lesson"]) == ["00_a", "01_b"] and list(table["verdict"]) == ["supported", "refuted"]
+    assert set(table["profile"]) == {"cpu"}
+
+
+def test_load_results_skips_a_foreign_or_broken_file_with_a_warning(tmp_path):
+    Results("00_a", profile("cpu"), out=tmp_path).save()
+    (tmp_path / "zz_broken.json").write_text('{"lesson": ')
+    (tmp_path / "package.json").write_text('{"name": "x"}')
+    with pytest.warns(UserWarning, match="zz_broken.json"):
+        records = load_results(tmp_path)
+    assert [r["lesson"] for r in records] == ["00_a"]
+    assert len(read_records(tmp_path)[1]) == 2
 
 
 def test_seed_defaults_to_profile_and_can_be_overridden(tmp_path):
@@ -131,7 +151,7 @@ def saved(tmp_path):
     r.metric("tensor_value", torch.tensor(0.25))      # numbers from torch are stored as plain numbers
     r.metric("per_class", {"functional": 0.9, "defective": 0.5})
     r.table("grid", pd.DataFrame({"lr": [1e-3, 1e-2], "acc": [0.8, 0.85]}))
-    r.claim("something", 0.1, True)
+    r.claim("something", Estimate(0.1, 0.05, 0.15))
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])
     png = r.figure(fig, "curve")
@@ -204,12 +224,3 @@ def test_save_failure_keeps_previous_record(saved, monkeypatch):
         r.save()
     assert path.read_text() == before
     assert _leftovers(out) == []
-
-
-def test_atomic_write_gives_the_usual_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        path = atomic_write(tmp_path / "report.html", "<html></html>")
-    finally:
-        os.umask(old)
-    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,13 +1,13 @@
-"""Tests for convtips_lib.train: the Learner factory, normalisation, freezing, fit's history, seeding."""
+"""Tests for convtips_lib.core.train: the Learner factory, normalisation, freezing, fit's history, seeding."""
 import pandas as pd
 import pytest
 import torch
 from fastai.vision.all import Normalize, ProgressCallback
 
-from convtips_lib.data import elpv_dls
-from convtips_lib.models import pretrained
-from convtips_lib.profiles import profile
-from convtips_lib.train import fit, fit_gradual, history, last_metrics, make_learner
+from convtips_lib.core.data import elpv_dls
+from convtips_lib.core.models import pretrained
+from convtips_lib.core.profiles import profile
+from convtips_lib.core.train import METRICS, fit, fit_gradual, history, last_metrics, make_learner, valid_preds
 
 CFG = profile("smoke").with_(img_size=32, bs=64)
 FRAC = 0.08   # about 160 training images: a fit takes about a second
@@ -21,12 +21,12 @@ def dls():
 def test_learner_has_the_course_metrics(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     names = [getattr(m, "name", getattr(m, "__name__", "")) for m in learn.metrics]
-    assert names == ["accuracy", "balanced_accuracy_score", "f1_score"]
+    assert names == list(METRICS) == ["accuracy", "balanced_accuracy", "f1_macro"]
 
 
 def test_dls_normalised_once_with_model_stats(dls):
     make_learner(dls, "efficientnet_lite0", seed=0)
-    make_learner(dls, "resnet18", pretrained_=False, seed=0)   # ImageNet stats replace the Lite's 0.5/0.5
+    make_learner(dls, "resnet18", weights=None, seed=0)   # ImageNet stats replace the Lite's 0.5/0.5
     norms = [t for t in dls.train.after_batch.fs if isinstance(t, Normalize)]
     assert len(norms) == 1
     assert torch.allclose(norms[0].mean.flatten().cpu(), torch.tensor([0.485, 0.456, 0.406]))
@@ -45,7 +45,7 @@ def test_depth_freezes_that_share_of_the_body(dls, depth, frozen):
 
 
 def test_random_init_trains_the_whole_network(dls):
-    learn = make_learner(dls, "efficientnet_lite0", pretrained_=False, depth="head", seed=0)
+    learn = make_learner(dls, "efficientnet_lite0", weights=None, depth="head", seed=0)
     assert learn.model.meta["source"] == "random init"
     assert all(p.requires_grad for p in learn.model.parameters())
 
@@ -60,7 +60,7 @@ def test_fit_returns_one_row_per_epoch(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     hist = fit(learn, 2, 1e-3)
     assert isinstance(hist, pd.DataFrame) and list(hist["epoch"]) == [1, 2]
-    assert {"train_loss", "valid_loss", "accuracy", "balanced_accuracy_score", "f1_score"} <= set(hist.columns)
+    assert {"train_loss", "valid_loss", "accuracy", "balanced_accuracy", "f1_macro", "seconds"} <= set(hist.columns)
     assert hist[["train_loss", "valid_loss", "accuracy"]].notna().all().all()
     assert hist["accuracy"].between(0, 1).all()
 
@@ -81,27 +81,51 @@ def test_history_ignores_evaluation_passes(dls):
 
 
 def test_same_seed_same_numbers(dls):
-    runs = [fit(make_learner(dls, "efficientnet_lite0", seed=7), 1, 1e-3) for _ in range(2)]
+    runs = [fit(make_learner(dls, "efficientnet_lite0", seed=7), 1, 1e-3).drop(columns="seconds") for _ in range(2)]
     pd.testing.assert_frame_equal(runs[0], runs[1])
 
 
 def test_given_model_is_used(dls):
-    model = pretrained("efficientnet_lite0", dls.c, pretrained=False)
+    model = pretrained("efficientnet_lite0", dls.c, weights=None)
     learn = make_learner(dls, model=model, seed=0)
     assert learn.model is model
 
 
 def test_fit_gradual_unfreezes_stage_by_stage(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
-    hist = fit_gradual(learn, 1e-3, epochs=1, stages=("head", "middle", "none"))
-    assert list(hist["phase"]) == ["frozen: head", "frozen: middle", "frozen: none"]
+    hist = fit_gradual(learn, 1e-3, epochs=1, depths=("head", "middle", "none"))
+    assert list(hist["phase"]) == ["depth: head", "depth: middle", "depth: none"]
     assert all(p.requires_grad for p in learn.model.parameters())
 
 
 def test_last_metrics_equal_a_fresh_evaluation(dls):
-    from convtips_lib.measure import evaluate
+    from convtips_lib.core.measure import evaluate
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     fit(learn, 1, 1e-3)
     got, want = last_metrics(learn), evaluate(learn).metrics
     assert got.keys() == want.keys()
     assert all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want)
+
+
+def test_valid_preds_are_the_epochs_predictions(dls):
+    from convtips_lib.core.data import valid_labels
+    from convtips_lib.core.measure import classification_metrics
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    fit(learn, 2, 1e-3)
+    y_true, y_pred = valid_preds(learn)
+    assert list(y_true) == list(valid_labels(dls)) and len(learn.history.preds) == 2
+    assert classification_metrics(y_true, y_pred)["accuracy"] == pytest.approx(last_metrics(learn)["accuracy"])
+
+
+def test_deprecated_names_still_work(dls):
+    with pytest.warns(DeprecationWarning, match="weights"):
+        learn = make_learner(dls, "efficientnet_lite0", pretrained_=False, seed=0)
+    assert learn.model.meta["source"] == "random init"
+    with pytest.warns(DeprecationWarning, match="depths"):
+        hist = fit_gradual(learn, 1e-3, epochs=1, stages=("head", "none"))
+    assert len(hist) == 2
+
+
+def test_fit_refuses_zero_epochs(dls):
+    with pytest.raises(ValueError, match="epochs"):
+        fit(make_learner(dls, "efficientnet_lite0", seed=0), 0, 1e-3)

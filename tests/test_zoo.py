@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.zoo: architecture costs, the zoo table, plot and widget, provenance, unsafe pickles."""
+"""Tests for convtips_lib.topics.zoo: architecture costs, the zoo table, plot and widget, provenance, unsafe pickles."""
 import dataclasses
 
 import matplotlib
@@ -10,18 +10,19 @@ import timm  # noqa: E402
 import torchvision  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from convtips_lib import zoo  # noqa: E402
-from convtips_lib.measure import count_params  # noqa: E402
-from convtips_lib.models import OFFLINE_WEIGHTS, UnknownModelError  # noqa: E402
-from convtips_lib.zoo import (arch_cost, arch_row, family, plot_cost, unsafe_pickle_demo,  # noqa: E402
-                              weights_provenance, zoo_counts, zoo_table, zoo_widget)
+from convtips_lib.topics import zoo  # noqa: E402
+from convtips_lib.core.measure import count_params  # noqa: E402
+from convtips_lib.core.models import OFFLINE_WEIGHTS, UnknownModelError  # noqa: E402
+from convtips_lib.topics.zoo import (arch_cost, arch_row, family, latency_predictors, unsafe_pickle_demo,  # noqa: E402
+                                     weights_provenance, zoo_counts, zoo_table)
+from convtips_lib.ui.plots import plot_cost  # noqa: E402
 
-COLUMNS = {"arch", "family", "params", "params_M", "gflops", "size", "ms_per_image", "images_per_s", "bs", "throughput"}
+COLUMNS = {"arch", "family", "params", "params_M", "gflops", "img_size", "ms_per_image", "images_per_s", "bs", "throughput"}
 
 
 @pytest.fixture(scope="module")
 def table():
-    return zoo_table(["resnet18", "tf_efficientnet_lite0", "tv:mobilenet_v2"], size=32, reps=1, bs=2)
+    return zoo_table(["resnet18", "tf_efficientnet_lite0", "tv:mobilenet_v2"], img_size=32, reps=1, bs=2)
 
 
 # ---------------------------------------------------------------- family and arch_cost
@@ -67,7 +68,7 @@ def test_zoo_table_has_one_sorted_row_per_arch(table):
     assert set(table.columns) == COLUMNS
     assert sorted(table["arch"]) == sorted(["resnet18", "tf_efficientnet_lite0", "tv:mobilenet_v2"])
     assert table["gflops"].is_monotonic_increasing
-    assert (table["size"] == 32).all() and (table["bs"] == 2).all()
+    assert (table["img_size"] == 32).all() and (table["bs"] == 2).all()
     assert table.set_index("arch").loc["resnet18", "params"] == 11_689_512
 
 
@@ -83,11 +84,6 @@ def test_arch_row_returns_that_arch(table):
     assert row["arch"] == "resnet18" and row["family"] == "resnet"
     with pytest.raises(UnknownModelError, match="tf_efficientnet_lite0"):
         arch_row(table, "vgg16")
-
-
-def test_zoo_widget_offers_every_arch(table):
-    box = zoo_widget(table)
-    assert list(box.children[0].options) == list(table["arch"])
 
 
 def test_zoo_counts():
@@ -125,3 +121,11 @@ def test_unsafe_pickle_is_refused_and_its_payload_never_runs(tmp_path):
     assert r["marker_created"] is False
     assert not (tmp_path / "payload_ran.txt").exists()
     assert (tmp_path / "booby_trapped.pth").is_file()
+
+
+def test_latency_predictors_interval_from_resampled_architectures():
+    import pandas as pd
+    df = pd.DataFrame(dict(ms_per_image=[1, 2, 3, 4, 5, 6, 7, 8], gflops=[1, 2, 3, 4, 5, 6, 7, 8],
+                           params_M=[8, 1, 7, 2, 6, 3, 5, 4]))
+    est = latency_predictors(df, n=500)
+    assert est.effect > 0.9 and est.low > 0 and est.high <= 2 and "8 architectures" in est.method

@@ -167,16 +167,19 @@ def _image_block(opener=open_image) -> TransformBlock:
 @renamed_kwargs(size="img_size")
 def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
              tfms: list | None = None, img_size: int | None = None, bs: int | None = None,
-             df: pd.DataFrame | None = None) -> DataLoaders:
-    """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split, the fixed valid set."""
+             df: pd.DataFrame | None = None, item_tfms: list | None = None) -> DataLoaders:
+    """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split, the fixed valid set;
+    `tfms` batch transforms, `item_tfms` per-image transforms (run in the loader's worker processes)."""
     col = _task_column(task)
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
     img_size = img_size or cfg.img_size
-    dblock = DataBlock(blocks=(_image_block(OpenResized(img_size)), CategoryBlock), get_x=ColReader("path"),
-                       get_y=ColReader(col), splitter=ColSplitter("is_valid"),
-                       batch_tfms=list(tfms or []))
+    labels = df[col]   # an ordered column (label_4: 0, 1/3, 2/3, 1) keeps its order as the vocab
+    vocab = list(labels.cat.categories) if isinstance(labels.dtype, pd.CategoricalDtype) else None
+    dblock = DataBlock(blocks=(_image_block(OpenResized(img_size)), CategoryBlock(vocab=vocab, sort=vocab is None)),
+                       get_x=ColReader("path"), get_y=ColReader(col), splitter=ColSplitter("is_valid"),
+                       item_tfms=list(item_tfms or []), batch_tfms=list(tfms or []))
     return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
                               seed=seed, shuffle=True)
 
@@ -250,19 +253,21 @@ class TensorPairs:
 
 
 def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0) -> DataLoaders:
-    """fastai DataLoaders over tensors (e.g. cached features): shuffled, drop-last train batches as an image
-    loader's; the validation set in order. `dls.vocab` and `dls.c` as for images."""
+    """fastai DataLoaders over tensors (e.g. cached features): shuffled train batches, the last partial one dropped
+    as an image loader does (unless it is the only one); the validation set in order. `dls.vocab`, `dls.c` as for
+    images."""
     from fastai.data.load import DataLoader
-    train = DataLoader(TensorPairs(x_train, y_train, vocab), bs=bs, shuffle=True, drop_last=True,
+    train = DataLoader(TensorPairs(x_train, y_train, vocab), bs=bs, shuffle=True, drop_last=len(y_train) > bs,
                        num_workers=num_workers)
     valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=bs, shuffle=False, num_workers=num_workers)
     return DataLoaders(train, valid)
 
 
 def plain_train_dl(dls, bs: int | None = None, shuffle: bool = False):
-    """The training items through the validation transforms (no augmentation): in order, or shuffled drop-last."""
+    """The training items through the validation transforms (no augmentation): in order, or shuffled with the last
+    partial batch dropped unless it is the only one (as `tensor_dls`)."""
     dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=bs or dls.bs)
-    return dl.new(shuffle=True, drop_last=True) if shuffle else dl
+    return dl.new(shuffle=True, drop_last=len(dls.train_ds) > dl.bs) if shuffle else dl
 
 
 def valid_labels(dls) -> np.ndarray:

@@ -151,6 +151,9 @@ def timing_ratio(slow_s, fast_s, n: int = 2000, seed: int = 0, fast_extra_s: flo
     from scipy.stats import bootstrap as scipy_bootstrap
     slow, fast = np.asarray(slow_s, dtype=float), np.asarray(fast_s, dtype=float)
     ratio = lambda s, f, axis=-1: reps * np.median(s, axis) / (fast_extra_s + reps * np.median(f, axis))  # noqa: E731
+    if min(len(slow), len(fast)) < 2:   # one timing has no spread: the interval is unknown (an inconclusive verdict)
+        return Estimate(float(ratio(slow, fast)), float("nan"), float("nan"), "speed-up (x)",
+                        "a single timing: no interval")
     res = scipy_bootstrap((slow, fast), ratio, vectorized=True, n_resamples=n, method="percentile",
                           random_state=np.random.default_rng(seed))
     low, high = res.confidence_interval

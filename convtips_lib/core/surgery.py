@@ -100,11 +100,12 @@ def split_at(model: nn.Module, depth="head") -> tuple:
 
 
 class Frozen(nn.Module):
-    """Wraps a module that never trains: always in eval mode (BN running stats), no gradients."""
+    """Wraps a module that never trains: always in eval mode (BN running stats), run without gradients.
+    The wrapped module's own `requires_grad` flags are left as they are."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
-        self.module = module.requires_grad_(False).eval()
+        self.module = module.eval()
 
     def train(self, mode: bool = True):
         self.training = mode

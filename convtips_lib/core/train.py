@@ -113,6 +113,8 @@ def make_learner(dls, arch: str = "efficientnet_lite0", weights="imagenet", dept
 
 def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1) -> pd.DataFrame:
     """Train with one-cycle at peak `lr` (or fastai's `fine_tune`); returns the whole history as a DataFrame."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
     hist = learn.history
     if fine_tune:
         hist.phase = "frozen"
