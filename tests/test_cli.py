@@ -93,6 +93,11 @@ def test_unknown_profile_is_a_one_line_error(lessons):
     assert "Traceback" not in err
 
 
+def test_negative_seed_is_a_one_line_error(lessons):
+    rc, _, err = _run("run", "--seed", "-3", "--lessons-dir", lessons)
+    assert rc == 2 and "--seed must be an integer from 0" in err and "Traceback" not in err
+
+
 def test_lessons_dir_errors_name_the_real_flag(tmp_path):
     rc, _, err = _run("run", "--lessons-dir", tmp_path / "missing")
     assert rc == 2 and "does not exist" in err and "--lessons-dir FOLDER" in err

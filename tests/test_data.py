@@ -3,6 +3,7 @@ import functools
 import hashlib
 import http.server
 import random
+import re
 import socket
 import tarfile
 import threading
@@ -15,8 +16,8 @@ from PIL import Image
 import fastai.data
 import pandas as pd
 from convtips_lib.core.data import (DEFECT_LEVELS, VALID_N, BadImageError, DataUnreachableError, _elpv_frame_cached,
-                                    check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
-                                    subsample, tensor_dls, untar_dls, valid_labels)
+                                    OpenResized, check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
+                                    rgb_image, subsample, tensor_dls, untar_dls, valid_labels)
 from convtips_lib.core.profiles import profile
 
 N_ELPV = 2624
@@ -457,3 +458,108 @@ def test_open_resized_names_a_missing_file(tmp_path):
     from convtips_lib.core.data import OpenResized
     with pytest.raises(BadImageError, match="gone.png"):
         OpenResized(8)(tmp_path / "gone.png")
+
+
+# ---------------------------------------------------------------- hostile images (16-bit, bombs, empty, floats)
+
+def _ramp16(path: Path) -> np.ndarray:
+    """A 64 x 64 16-bit gray PNG with values spread over 0-65535 (as an EL camera writes): the array."""
+    a = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(a).save(path)
+    return a
+
+
+def test_rgb_image_scales_a_16_bit_png_instead_of_saturating(tmp_path):
+    a = _ramp16(tmp_path / "el16.png")
+    assert Image.open(tmp_path / "el16.png").mode == "I;16"
+    got = np.asarray(rgb_image(tmp_path / "el16.png"))
+    assert got.shape == (64, 64, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[..., 0], np.round(a / 65535 * 255).astype(np.uint8))
+    assert (got == 255).mean() < 0.01          # PIL's own convert("RGB") makes ~99 % of these pixels white
+    assert abs(got.mean() - 127.5) < 2
+
+
+def test_16_bit_png_reaches_a_batch_scaled_in_folder_loaders_and_the_elpv_opener(tmp_path, small_cfg):
+    for c in ("ok", "bad"):
+        (tmp_path / c).mkdir()
+        for i in range(4):
+            _ramp16(tmp_path / c / f"{i}.png")
+    x, _ = folder_dls(tmp_path, small_cfg, valid_pct=0.5, img_size=32).one_batch()
+    assert 0.3 < float(x.mean()) < 0.7 and float((x > 0.99).float().mean()) < 0.05
+    assert float(np.asarray(open_image(tmp_path / "ok" / "0.png")).mean()) == pytest.approx(127.5, abs=2)
+    assert float(np.asarray(OpenResized(32)(tmp_path / "ok" / "1.png")).mean()) == pytest.approx(127.5, abs=2)
+
+
+def test_rgb_image_accepts_paths_bytes_pil_arrays_and_tensors(tmp_path):
+    import torch
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    for src in (tmp_path / "a.png", str(tmp_path / "a.png"), (tmp_path / "a.png").read_bytes(), Image.fromarray(rgb),
+                rgb, torch.from_numpy(rgb), rgb / 255.0, rgb.astype(np.float32)):
+        np.testing.assert_array_equal(np.asarray(rgb_image(src)), rgb)
+    np.testing.assert_array_equal(np.asarray(rgb_image(rgb[..., 0])), np.repeat(rgb[..., :1], 3, -1))
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((0, 0, 3), np.uint8), "empty"),
+    (np.zeros((5, 0), np.uint8), "empty"),
+    (np.full((4, 4, 3), -0.5), "[0, 1] or [0, 255]"),
+    (np.full((4, 4, 3), 300.0), "[0, 1] or [0, 255]"),
+    (np.full((4, 4, 3), np.nan), "NaN"),
+    (np.zeros((3, 8, 8), np.uint8), "channel-first"),
+    (np.zeros((4, 4, 2), np.uint8), "shape"),
+])
+def test_rgb_image_refuses_what_it_cannot_read_and_says_why(bad, words):
+    with pytest.raises(BadImageError, match=re.escape(words)):
+        rgb_image(bad)
+
+
+def test_decompression_bomb_is_named_and_skipped(tmp_path, monkeypatch):
+    _write_pngs(tmp_path, 2, size=32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # 32 x 32 = 1,024 > 2 x 100: PIL's bomb error
+    with pytest.raises(BadImageError, match="decompression bomb"):
+        rgb_image(tmp_path / "img_0.png")
+    with pytest.raises(BadImageError, match="img_0.png"):
+        check_images([tmp_path / "img_0.png"])
+    with pytest.warns(UserWarning, match="skipped 2"):
+        assert check_images(sorted(tmp_path.glob("*.png")), on_bad="skip") == []
+
+
+def test_check_images_skips_an_empty_image(tmp_path):
+    good = _write_pngs(tmp_path, 1)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(good[0].read_bytes()[:16] + (0).to_bytes(4, "big") * 2 + good[0].read_bytes()[24:])
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert check_images([good[0], empty], on_bad="skip") == [good[0]]
+
+
+# ---------------------------------------------------------------- folder_dls: bad options say what to pass
+
+@pytest.mark.parametrize("valid_pct", [0, 1, 1.5, -0.2])
+def test_folder_dls_refuses_a_valid_pct_outside_0_1(tmp_path, small_cfg, valid_pct):
+    with pytest.raises(ValueError, match="valid_pct must lie strictly between 0 and 1"):
+        folder_dls(_make_class_folder(tmp_path), small_cfg, valid_pct=valid_pct)
+
+
+@pytest.mark.parametrize("kw", [dict(bs=0), dict(bs=-4), dict(img_size=0), dict(img_size=-32), dict(bs=2.5)])
+def test_folder_and_elpv_loaders_refuse_non_positive_sizes(tmp_path, small_cfg, kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        folder_dls(_make_class_folder(tmp_path), small_cfg, **kw)
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        elpv_dls(small_cfg, **kw)
+
+
+def test_folder_smaller_than_one_batch_trains_with_a_smaller_batch(tmp_path, small_cfg):
+    root = _make_class_folder(tmp_path, n=3)   # 6 images: 4 for training with valid_pct 0.25 (batch 64)
+    with pytest.warns(UserWarning, match="fewer than one batch"):
+        dls = folder_dls(root, small_cfg.with_(bs=64), img_size=32)
+    x, y = dls.one_batch()
+    assert len(x) == len(dls.train_ds) and dls.bs == len(dls.train_ds)
+
+
+def test_folder_too_small_for_a_validation_image_says_so(tmp_path, small_cfg):
+    _write_pngs(tmp_path / "a", 1)
+    _write_pngs(tmp_path / "b", 1, seed=1)
+    with pytest.raises(ValueError, match="both need at least one"):
+        folder_dls(tmp_path, small_cfg, valid_pct=0.1)

@@ -1,12 +1,13 @@
-"""Tests for convtips_lib.env: seeding, quiet mode, the GPU hint and the environment record."""
+"""Tests for convtips_lib.core.env: seeding, quiet mode, the GPU hint and the environment record."""
 import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from convtips_lib.env import environment, gpu_hint, in_colab, is_quiet, seed_everything, versions
-from convtips_lib.profiles import profile
+from convtips_lib.core.env import environment, gpu_hint, in_colab, is_quiet, seed_everything, versions
+from convtips_lib.core.profiles import profile
 
 
 def test_seed_everything_repeats_all_generators():
@@ -28,10 +29,29 @@ def test_is_quiet(monkeypatch, env, quiet):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for machines without a GPU")
-def test_gpu_hint_warns_and_names_colab():
-    with pytest.warns(UserWarning, match="Colab"):
+def test_gpu_hint_prints_a_note_naming_colab_and_does_not_warn(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a hint, not a warning: nothing is emitted
         msg = gpu_hint(profile("cpu"))
-    assert "'cpu'" in msg
+    assert "'cpu'" in msg and "Colab" in msg
+    assert capsys.readouterr().out == f"note: {msg}\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for machines without a GPU")
+def test_gpu_hint_in_a_notebook_is_markdown(monkeypatch, capsys):
+    import IPython
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    msg = gpu_hint(profile("smoke"))
+    assert len(shown) == 1 and isinstance(shown[0], IPython.display.Markdown) and msg in shown[0].data
+    assert capsys.readouterr().out == ""
+
+
+def test_gpu_hint_is_silent_on_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_hint(profile("gpu")) is None and capsys.readouterr().out == ""
 
 
 def test_environment_record():

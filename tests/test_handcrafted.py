@@ -22,9 +22,12 @@ def images(paths):
     return gray_images(paths, 64)
 
 
-def test_gray_images(images):
+def test_gray_images(images, paths):
     assert images.shape == (8, 64, 64) and images.dtype == np.float32
     assert 0 <= images.min() < images.max() <= 1
+    from PIL import Image
+    ref = np.asarray(Image.open(paths[5]).convert("RGB").resize((64, 64), Image.BILINEAR).convert("L")) / 255
+    assert np.allclose(images[5], ref, atol=1e-6)                     # PIL's bilinear resize, then gray
 
 
 def test_hog_shape_matches_skimage_and_is_deterministic(images):
@@ -64,8 +67,20 @@ def test_features_need_an_image_stack():
 
 @pytest.mark.parametrize("kind,dim", [("hog", 1764), ("lbp", 160), ("hog+lbp", 1924)])
 def test_handcrafted_features_kinds(paths, kind, dim):
-    x = handcrafted_features(paths[:2], size=64, kind=kind)
+    x = handcrafted_features(paths[:2], img_size=64, kind=kind)
     assert x.shape == (2, dim) and x.dtype == np.float32
+
+
+def test_handcrafted_features_are_hog_then_lbp_of_the_gray_images(paths):
+    ims = gray_images(paths[:2], 48)
+    both = handcrafted_features(paths[:2], img_size=48)
+    assert np.allclose(both, np.concatenate([hog_features(ims), lbp_features(ims)], axis=1), atol=1e-6)
+
+
+def test_deprecated_size_still_works(paths):
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        old = handcrafted_features(paths[:2], size=32, kind="lbp")
+    assert np.array_equal(old, handcrafted_features(paths[:2], img_size=32, kind="lbp"))
 
 
 def test_unknown_kind_lists_the_choices(paths):
@@ -78,21 +93,21 @@ def test_corrupt_image_names_the_file(paths, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(BadImageError, match="broken.png"):
-        handcrafted_features([paths[0], bad], size=32)
+        handcrafted_features([paths[0], bad], img_size=32)
 
 
 def test_cache_hit_miss_and_keys(paths, tmp_path, monkeypatch):
-    x = handcrafted_features(paths, size=32, cache=tmp_path)
+    x = handcrafted_features(paths, img_size=32, cache=tmp_path)
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].name.startswith("hc_")
     monkeypatch.setattr(hc, "_compute", lambda *a, **kw: pytest.fail("a cache hit must not recompute"))
-    assert np.array_equal(handcrafted_features(paths, size=32, cache=tmp_path), x)
+    assert np.array_equal(handcrafted_features(paths, img_size=32, cache=tmp_path), x)
     monkeypatch.undo()
-    handcrafted_features(paths, size=48, cache=tmp_path)
-    handcrafted_features(paths, size=32, cache=tmp_path, lbp_kw=dict(P=16, R=2))
-    handcrafted_features(paths[:-1], size=32, cache=tmp_path)
+    handcrafted_features(paths, img_size=48, cache=tmp_path)
+    handcrafted_features(paths, img_size=32, cache=tmp_path, lbp_kw=dict(P=16, R=2))
+    handcrafted_features(paths[:-1], img_size=32, cache=tmp_path)
     assert len(list(tmp_path.iterdir())) == 4
-    assert np.array_equal(handcrafted_features(paths, size=32), x)  # cache=False computes the same
+    assert np.array_equal(handcrafted_features(paths, img_size=32), x)  # cache=False computes the same
 
 
 def test_svm_beats_chance_on_synthetic_data():
@@ -100,6 +115,8 @@ def test_svm_beats_chance_on_synthetic_data():
     out = svm_baseline(X[:300], y[:300], X[300:], y[300:])
     assert set(out["metrics"]) == {"accuracy", "balanced_accuracy", "f1_macro"}
     assert out["metrics"]["accuracy"] > 0.75 and out["seconds"] >= 0
+    assert np.array_equal(out["y_true"], y[300:]) and np.array_equal(out["y_pred"], out["model"].predict(X[300:]))
+    assert out["metrics"]["accuracy"] == pytest.approx((out["y_pred"] == y[300:]).mean())
     weighted = svm_baseline(X[:300], y[:300], X[300:], y[300:], C=0.1, class_weight="balanced")
     assert weighted["metrics"]["balanced_accuracy"] > 0.75
 

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage.data import chelsea  # noqa: E402
 
@@ -48,6 +49,26 @@ def test_prediction_summary_target(lite0):
     assert set(prediction_summary(lite0, x)) == {"label", "prob"}
     with pytest.raises(ValueError, match="no ImageNet class.*'zzzq'"):
         prediction_summary(lite0, x, target="zzzq")
+
+
+def test_preprocess_matches_torchvision():
+    import torchvision.transforms.functional as TF
+    stats = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pil = Image.fromarray(chelsea()).resize((48, 48), Image.BICUBIC)
+    want = TF.normalize(TF.to_tensor(pil), *stats)[None]
+    x = preprocess(chelsea(), 48, stats)
+    assert x.shape == (1, 3, 48, 48) and torch.allclose(x, want, atol=1e-6)
+    bgr = TF.normalize(TF.to_tensor(pil).flip(0), *stats)[None]       # channels swapped, then normalised
+    assert torch.allclose(preprocess(chelsea(), 48, stats, bgr=True), bgr, atol=1e-6)
+    assert torch.allclose(preprocess(chelsea(), 48, stats, normalize=False), TF.to_tensor(pil)[None])
+
+
+def test_deprecated_size_still_works(lite0):
+    stats = lite0.meta["stats"]
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        assert torch.equal(preprocess(chelsea(), size=32, stats=stats), preprocess(chelsea(), 32, stats))
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        assert topk(lite0, chelsea(), k=2, size=64) == topk(lite0, chelsea(), k=2, img_size=64)
 
 
 def test_preprocessing_variants_table(variants):
@@ -92,8 +113,11 @@ def test_load_user_image_corrupt_bytes_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("name", SAMPLE_PHOTOS)
 def test_sample_photos_are_rgb(name):
-    img = sample_photo(name)
+    import skimage.data
+    img, src = sample_photo(name), getattr(skimage.data, name)()
     assert img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8
+    gray = src.ndim == 2
+    assert all((img[..., c] == (src if gray else src[..., c])).all() for c in range(3))   # gray replicated
 
 
 def test_sample_photo_unknown_lists_choices():
@@ -107,3 +131,30 @@ def test_photo_top5_by_name_and_by_upload(lite0):
     assert df["prob"].is_monotonic_decreasing and df["label"][0].startswith(CATS)
     uploaded = photo_top5(lite0, _png_bytes(chelsea()))
     assert list(uploaded["label"]) == list(df["label"])
+
+
+# ---------------------------------------------------------------- hostile images reach topk as a clear error or a right answer
+
+def test_topk_reads_a_path_bytes_floats_and_16_bit_alike(lite0, tmp_path):
+    img = chelsea()
+    Image.fromarray(img).save(tmp_path / "cat.png")
+    expected = topk(lite0, img)
+    for src in (tmp_path / "cat.png", str(tmp_path / "cat.png"), _png_bytes(img), img / 255.0,
+                img.astype(np.uint16) * 257):
+        got = topk(lite0, src)
+        assert [lab for lab, _ in got] == [lab for lab, _ in expected]
+        assert got[0][1] == pytest.approx(expected[0][1], abs=1e-4)
+
+
+@pytest.mark.parametrize("bad, words", [(np.zeros((0, 0, 3), np.uint8), "empty"),
+                                         (np.full((8, 8, 3), 2.0e3), "rescale it first"),
+                                         (b"not an image", "cannot read image")])
+def test_topk_refuses_an_empty_or_unreadable_image(lite0, bad, words):
+    with pytest.raises(BadImageError, match=words):
+        topk(lite0, bad)
+
+
+def test_load_user_image_scales_a_16_bit_upload():
+    a = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    got = load_user_image(_png_bytes(a), "el.png")
+    assert got.shape == (32, 32, 3) and got.dtype == np.uint8 and (got == 255).mean() < 0.01

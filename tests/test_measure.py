@@ -83,6 +83,14 @@ def test_count_flops_leaves_model_in_eval():
     assert not model.training
 
 
+def test_deprecated_size_still_works_for_flops_and_latency():
+    conv = nn.Conv2d(3, 16, 3, padding=1)
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        assert count_flops(conv, size=8) == count_flops(conv, img_size=8) == 2 * 16 * 8 * 8 * 27
+    with pytest.warns(DeprecationWarning, match="img_size"):
+        assert len(latency(conv, size=8, reps=2)["times_ms"]) == 2
+
+
 # ---------------------------------------------------------------- latency
 
 @pytest.mark.parametrize("bs", [1, 4])
@@ -91,7 +99,7 @@ def test_latency(bs):
                           nn.Linear(8, 2))
     lat = latency(model, 32, bs=bs, reps=3, warmup=1)
     assert set(lat) == {"ms_per_batch", "ms_per_image", "images_per_s", "times_ms"}
-    assert len(lat["times_ms"]) == 3 or len(lat["times_ms"]) >= 1
+    assert len(lat["times_ms"]) == 3 and lat["ms_per_batch"] == pytest.approx(float(np.median(lat["times_ms"])))
     assert lat["ms_per_batch"] > 0
     assert lat["ms_per_image"] == pytest.approx(lat["ms_per_batch"] / bs)
     assert lat["images_per_s"] == pytest.approx(1000 * bs / lat["ms_per_batch"])
@@ -204,6 +212,16 @@ def test_seeds_that_disagree_widen_the_interval():
     pooled = paired_bootstrap(y, np.stack([a, a]), np.stack([b, b2]))
     one = paired_bootstrap(y, a, b)
     assert "two-level" in pooled.method and (pooled.high - pooled.low) > (one.high - one.low)
+
+
+def test_two_level_interval_is_at_least_as_wide_as_the_seeds_mean_alone():
+    y, a, b = _pair()
+    _, _, b2 = _pair(right_b=0.7, seed=5)   # the two seeds of b disagree by about 20 points
+    two_level = paired_bootstrap(y, a, np.stack([b, b2]), "accuracy")
+    mean_only = bootstrap(y, dict(a=a, b1=b, b2=b2), lambda m: (m["b1"] + m["b2"]) / 2 - m["a"], "accuracy")
+    assert "two-level" in two_level.method and "two-level" not in mean_only.method
+    assert two_level.effect == pytest.approx(mean_only.effect)
+    assert two_level.high - two_level.low >= mean_only.high - mean_only.low
 
 
 def test_predictions_must_cover_the_validation_set():

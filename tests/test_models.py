@@ -1,4 +1,5 @@
 """Tests for convtips_lib.core.models: offline weights, hub names, local weights, the Classifier."""
+import socket
 import time
 
 import numpy as np
@@ -10,8 +11,8 @@ from PIL import Image
 from skimage.data import chelsea
 
 from convtips_lib.core.models import (OFFLINE_WEIGHTS, Classifier, HubUnreachableError, UnknownModelError,
-                                 WeightsChecksumError, lite_keys_to_timm, list_archs, load_weights,
-                                 pretrained, sha256sum)
+                                 WeightsChecksumError, WeightsFileError, lite_keys_to_timm, list_archs, load_weights,
+                                 pretrained, reachable, sha256sum)
 from convtips_lib.core.profiles import PROFILES
 
 LITE0 = "efficientnet_lite0"
@@ -114,8 +115,12 @@ def test_load_weights_refuses_wrong_sha256():
 
 
 def test_load_weights_accepts_right_sha256(lite0_state_dict):
-    assert isinstance(lite0_state_dict, dict) and lite0_state_dict
-    assert all(isinstance(v, torch.Tensor) for v in lite0_state_dict.values())
+    w = OFFLINE_WEIGHTS[LITE0]
+    raw = torch.load(w.path(), map_location="cpu", weights_only=True)   # the file as torch reads it
+    assert lite0_state_dict.keys() == raw.keys() and all(torch.equal(lite0_state_dict[k], raw[k]) for k in raw)
+    body = pretrained(LITE0).body.state_dict()   # and these are the tensors the offline model is built from
+    assert torch.equal(body["conv_stem.weight"], raw["_conv_stem.weight"])
+    assert torch.equal(body["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
 
 
 def test_load_weights_missing_file(tmp_path):
@@ -265,3 +270,78 @@ def test_unknown_keyword_is_refused():
 def test_no_name_lists_the_offline_models(arch):
     with pytest.raises(UnknownModelError, match="efficientnet_lite0"):
         pretrained(arch, 2, weights=None)
+
+
+# ---------------------------------------------------------------- a user's weights file: clear errors, known layouts
+
+def test_truncated_weights_file_says_so(resnet18_file, tmp_path):
+    path, _ = resnet18_file
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(WeightsFileError, match="truncated"):
+        pretrained("resnet18", 2, weights=cut)
+
+
+def test_pickled_model_file_is_refused_for_safety(tmp_path):
+    path = tmp_path / "whole_model.pth"
+    torch.save(torch.nn.Linear(2, 2), path)   # a whole module, not a state dict
+    with pytest.raises(WeightsFileError, match="state_dict"):
+        load_weights(path)
+
+
+def test_lite_weights_in_their_own_key_layout_load_from_a_user_file(lite0_state_dict, tmp_path):
+    path = tmp_path / "lite0_own_layout.pth"
+    torch.save(lite0_state_dict, path)   # the `_blocks.0._bn1` names of the shipped file
+    assert any(k.startswith("_blocks.") for k in lite0_state_dict)
+    mine, shipped = pretrained(LITE0, weights=path), pretrained(LITE0)
+    assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), shipped.state_dict().values()))
+
+
+def test_lite_weights_of_another_size_are_refused(lite0_state_dict, tmp_path):
+    path = tmp_path / "lite0.pth"
+    torch.save(lite0_state_dict, path)
+    with pytest.raises(WeightsFileError, match="another lite size"):
+        pretrained("efficientnet_lite1", weights=path)
+
+
+def test_a_fine_tuned_classifier_saved_whole_loads_back(tmp_path):
+    torch.manual_seed(0)
+    net = pretrained("resnet18", 3, weights=None)
+    path = tmp_path / "mine.pth"
+    torch.save(net.state_dict(), path)
+    back = pretrained("resnet18", 3, weights=path)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
+    with pytest.raises(WeightsFileError, match="another shape"):
+        pretrained("resnet18", 5, weights=path)
+
+
+def test_weights_of_another_architecture_are_explained(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(WeightsFileError, match="do not fit 'resnet34'.*missing keys"):
+        pretrained("resnet34", 2, weights=path)
+
+
+def test_unreachable_hub_is_detected_in_seconds_without_hf_hub_offline(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+    with socket.socket() as s:   # a loopback port nobody listens on stands for the unreachable hub
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="127.0.0.1 cannot be reached") as info:
+        pretrained("resnet18", 2, weights="imagenet")
+    assert time.perf_counter() - start < 10        # huggingface_hub's own retries take ~45 s
+    assert LITE0 in str(info.value)
+    assert hf_constants.HF_HUB_OFFLINE is False    # the offline switch is put back
+
+
+def test_reachable_sees_a_listening_loopback_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        assert reachable(url)
+    assert not reachable(url, timeout=1)

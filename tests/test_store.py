@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import convtips_lib.core.store as store
-from convtips_lib.core.store import atomic_write, cache_dir, cached, hash_key, load_tensors, save_tensors, state_hash
+from convtips_lib.core.store import (StorageError, atomic_write, cache_dir, cached, hash_key, load_tensors,
+                                     save_tensors, state_hash)
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -121,3 +122,15 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("shape", ["a file", "inside a file"])
+def test_unwritable_cache_folder_fails_before_the_build(tmp_path, shape):
+    (tmp_path / "cache").write_text("in the way")
+    folder = tmp_path / "cache" if shape == "a file" else tmp_path / "cache" / "features"
+    built = []
+    with pytest.raises(StorageError, match="CONVTIPS_CACHE"):
+        cached(folder / "x.pt", "k", ("x",), lambda: built.append(1) or {"x": torch.zeros(1)})
+    assert built == []   # nothing was computed only to be lost
+    with pytest.raises(StorageError, match=str(folder)):
+        atomic_write(folder / "r.json", "{}")

@@ -10,12 +10,15 @@ from convtips_lib.core.profiles import profile
 from convtips_lib.core.train import METRICS, fit, fit_gradual, history, last_metrics, make_learner, valid_preds
 
 CFG = profile("smoke").with_(img_size=32, bs=64)
-FRAC = 0.08   # about 160 training images: a fit takes about a second
+FRAC = 0.08   # about 160 training images and (below) a quarter of the validation set: a fit takes about a second
 
 
 @pytest.fixture(scope="module")
 def dls():
-    return elpv_dls(CFG, task="binary", frac=FRAC, seed=0)
+    from convtips_lib.core.data import elpv_frame
+    df = elpv_frame()
+    valid = df[df["is_valid"]].groupby("label_bin").sample(frac=0.25, random_state=0)
+    return elpv_dls(CFG, task="binary", frac=FRAC, seed=0, df=pd.concat([df[~df["is_valid"]], valid]))
 
 
 def test_learner_has_the_course_metrics(dls):
@@ -114,7 +117,10 @@ def test_valid_preds_are_the_epochs_predictions(dls):
     fit(learn, 2, 1e-3)
     y_true, y_pred = valid_preds(learn)
     assert list(y_true) == list(valid_labels(dls)) and len(learn.history.preds) == 2
-    assert classification_metrics(y_true, y_pred)["accuracy"] == pytest.approx(last_metrics(learn)["accuracy"])
+    assert classification_metrics(y_true, y_pred) == pytest.approx(last_metrics(learn))   # every METRICS name
+    assert set(last_metrics(learn)) == set(METRICS)
+    first = classification_metrics(y_true, valid_preds(learn, 0)[1])   # the predictions after epoch 1
+    assert first["accuracy"] == pytest.approx(history(learn)["accuracy"].iloc[0])
 
 
 def test_deprecated_names_still_work(dls):

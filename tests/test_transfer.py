@@ -45,6 +45,43 @@ def test_rule_fails_when_the_gain_shrinks_with_more_data():
     assert freeze_rule(g)["estimate"].high < 0
 
 
+def test_rule_averages_seeds_and_ignores_other_regimes():
+    scores = {0.1: {"head only": .80, "freeze to middle": .70, "whole network": .65},
+              1.0: {"head only": .80, "freeze to middle": .85, "whole network": .95}}
+    one = _grid(scores)
+    other_seed = _grid({f: {r: v - .1 for r, v in row.items()} for f, row in scores.items()}).assign(seed=1)
+    scratch = _grid({0.1: {"from scratch": .99}, 1.0: {"from scratch": .50}})
+    rule = freeze_rule(pd.concat([one, other_seed, scratch], ignore_index=True))
+    assert rule["estimate"].effect == pytest.approx(freeze_rule(one)["estimate"].effect)   # same gains, 10 pts lower
+    assert "two-level" in rule["estimate"].method                      # the seeds are resampled too
+    assert rule["gain"][1.0] == pytest.approx(.90 - .75) and rule["gain"][0.1] == pytest.approx(.65 - .75)
+    assert rule["frozen_share_of_best"] == {0.1: 1.0, 1.0: 0.0}        # 'from scratch' (.99 at 0.1) is not a candidate
+
+
+def test_best_regimes_per_fraction():
+    g = _grid({0.1: {"head only": .7, "from scratch": .5}, 0.5: {"head only": .7, "from scratch": .8}})
+    best = best_regimes(g)
+    assert list(best["regime"]) == ["head only", "from scratch"]
+    assert list(best["best_balanced_accuracy"]) == pytest.approx([.7, .8])
+
+
+def test_unknown_regime_lists_the_known():
+    with pytest.raises(ValueError, match="head only.*from scratch"):
+        run_regime(CFG, "freeze everything", 0.05)
+
+
+def test_grid_runs_every_cell_once(monkeypatch):
+    import convtips_lib.topics.transfer as transfer
+    calls = []
+    monkeypatch.setattr(transfer, "run_regime", lambda cfg, r, f, s, **kw: calls.append((f, r, s, kw)) or
+                        dict(frac=f, regime=r, seed=s))
+    g = freeze_grid(CFG, fractions=(0.04, 0.08), regimes=["head only", "from scratch"], seeds=[0, 1], arch="x")
+    assert len(g) == len(calls) == 8 and len(set(calls[i][:3] for i in range(8))) == 8
+    assert all(kw == dict(arch="x") for *_, kw in calls)
+    default = freeze_grid(CFG)   # the profile's fractions and seeds, every regime
+    assert len(default) == len(CFG.fractions) * len(REGIMES) * CFG.n_seeds
+
+
 def test_more_data_gain_and_recipe_vs_best():
     g = _grid({0.1: {"whole network": .70, "head only": .72}, 1.0: {"whole network": .90, "head only": .70,
                                                                    "fine_tune (fastai)": .90}})
@@ -52,7 +89,10 @@ def test_more_data_gain_and_recipe_vs_best():
     assert gain.low > 0 and gain.effect == pytest.approx(0.2, abs=0.01)
     big = g[g["frac"] == 1.0]
     vs = recipe_vs_best(big, "fine_tune (fastai)", ["whole network", "head only"])
-    assert vs.low <= 0 <= vs.high or abs(vs.effect) < 0.05
+    assert vs.effect == pytest.approx(0, abs=1e-9) and vs.low < 0 < vs.high        # as good as the best: straddles
+    worse = _grid({1.0: {"whole network": .90, "head only": .70, "fine_tune (fastai)": .80}})
+    behind = recipe_vs_best(worse, "fine_tune (fastai)", ["whole network", "head only"])
+    assert behind.high < 0 and behind.effect == pytest.approx(-0.10, abs=0.01)
 
 
 def test_gap_change_is_a_difference_of_differences():
@@ -117,3 +157,6 @@ def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0,
     with pytest.warns(DeprecationWarning, match="trainable_stages"):
         old = quick_transfer(lite0, CFG, 0.04, trainable_stages=1, folder=tmp_path, seed=0)
     assert old["cache_hit"] and old["balanced_accuracy"] == first["balanced_accuracy"]
+    with pytest.warns(DeprecationWarning, match="folder"):
+        older = quick_transfer(lite0, CFG, 0.04, depth=7, cache_dir=tmp_path, seed=0)
+    assert older["cache_hit"] and older["balanced_accuracy"] == first["balanced_accuracy"]

@@ -1,6 +1,7 @@
 """Data: the embedded ELPV solar-cell dataset, image folders and fastai's online datasets, as fastai DataLoaders."""
 from __future__ import annotations
 
+import io
 import warnings
 from functools import lru_cache
 from importlib import resources
@@ -17,7 +18,7 @@ from .compat import renamed_kwargs
 from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
-           "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "check_images", "open_image", "OpenResized",
+           "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "check_images", "open_image", "rgb_image", "OpenResized",
            "plain_train_dl", "valid_labels"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
@@ -35,13 +36,87 @@ class DataUnreachableError(ConnectionError):
     """An online dataset that could not be downloaded."""
 
 
-def open_image(path) -> PILImage:
-    """Open an image file as an RGB PILImage (grayscale replicated to 3 channels); names the file on failure."""
+_FIX = "Replace or delete the file, or build the data with on_bad='skip' to leave it out."
+_EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def _describe(src) -> str:
+    return "the image bytes" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
+def _open_file(src, name: str) -> Image.Image:
+    """PIL's lazy open of a path or file bytes; a missing, unreadable or absurdly large file raises BadImageError."""
     try:
-        return PILImage.create(path)
-    except (OSError, ValueError) as e:
-        raise BadImageError(f"cannot read image {path}: {e}. Replace or delete the file, "
-                            "or build the data with on_bad='skip' to leave it out.") from e
+        im = Image.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src)
+        im.load()
+        return im
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"cannot read image {name}: {e} It is far larger than any photo (a 'decompression "
+                            f"bomb'?). {_FIX}") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadImageError(f"cannot read image {name}: {e}. {_FIX}") from e
+
+
+def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values of any dtype -> uint8 0-255: 16-bit scaled by 255/65535 (not clipped), floats from [0, 1] or
+    [0, 255]. Written by hand: PIL's convert() clips 16-bit values (almost all pixels white) and refuses floats."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if a.size and not np.isfinite(a).all():
+        raise BadImageError(f"image {name} has NaN or infinite pixel values: fix or drop the image")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if np.issubdtype(a.dtype, np.integer):
+        if lo >= 0 and (a.dtype.itemsize == 2 or hi > 255) and hi <= 65535:   # 16-bit (e.g. EL cameras)
+            return np.round(a.astype(np.float32) * (255 / 65535)).astype(np.uint8)
+        if lo >= 0 and hi <= 255:
+            return a.astype(np.uint8)
+    elif lo >= 0 and hi <= 1:
+        return np.round(a.astype(np.float32) * 255).astype(np.uint8)
+    elif lo >= 0 and hi <= 255:
+        return np.round(a.astype(np.float32)).astype(np.uint8)
+    raise BadImageError(f"image {name} has {a.dtype} pixel values in [{lo:g}, {hi:g}]: expected 8-bit (0-255), "
+                        "16-bit (0-65535) or floats in [0, 1] or [0, 255]; rescale it first")
+
+
+def _to_hwc3(a: np.ndarray, name: str) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3): gray replicated, alpha dropped."""
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3, 4):
+        raise BadImageError(f"image {name} looks channel-first {a.shape}: pass (H, W, 3), e.g. x.permute(1, 2, 0)")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise BadImageError(f"image {name} has shape {a.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise BadImageError(f"image {name} is empty ({a.shape[1]} x {a.shape[0]} pixels): it holds nothing to "
+                            "classify; check how it was cropped or saved")
+    return np.repeat(a, 3, -1) if a.shape[-1] == 1 else a[..., :3]
+
+
+def rgb_image(src, name: str | None = None) -> Image.Image:
+    """Any image as an 8-bit RGB PIL image: a file path or file bytes, a PIL image, or an array/tensor (H, W[, C]).
+
+    16-bit files and arrays (common for electroluminescence cameras) are scaled to 0-255, not clipped; float arrays
+    must hold [0, 1] or [0, 255]; an empty image, a decompression bomb or an unreadable file raises `BadImageError`
+    naming it."""
+    if name is None:
+        name = _describe(src) if isinstance(src, (str, Path, bytes, bytearray, memoryview)) else "the image"
+    if isinstance(src, (str, Path, bytes, bytearray, memoryview)):
+        src = _open_file(src, name)
+    if isinstance(src, Image.Image):
+        if src.width == 0 or src.height == 0:
+            raise BadImageError(f"image {name} is empty ({src.width} x {src.height} pixels)")
+        if src.mode in _EIGHT_BIT:
+            return src if src.mode == "RGB" else src.convert("RGB")
+        src = np.asarray(src)   # 16-bit ('I;16'), 32-bit int ('I') or float ('F') pixels
+    a = np.asarray(src.detach().cpu() if hasattr(src, "detach") else src)
+    return Image.fromarray(np.ascontiguousarray(_to_hwc3(_to_uint8(a, name), name)))
+
+
+def open_image(path) -> PILImage:
+    """Open an image file as an RGB PILImage (grayscale replicated, 16-bit scaled); names the file on failure."""
+    return PILImage.create(rgb_image(path, str(path)))
 
 
 @lru_cache(maxsize=16384)
@@ -80,9 +155,11 @@ def check_images(paths, on_bad: str = "raise") -> list:
     for p in paths:
         try:
             with Image.open(p) as im:
+                if 0 in im.size:
+                    raise ValueError(f"it is empty ({im.width} x {im.height} pixels)")
                 im.verify()
             good.append(p)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             if on_bad == "raise":
                 raise BadImageError(f"cannot read image {p}: {e}. Replace or delete the file, "
                                     "or pass on_bad='skip' to leave it out.") from e
@@ -167,10 +244,15 @@ def _image_block(opener=open_image) -> TransformBlock:
 @renamed_kwargs(size="img_size")
 def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
              tfms: list | None = None, img_size: int | None = None, bs: int | None = None,
-             df: pd.DataFrame | None = None, item_tfms: list | None = None) -> DataLoaders:
-    """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split, the fixed valid set;
-    `tfms` batch transforms, `item_tfms` per-image transforms (run in the loader's worker processes)."""
+             df: pd.DataFrame | None = None, item_tfms: list | None = None,
+             sampling_weights: dict | None = None) -> DataLoaders:
+    """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split (of `df`, default the
+    whole dataset), the fixed valid set; `tfms` batch transforms, `item_tfms` per-image transforms (run in the
+    loader's worker processes); `sampling_weights` {class: weight}: training items drawn with replacement,
+    each with probability proportional to its class's weight (fastai's WeightedDL: over-sampling)."""
     col = _task_column(task)
+    _check_size("bs", bs, "images per batch")
+    _check_size("img_size", img_size, "side of the square input in px")
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
@@ -180,37 +262,73 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
     dblock = DataBlock(blocks=(_image_block(OpenResized(img_size)), CategoryBlock(vocab=vocab, sort=vocab is None)),
                        get_x=ColReader("path"), get_y=ColReader(col), splitter=ColSplitter("is_valid"),
                        item_tfms=list(item_tfms or []), batch_tfms=list(tfms or []))
-    return dblock.dataloaders(df.reset_index(drop=True), bs=bs or cfg.bs, num_workers=cfg.num_workers,
-                              seed=seed, shuffle=True)
+    df, kw = df.reset_index(drop=True), dict(bs=bs or cfg.bs, num_workers=cfg.num_workers, seed=seed, shuffle=True)
+    if sampling_weights is None:
+        return dblock.dataloaders(df, **kw)
+    return dblock.weighted_dataloaders(df, _item_weights(df[col].astype(str), sampling_weights), **kw)
+
+
+def _item_weights(labels, sampling_weights: dict) -> np.ndarray:
+    """(N,) weight of each item from {class: weight}; a class without a weight or a weight <= 0 is refused."""
+    labels = [str(v) for v in labels]
+    weights = {str(k): float(v) for k, v in sampling_weights.items()}
+    missing = sorted(set(labels) - set(weights))
+    if missing or min(weights.values()) <= 0:
+        raise ValueError(f"sampling_weights needs a weight > 0 for every class: got {weights}, missing {missing}")
+    return np.array([weights[v] for v in labels])
+
+
+def _check_size(name: str, value, hint: str) -> None:
+    """None (the profile's value) or a positive integer; anything else raises a ValueError naming it."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{name} must be a positive integer ({hint}) or None for the profile's value, got {value!r}")
 
 
 def _folder_splitter(path: Path, valid_pct: float, seed: int):
     for valid in ("valid", "val"):
         if (path / "train").is_dir() and (path / valid).is_dir():
             return GrandparentSplitter(train_name="train", valid_name=valid)
+    if not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct must lie strictly between 0 and 1 (the share of images held out for validation, "
+                         f"e.g. 0.25), got {valid_pct!r}; or split the folder yourself into train/ and valid/")
     return RandomSplitter(valid_pct=valid_pct, seed=seed)
 
 
+@renamed_kwargs(size="img_size")
 def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, tfms: list | None = None,
-               on_bad: str = "raise", seed: int | None = None) -> DataLoaders:
-    """DataLoaders from a folder of images: labels from class sub-folders (or `label_re` on file names)."""
+               on_bad: str = "raise", seed: int | None = None, bs: int | None = None,
+               img_size: int | None = None) -> DataLoaders:
+    """DataLoaders from a folder of images: labels from class sub-folders (or `label_re` on file names); a
+    `train/` + `valid/` layout is kept, else `valid_pct` of the images are held out. `bs`, `img_size` default to
+    the profile's; a training set smaller than one batch gets a smaller batch (with a warning)."""
     path = Path(path)
+    _check_size("bs", bs, "images per batch")
+    _check_size("img_size", img_size, "side of the square input in px")
     if not path.is_dir():
         raise FileNotFoundError(f"no folder {path}: give a folder of images in class sub-folders "
                                 "(e.g. data/cats/1.jpg, data/dogs/2.jpg)")
+    seed = cfg.seed if seed is None else seed
+    splitter = _folder_splitter(path, valid_pct, seed)
     files = check_images(get_image_files(path), on_bad=on_bad)
     if not files:
         raise BadImageError(f"no readable images under {path} (looked for .jpg, .png, ... in every sub-folder)")
-    seed = cfg.seed if seed is None else seed
     seed_everything(seed)
     get_y = RegexLabeller(label_re) if label_re else parent_label
-    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=get_y,
-                       splitter=_folder_splitter(path, valid_pct, seed), item_tfms=Resize(cfg.img_size),
-                       batch_tfms=list(tfms or []))
-    dls = dblock.dataloaders(files, bs=cfg.bs, num_workers=cfg.num_workers, seed=seed)
-    if len(dls.vocab) < 2:
-        raise ValueError(f"found one class only ({list(dls.vocab)}) under {path}: put each class in its own sub-folder")
-    return dls
+    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=get_y, splitter=splitter,
+                       item_tfms=Resize(img_size or cfg.img_size), batch_tfms=list(tfms or []))
+    dsets = dblock.datasets(files)
+    n_train, n_valid = len(dsets.train), len(dsets.valid)
+    if n_train == 0 or n_valid == 0:
+        raise ValueError(f"{len(files)} images under {path} give {n_train} for training and {n_valid} for "
+                         "validation: both need at least one; add images or change valid_pct")
+    if len(dsets.vocab) < 2:
+        raise ValueError(f"found one class only ({list(dsets.vocab)}) under {path}: put each class in its own sub-folder")
+    bs = bs or cfg.bs
+    if n_train < bs:
+        warnings.warn(f"{n_train} training images, fewer than one batch of {bs}: using batches of {n_train}",
+                      stacklevel=2)
+        bs = n_train
+    return dblock.dataloaders(files, bs=bs, num_workers=cfg.num_workers, seed=seed)
 
 
 def _dataset_url(name: str) -> str:
@@ -252,13 +370,19 @@ class TensorPairs:
         return self.x[i], self.y[i]
 
 
-def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0) -> DataLoaders:
+def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0,
+               sampling_weights: dict | None = None) -> DataLoaders:
     """fastai DataLoaders over tensors (e.g. cached features): shuffled train batches, the last partial one dropped
     as an image loader does (unless it is the only one); the validation set in order. `dls.vocab`, `dls.c` as for
-    images."""
+    images. `sampling_weights` {class name: weight}: over-sampling, as in `elpv_dls`."""
+    from fastai.callback.data import WeightedDL
     from fastai.data.load import DataLoader
-    train = DataLoader(TensorPairs(x_train, y_train, vocab), bs=bs, shuffle=True, drop_last=len(y_train) > bs,
-                       num_workers=num_workers)
+    train_kw = dict(bs=bs, shuffle=True, drop_last=len(y_train) > bs, num_workers=num_workers)
+    pairs = TensorPairs(x_train, y_train, vocab)
+    if sampling_weights is None:
+        train = DataLoader(pairs, **train_kw)
+    else:
+        train = WeightedDL(pairs, wgts=_item_weights([vocab[int(i)] for i in y_train], sampling_weights), **train_kw)
     valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=bs, shuffle=False, num_workers=num_workers)
     return DataLoaders(train, valid)
 

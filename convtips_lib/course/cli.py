@@ -452,6 +452,8 @@ def cmd_run(args) -> int:
     cfg = profile(args.profile)
     if args.timeout < 0:
         raise UsageError(f"--timeout must be 0 (no limit) or a number of seconds, got {args.timeout}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
+        raise UsageError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy's range), got {args.seed}: e.g. --seed 1")
     lessons = find_lessons(args.lessons, args.lessons_dir)
     out = _prepare_out(args.out)
     seed = "" if args.seed is None else f", seed {args.seed}"

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import math
 import shutil
 import textwrap
 from collections import Counter

@@ -1,18 +1,16 @@
 """ImageNet predictions: preprocessing as a model expects it, top-k labels, what wrong preprocessing does, photos."""
 from __future__ import annotations
 
-import io
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..core.compat import renamed_kwargs
-from ..core.data import BadImageError
+from ..core.data import BadImageError, rgb_image
 from ..core.models import IMAGENET_STATS
 
 __all__ = ["imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "prediction_summary",
@@ -35,8 +33,9 @@ def imagenet_labels() -> list:
 
 @renamed_kwargs(size="img_size")
 def preprocess(img, img_size: int, stats, bgr: bool = False, normalize: bool = True) -> torch.Tensor:
-    """An RGB image (H, W, 3 array or PIL) -> a (1, 3, img_size, img_size) float tensor, resized and normalised."""
-    img = Image.fromarray(np.asarray(img)).convert("RGB").resize((img_size, img_size), Image.BICUBIC)
+    """An image (path, file bytes, PIL, or array (H, W[, 3]) of 8-bit, 16-bit or [0, 1] floats; see `rgb_image`) ->
+    a (1, 3, img_size, img_size) float tensor, resized and normalised."""
+    img = rgb_image(img).resize((img_size, img_size), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     if bgr:
         x = x.flip(0)
@@ -81,7 +80,7 @@ def prediction_summary(model, x: torch.Tensor, target: str | None = None, k: int
 
 
 def _center_crop(img, size: int) -> Image.Image:
-    im = Image.fromarray(np.asarray(img)).convert("RGB")
+    im = rgb_image(img)
     w, h = im.size
     left, top = max(0, (w - size) // 2), max(0, (h - size) // 2)
     return im.crop((left, top, left + size, top + size))
@@ -125,16 +124,15 @@ def preprocessing_effects(variants: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_user_image(path_or_bytes, name: str | None = None) -> np.ndarray:
-    """An uploaded or local image file (path or raw bytes) as an (H, W, 3) uint8 RGB array; names a bad file."""
+    """An uploaded or local image file (path or raw bytes) as an (H, W, 3) uint8 RGB array (16-bit scaled);
+    names a bad file."""
     is_bytes = isinstance(path_or_bytes, (bytes, bytearray, memoryview))
     name = name or ("the uploaded image" if is_bytes else str(path_or_bytes))
     try:
-        src = io.BytesIO(bytes(path_or_bytes)) if is_bytes else Path(path_or_bytes)
-        with Image.open(src) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BadImageError(f"cannot read image {name}: {e}. Upload a JPEG or PNG photo, "
-                            f"or pick one of the sample photos ({', '.join(SAMPLE_PHOTOS)}).") from e
+        return np.asarray(rgb_image(path_or_bytes, name))
+    except BadImageError as e:
+        raise BadImageError(f"{e} Upload a JPEG or PNG photo, or pick one of the sample photos "
+                            f"({', '.join(SAMPLE_PHOTOS)}).") from e
 
 
 def sample_photo(name: str) -> np.ndarray:
