@@ -1,8 +1,8 @@
-"""Tests for convtips_lib.exercises: right answers pass, wrong and missing ones get a hint."""
+"""Tests for convtips_lib.course.exercises: right answers pass, wrong and missing ones get a hint."""
 import pytest
 
-from convtips_lib.data import elpv_frame
-from convtips_lib.exercises import (check_best_small_data_regime, check_cat_preprocessing, check_head_only_params,
+from convtips_lib.core.data import elpv_frame
+from convtips_lib.course.exercises import (check_best_small_data_regime, check_cat_preprocessing, check_head_only_params,
                                     check_param_count, check_poly_defect_rate, check_valid_defectives)
 
 
@@ -32,15 +32,17 @@ def test_poly_rate_tolerance_and_percent_hint(df, capsys):
 
 
 def test_param_count(capsys):
-    assert check_param_count(11_177_538) is True
-    assert check_param_count(11_689_512) is False      # the ImageNet head's count
+    import torchvision
+    imagenet = sum(p.numel() for p in torchvision.models.resnet18().parameters())   # 11,689,512
+    assert check_param_count(imagenet - (512 * 1000 + 1000) + (512 * 2 + 2)) is True   # a 2-class head instead
+    assert check_param_count(imagenet) is False      # the ImageNet head's count
     assert "512 * 2" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
 def lite0_and_cat():
     from skimage.data import chelsea
-    from convtips_lib.models import pretrained
+    from convtips_lib.core.models import pretrained
     return pretrained("efficientnet_lite0").eval(), chelsea()
 
 
@@ -48,7 +50,7 @@ def lite0_and_cat():
                                       (dict(stats=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))), "normalisation"),
                                       (dict(stats=((0, 0, 0), (1 / 255,) * 3)), "too large")])
 def test_cat_preprocessing_names_the_mistake(lite0_and_cat, capsys, kw, hint):
-    from convtips_lib.imagenet import preprocess
+    from convtips_lib.topics.imagenet import preprocess
     model, img = lite0_and_cat
     args = {**dict(size=model.meta["input_size"], stats=model.meta["stats"]), **kw}
     assert check_cat_preprocessing(preprocess(img, args.pop("size"), args.pop("stats"), **args), model, img) is False
@@ -56,7 +58,7 @@ def test_cat_preprocessing_names_the_mistake(lite0_and_cat, capsys, kw, hint):
 
 
 def test_cat_preprocessing_right(lite0_and_cat, capsys):
-    from convtips_lib.imagenet import preprocess
+    from convtips_lib.topics.imagenet import preprocess
     model, img = lite0_and_cat
     assert check_cat_preprocessing(preprocess(img, model.meta["input_size"], model.meta["stats"]), model, img)
     assert "cat" in capsys.readouterr().out
@@ -73,3 +75,23 @@ def test_best_small_data_regime(capsys):
 def test_head_only_params():
     assert check_head_only_params(1280 * 2 + 2) is True
     assert check_head_only_params(1280 * 2) is False
+
+
+# ------------------------------------------------------------------ lesson 03: augmentation
+def test_label_keeping(capsys):
+    from convtips_lib.course.exercises import check_label_keeping
+    keeps = ["flip horizontal", "flip vertical", "rotation", "shear", "elastic warp", "brightness", "contrast"]
+    assert check_label_keeping(None) is False and "Hint" in capsys.readouterr().out
+    assert check_label_keeping(keeps) is True and "Correct" in capsys.readouterr().out
+    assert check_label_keeping(keeps + ["random resized crop"]) is False
+    assert "cut the crack away" in capsys.readouterr().out
+    assert check_label_keeping(keeps[:-1]) is False and "left out" in capsys.readouterr().out
+    assert check_label_keeping(["mirror"]) is False and "not transform names" in capsys.readouterr().out
+
+
+def test_best_strength(capsys):
+    import pandas as pd
+    from convtips_lib.course.exercises import check_best_strength
+    sweep = pd.DataFrame(dict(strength=[0, 0.5, 1, 2], balanced_accuracy=[.6, .7, .68, .5]))
+    assert check_best_strength(0.5, sweep) is True and "0.700" in capsys.readouterr().out
+    assert check_best_strength(1, sweep) is False

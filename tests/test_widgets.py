@@ -1,4 +1,4 @@
-"""Tests for convtips_lib.widgets: filters, the browser's callback, and that the widget builds without a front end."""
+"""Tests for convtips_lib.ui.widgets: filters, the browser's callback, and that the widget builds without a front end."""
 import ipywidgets as w
 import matplotlib
 
@@ -6,8 +6,8 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from convtips_lib.data import elpv_frame  # noqa: E402
-from convtips_lib.widgets import dataset_browser, filter_cells, show_cells  # noqa: E402
+from convtips_lib.core.data import elpv_frame  # noqa: E402
+from convtips_lib.ui.widgets import dataset_browser, filter_cells, show_cells  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,112 @@ def test_browser_builds_with_all_controls(df):
     controls = [c for row in box.children[:2] for c in row.children]
     assert isinstance(box, w.VBox) and len(controls) == 5
     assert set(controls[1].options) == {"any", "mono", "poly"}
+    assert list(controls[2].options) == ["any", "0", "1/3", "2/3", "1"]     # defect levels in their natural order
+
+
+def test_browser_redraws_when_a_filter_changes(df):
+    import matplotlib.pyplot as plt
+    label, module_type, prob = dataset_browser(df).children[0].children
+    plt.close("all")
+    prob.value = "1"
+    n = len(filter_cells(df, prob="1"))
+    assert plt.get_fignums() and plt.gcf()._suptitle.get_text() == f"12 of {n} matching cells"
+    module_type.value = "mono"
+    n = len(filter_cells(df, module_type='mono', prob='1'))
+    assert plt.gcf()._suptitle.get_text() == f"12 of {n} matching cells"
+    plt.close("all")
+
+
+# ------------------------------------------------------------------ lesson 03: augmentation
+def test_show_augmented_draws_n_copies():
+    import numpy as np
+    from convtips_lib.ui.widgets import show_augmented
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    fig = show_augmented(img, "rotation", 45, n=5, seed=1, img_size=32)
+    assert sum(1 for ax in fig.axes if ax.images) == 5 and "magnitude 45" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="out of range"):
+        show_augmented(img, "rotation", 400, img_size=32)
+
+
+def test_augment_widget_moves_the_slider_to_the_transforms_range():
+    import numpy as np
+    from convtips_lib.topics.augment import AUGMENTS
+    from convtips_lib.ui.widgets import augment_widget
+    box = augment_widget({"noise": np.zeros((20, 20), np.uint8)}, img_size=16)
+    pick, name, mag = box.children[0].children
+    name.value = "rotation"
+    assert (mag.min, mag.max, mag.value) == (0, 180, AUGMENTS["rotation"].demo)
+    name.value = "brightness"
+    assert (mag.max, mag.value) == (AUGMENTS["brightness"].hi, AUGMENTS["brightness"].demo)
+
+
+# ---------------------------------------------------------------- widgets of lessons 01 and 02 (moved from topics)
+
+from convtips_lib.core.profiles import profile as _profile  # noqa: E402
+from convtips_lib.topics.zoo import zoo_table  # noqa: E402
+from convtips_lib.ui.widgets import photo_widget, transfer_widget, zoo_widget  # noqa: E402
+
+CFG = _profile("smoke").with_(img_size=32)
+SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")
+
+
+@pytest.fixture(scope="module")
+def table():
+    return zoo_table(["resnet18", "tf_efficientnet_lite0"], img_size=32, reps=1, bs=2)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from convtips_lib.core.models import pretrained
+    return pretrained("efficientnet_lite0")
+
+
+def test_zoo_widget_offers_every_arch(table):
+    box = zoo_widget(table)
+    assert list(box.children[0].options) == list(table["arch"])
+
+
+def test_zoo_widget_shows_the_chosen_archs_row(table, capsys):
+    """Outside a kernel the Output widget lets display() through as text."""
+    pick = zoo_widget(table).children[0]
+    capsys.readouterr()
+    other = table["arch"].iloc[1]
+    pick.value = other
+    shown = capsys.readouterr().out
+    row = table.set_index("arch").loc[other]
+    assert other in shown and str(row["params"]) in shown and table["arch"].iloc[0] not in shown
+
+
+def test_photo_widget_builds(lite0):
+    box = photo_widget(lite0)
+    pick, upload = box.children[0].children
+    assert tuple(pick.options) == SAMPLE_PHOTOS and upload.accept == "image/*"
+
+
+def test_photo_widget_callbacks(lite0, capsys):
+    """Outside a kernel the Output widget lets prints through: the callbacks' text shows in stdout."""
+    import datetime
+    pick, upload = photo_widget(lite0).children[0].children
+    pick.value = "coffee"
+    assert "espresso" in capsys.readouterr().out
+    upload.value = ({"name": "bad.jpg", "type": "image/jpeg", "size": 2, "content": memoryview(b"xx"),
+                     "last_modified": datetime.datetime.now()},)
+    assert "cannot read image bad.jpg" in capsys.readouterr().out
+
+
+def test_transfer_widget_builds_and_runs(tmp_path, capsys):
+    import ipywidgets as iw
+    import matplotlib.pyplot as plt
+    from convtips_lib.core.models import pretrained
+    model = pretrained("efficientnet_lite0", 2)
+    box = transfer_widget(model, CFG, folder=tmp_path)
+    frac, depth, button = box.children[0].children
+    assert isinstance(box, iw.VBox) and list(frac.options) == list(CFG.fractions) and depth.max == 8
+    depth.value = 7
+    plt.close("all")
+    button.click()                                     # runs quick_transfer once and draws its point
+    assert any(p.suffix == ".pt" for p in tmp_path.iterdir())
+    shown = capsys.readouterr().out                    # the table of runs so far, then the plot
+    assert "balanced_accuracy" in shown and f"{CFG.fractions[0]}" in shown
+    assert plt.gcf().axes[0].get_ylabel() == "balanced_accuracy" and len(plt.gcf().axes[0].lines) == 1
+    plt.close("all")

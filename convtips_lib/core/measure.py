@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from .compat import renamed_kwargs
 
 __all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
-           "paired_bootstrap", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion", "count_params", "count_flops",
+           "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion", "count_params", "count_flops",
            "latency", "noise_band"]
 
 
@@ -125,6 +126,18 @@ def paired_bootstrap(y_true, pred_a, pred_b, metric: str = "balanced_accuracy", 
     return bootstrap(y_true, dict(a=pred_a, b=pred_b), lambda m: m["b"] - m["a"], metric, n, seed)
 
 
+def metric_with_ci(rows: pd.DataFrame, by, metric: str = "balanced_accuracy", n: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Per value of `by` (a column, or a list of columns): the metric of its predictions, pooled over the rows
+    (seeds) under it, with a 95 % CI (bootstrap over the validation images, and seeds); groups in order of first
+    appearance."""
+    cols, out = [by] if isinstance(by, str) else list(by), []
+    for key, g in rows.groupby(cols, sort=False):
+        est = bootstrap(g["y_true"].iloc[0], {"m": np.stack(list(g["y_pred"]))}, lambda m: m["m"], metric, n, seed)
+        out.append({**dict(zip(cols, key)), metric: est.effect, "low": est.low, "high": est.high})
+    return pd.DataFrame(out)
+
+
 def stack_preds(rows, by) -> dict:
     """{key: (S, N) predictions} from a table of runs with a `y_pred` column, one row per seed under each key
     (the values of the columns `by`; a bare value when `by` has one column)."""
@@ -183,6 +196,13 @@ class Evaluation:
     metrics: dict
     confusion: np.ndarray
 
+    @classmethod
+    def of(cls, vocab, y_true, y_pred, probs) -> "Evaluation":
+        """An Evaluation from predictions already made (labels and classes (N,), probabilities (N, C))."""
+        y_true, y_pred, vocab = np.asarray(y_true), np.asarray(y_pred), [str(v) for v in vocab]
+        return cls(vocab, y_true, y_pred, np.asarray(probs), classification_metrics(y_true, y_pred),
+                   confusion_matrix(y_true, y_pred, labels=range(len(vocab))))
+
     @property
     def per_class_recall(self) -> dict:
         """Recall of each class (the diagonal of the row-normalised confusion matrix)."""
@@ -194,10 +214,7 @@ def evaluate(learn, dl=None) -> Evaluation:
     """Evaluate a fastai Learner on `dl` (default: its validation set), without progress bars."""
     with learn.no_bar(), learn.no_logging():
         probs, y = learn.get_preds(dl=dl)
-    y_true, y_pred = y.numpy(), probs.argmax(1).numpy()
-    vocab = list(learn.dls.vocab)
-    return Evaluation(vocab, y_true, y_pred, probs.numpy(), classification_metrics(y_true, y_pred),
-                      confusion_matrix(y_true, y_pred, labels=range(len(vocab))))
+    return Evaluation.of(list(learn.dls.vocab), y.numpy(), probs.argmax(1).numpy(), probs.numpy())
 
 
 def noise_band(p: float, n: int, z: float = 2.0) -> float:

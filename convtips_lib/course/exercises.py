@@ -97,3 +97,39 @@ def check_head_only_params(answer) -> bool:
                     "the head is Dropout + Linear(1280, 2): count its weight matrix and its bias.",
                     f"{truth:,} parameters, against {body:,} in the body: that is why head-only training "
                     "needs so little data.")
+
+
+# ------------------------------------------------------------------ lesson 03: augmentation
+__all__ += ["check_label_keeping", "check_best_strength"]
+
+
+def check_label_keeping(answer) -> bool:
+    """Lesson 03: the transforms of `AUGMENTS` that apply to a one-channel EL cell and always keep its defect label."""
+    from ..topics.augment import AUGMENTS
+    truth = {n for n, a in AUGMENTS.items() if a.el_label == "keeps"}
+    if answer is None:
+        return _verdict(None, False, "look at the el_label column of ctl.augment_table(): a crack must survive the "
+                        "transform, and the transform must make sense on a gray image.", "")
+    answer = {answer} if isinstance(answer, str) else set(answer)
+    unknown = answer - set(AUGMENTS)
+    wrong = sorted(answer & set(AUGMENTS) - truth)
+    missing = sorted(truth - answer)
+    if unknown:
+        hint = f"{sorted(unknown)} are not transform names: choose from {list(AUGMENTS)}."
+    elif wrong:
+        hint = f"{wrong[0]!r} does not always keep it: {AUGMENTS[wrong[0]].why}."
+    else:
+        hint = f"you left out {len(missing)}, e.g. {missing[0]!r}: {AUGMENTS[missing[0]].why}." if missing else ""
+    return _verdict(sorted(answer), not (unknown or wrong or missing), hint,
+                    f"{len(truth)} of {len(AUGMENTS)} transforms keep an EL cell's label; a random crop can cut "
+                    "the defect away and strong blur can erase a thin crack.")
+
+
+def check_best_strength(answer, sweep) -> bool:
+    """Lesson 03: the augmentation strength with the best validation balanced accuracy in the sweep `sweep`."""
+    best = sweep.loc[sweep["balanced_accuracy"].idxmax()]
+    ok = answer is not None and abs(float(answer) - float(best["strength"])) < 1e-9
+    return _verdict(answer, ok, "take the 'strength' of the row with the largest 'balanced_accuracy' "
+                    "(sweep.loc[sweep.balanced_accuracy.idxmax(), 'strength']).",
+                    f"strength {best['strength']:g} reached {best['balanced_accuracy']:.3f}; weaker settings "
+                    "under-use the data, stronger ones distort it.")

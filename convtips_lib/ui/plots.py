@@ -131,3 +131,44 @@ def plot_forest(claims: pd.DataFrame, title: str = "claims: effect and 95 % inte
     ax.set(xlabel="effect (each claim in its own unit)", title=title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ lesson 03: augmentation
+__all__ += ["plot_gallery", "plot_intervals"]
+
+
+def plot_gallery(rows: dict, size: float = 1.3, title: str = ""):
+    """One row of images per key of `rows` ({name: (n, 3, H, W) tensor or list of images}), the name on the left."""
+    rows = {k: [np.asarray(i.permute(1, 2, 0)) if hasattr(i, "permute") else np.asarray(i) for i in v]
+            for k, v in rows.items()}
+    ncols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols + 1.2, size * len(rows) + 0.4), squeeze=False)
+    for ax_row, (name, images) in zip(axes, rows.items()):
+        for j, ax in enumerate(ax_row):
+            ax.set(xticks=[], yticks=[])
+            if j < len(images):
+                ax.imshow(images[j], cmap="gray")
+            else:
+                ax.axis("off")
+        ax_row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_intervals(df: pd.DataFrame, x: str, y: str, low: str = "low", high: str = "high", hue: str | None = None,
+                   title: str = "", ref: float | None = None, ylabel: str | None = None):
+    """`y` against `x` with each point's 95 % interval [`low`, `high`] as an error bar (one line per `hue`);
+    a dotted line at `ref`, if given."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, g in (df.groupby(hue, sort=False) if hue else [(None, df)]):
+        g = g.sort_values(x)
+        ax.errorbar(g[x], g[y], yerr=[g[y] - g[low], g[high] - g[y]], marker="o", capsize=3,
+                    label=None if name is None else str(name))
+    if ref is not None:
+        ax.axhline(ref, color="k", lw=0.8, ls=":")
+    ax.set(xlabel=x, ylabel=ylabel or y, title=title)
+    if hue:
+        ax.legend(fontsize=8, title=hue)
+    fig.tight_layout()
+    return fig

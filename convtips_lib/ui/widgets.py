@@ -3,10 +3,10 @@ in the library (`show_cells`, `arch_row`, `photo_top5`, `quick_transfer`) that a
 tests drive."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
-from PIL import Image
 
-from ..core.data import BadImageError
+from ..core.data import BadImageError, open_image
 from ..topics.imagenet import SAMPLE_PHOTOS, load_user_image, photo_top5, sample_photo
 from ..topics.transfer import quick_transfer
 from ..topics.zoo import arch_row
@@ -40,7 +40,7 @@ def show_cells(df: pd.DataFrame, label: str = ANY, module_type: str = ANY, prob:
     rows = filter_cells(df, label, module_type, prob)
     rows = rows.sample(min(n, len(rows)), random_state=seed) if len(rows) else rows
     titles = [f"{r.label_4} {r.type}" for r in rows.itertuples()]
-    return show_images([Image.open(p) for p in rows["path"]], titles, ncols=6,
+    return show_images([open_image(p) for p in rows["path"]], titles, ncols=6,
                        suptitle=f"{len(rows)} of {len(filter_cells(df, label, module_type, prob))} matching cells")
 
 
@@ -134,3 +134,45 @@ def transfer_widget(model, cfg, folder=None):
 
     button.on_click(_run)
     return w.VBox([w.HBox([frac, depth, button]), out])
+
+
+# ------------------------------------------------------------------ lesson 03: augmentation
+__all__ += ["show_augmented", "augment_widget"]
+
+
+def show_augmented(img, name: str, magnitude: float | None = None, n: int = 8, seed: int = 0, img_size: int = 128):
+    """A grid of `n` augmented copies of one image under transform `name` of `AUGMENTS` (the augmentation widget's
+    callback); returns the Figure."""
+    from ..topics.augment import AUGMENTS, augment_samples
+    m = AUGMENTS[name].default if magnitude is None else magnitude
+    x = augment_samples(img, name, m, n=n, seed=seed, img_size=img_size)
+    return show_images([i.permute(1, 2, 0).numpy() for i in x], ncols=min(n, 8), size=1.6,
+                       suptitle=f"{name}, magnitude {m:g} ({AUGMENTS[name].unit}); seed {seed}")
+
+
+def augment_widget(images: dict, img_size: int = 128):
+    """Pick an image, a transform and its magnitude (slider over the transform's range): a live grid of
+    augmented copies of the same image (`show_augmented`)."""
+    import ipywidgets as w
+    from ..topics.augment import AUGMENTS
+    first = next(iter(AUGMENTS.values()))
+    pick = w.Dropdown(options=list(images), description="image")
+    name = w.Dropdown(options=list(AUGMENTS), description="transform")
+    mag = w.FloatSlider(first.demo, min=first.lo, max=first.hi, step=(first.hi - first.lo) / 100,
+                        description="magnitude")
+    n, seed = w.IntSlider(8, 2, 16, description="copies"), w.IntSlider(0, 0, 99, description="seed")
+
+    def _range(change):
+        a = AUGMENTS[change["new"]]
+        mag.max = max(mag.max, a.hi)
+        mag.min, mag.step = a.lo, (a.hi - a.lo) / 100
+        mag.max, mag.value = a.hi, a.demo
+
+    def _show(image, transform, magnitude, copies, seed):
+        import matplotlib.pyplot as plt
+        show_augmented(images[image], transform, magnitude, copies, seed, img_size)
+        plt.show()
+
+    name.observe(_range, names="value")
+    out = w.interactive_output(_show, dict(image=pick, transform=name, magnitude=mag, copies=n, seed=seed))
+    return w.VBox([w.HBox([pick, name, mag]), w.HBox([n, seed]), out])
