@@ -1,4 +1,5 @@
 """Tests for convtips_lib.course.exercises: right answers pass, wrong and missing ones get a hint."""
+import numpy as np
 import pytest
 
 from convtips_lib.core.data import elpv_frame
@@ -95,3 +96,21 @@ def test_best_strength(capsys):
     sweep = pd.DataFrame(dict(strength=[0, 0.5, 1, 2], balanced_accuracy=[.6, .7, .68, .5]))
     assert check_best_strength(0.5, sweep) is True and "0.700" in capsys.readouterr().out
     assert check_best_strength(1, sweep) is False
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+def test_class_weights_check(capsys):
+    from convtips_lib.course.exercises import check_class_weights
+    labels = ["a"] * 30 + ["b"] * 10
+    assert check_class_weights(None, labels) is False and "n / (k * n_c)" in capsys.readouterr().out
+    assert check_class_weights({"a": 40 / 60, "b": 40 / 20}, labels) is True
+    assert check_class_weights({"a": 1 / 30, "b": 1 / 10}, labels) is False
+    assert "scale" in capsys.readouterr().out     # right ratios, wrong scale: the hint says so
+
+
+def test_minority_recall_check_tells_recall_from_precision(capsys):
+    from convtips_lib.course.exercises import check_minority_recall
+    cm = np.array([[50, 5], [15, 30]])            # class 1: 30 of 45 found; precision 30 / 35
+    assert check_minority_recall(30 / 45, cm, 1) is True
+    assert check_minority_recall(30 / 35, cm, 1) is False
+    assert "precision" in capsys.readouterr().out

@@ -95,3 +95,22 @@ def test_plot_intervals_error_bars():
     df = pd.DataFrame(dict(s=[1, 0, 2], y=[.7, .6, .5], low=[.6, .5, .4], high=[.8, .7, .6]))
     ax = plot_intervals(df, "s", "y", ref=0.6).axes[0]
     assert list(ax.lines[0].get_xdata()) == [0, 1, 2] and list(ax.lines[0].get_ydata()) == [.6, .7, .5]
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+def test_plot_estimates_one_panel_per_metric_one_row_per_category():
+    from convtips_lib.ui.plots import plot_estimates
+    df = pd.DataFrame(dict(remedy=["plain", "weights"] * 4, scenario=["a", "a", "b", "b"] * 2,
+                           metric=["m1"] * 4 + ["m2"] * 4, value=np.linspace(0.5, 0.9, 8)))
+    df["low"], df["high"] = df["value"] - 0.05, df["value"] + 0.05
+    fig = plot_estimates(df, "remedy", ["m1", "m2"], hue="scenario")
+    assert [ax.get_xlabel() for ax in fig.axes] == ["m1", "m2"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["plain", "weights"]
+
+
+def test_plot_pr_curves_labels_each_curve_with_its_average_precision():
+    from convtips_lib.topics.imbalance import pr_curve
+    from convtips_lib.ui.plots import plot_pr_curves
+    y = np.array([0, 0, 1, 1, 1, 0])
+    fig = plot_pr_curves({"toy": pr_curve(y, np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2]))})
+    assert fig.axes[0].get_legend().get_texts()[0].get_text().startswith("toy (AP ")

@@ -155,3 +155,37 @@ def test_transfer_widget_builds_and_runs(tmp_path, capsys):
     assert "balanced_accuracy" in shown and f"{CFG.fractions[0]}" in shown
     assert plt.gcf().axes[0].get_ylabel() == "balanced_accuracy" and len(plt.gcf().axes[0].lines) == 1
     plt.close("all")
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+def _toy_feats():
+    import torch
+    from convtips_lib.topics.features import Features
+    g = torch.Generator().manual_seed(0)
+    xt = torch.cat([torch.randn(200, 8, generator=g), torch.randn(60, 8, generator=g) + 1.5])
+    xv = torch.cat([torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 1.5])
+    return Features(xt, torch.tensor([1] * 200 + [0] * 60), xv, torch.tensor([1] * 40 + [0] * 40),
+                    ["defective", "functional"], key="toy", path=None, hit=False, seconds=0.0)
+
+
+def test_imbalance_demo_trains_at_the_chosen_ratio_and_draws_the_confusion_matrix():
+    from convtips_lib.ui.widgets import imbalance_demo
+    row, table, fig = imbalance_demo(_toy_feats(), 1 / 20, "over-sampling", epochs=2, lr=1e-2)
+    assert row["n_train"] == 210 and row["remedy"] == "over-sampling"          # 200 common + 10 rare
+    assert list(table.index) == ["n_train", "accuracy", "balanced_accuracy", "f1_macro", "minority_recall", "roc_auc"]
+    assert fig.axes[0].get_xlabel() == "predicted" and "1 rare per 20" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="already at most that imbalanced"):
+        imbalance_demo(_toy_feats(), 0.9, "plain", epochs=1)
+
+
+def test_imbalance_widget_runs_its_callback_on_click(capsys):
+    from convtips_lib.ui.widgets import imbalance_widget
+    box = imbalance_widget(_toy_feats(), epochs=1)
+    ratio, remedy, button = box.children[0].children
+    ratio.value = 0.9                  # clamped to the slider's top, 0.4: more rare items than the toy data has
+    button.click()
+    assert "already at most that imbalanced" in capsys.readouterr().out   # the message, not a crash
+    ratio.value = 0.1
+    remedy.value = "threshold moving"
+    button.click()
+    assert "balanced_accuracy" in capsys.readouterr().out

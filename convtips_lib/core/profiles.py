@@ -59,7 +59,7 @@ PROFILES = {
                      latency_reps=2, head_epochs=3, decides_claims=False,
                      aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
                      imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
-                     imb_net_steps=3),
+                     imb_net_steps=2),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
                    latency_reps=5, head_epochs=5, decides_claims=True,

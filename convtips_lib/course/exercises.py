@@ -133,3 +133,39 @@ def check_best_strength(answer, sweep) -> bool:
                     "(sweep.loc[sweep.balanced_accuracy.idxmax(), 'strength']).",
                     f"strength {best['strength']:g} reached {best['balanced_accuracy']:.3f}; weaker settings "
                     "under-use the data, stronger ones distort it.")
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+__all__ += ["check_class_weights", "check_minority_recall"]
+
+
+def check_class_weights(answer, labels) -> bool:
+    """Lesson 04: inverse-frequency class weights {class: n / (k * n_c)} of the training labels `labels`, within 1 %."""
+    from ..topics.imbalance import class_counts, class_weights
+    truth, counts = class_weights(labels), class_counts(labels)
+    hint = (f"count each class (n_c), the items (n = {int(counts.sum())}) and the classes (k = {len(counts)}); the "
+            "weight of class c is n / (k * n_c), so a rare class weighs more; answer a dict {class: weight}.")
+    if answer is None or not isinstance(answer, dict):
+        return _verdict(answer, False, hint, "")
+    got = {str(k): float(v) for k, v in answer.items()}
+    wrong = [c for c in truth if c not in got or abs(got[c] - truth[c]) > 0.01 * truth[c]]
+    if wrong and all(c in got for c in truth) and all(abs(got[c] * counts[c] - got[wrong[0]] * counts[wrong[0]])
+                                                      < 1e-6 * got[c] * counts[c] for c in truth):
+        hint = "the ratios are right but not the scale: multiply by n / (k * (weight x count))."
+    return _verdict(answer, not wrong, hint, "weight x count is the same for every class: "
+                    + ", ".join(f"{c}: {w:.3f}" for c, w in truth.items()) + ".")
+
+
+def check_minority_recall(answer, confusion, minority: int) -> bool:
+    """Lesson 04: the recall of class `minority` read off a confusion matrix (rows true, columns predicted)."""
+    import numpy as np
+    cm = np.asarray(confusion)
+    truth = float(cm[minority, minority] / cm[minority].sum())
+    precision = float(cm[minority, minority] / max(1, cm[:, minority].sum()))
+    ok = answer is not None and abs(float(answer) - truth) < 0.005
+    hint = ("recall = the rare class's correct predictions / all its true items: the diagonal cell over its ROW sum "
+            "(rows are the true class).")
+    if answer is not None and abs(float(answer) - precision) < 0.005 and not ok:
+        hint = "that is the precision (the column sum): recall divides by the row sum, the items truly of the class."
+    return _verdict(answer, ok, hint, f"{truth:.3f}: of {int(cm[minority].sum())} rare items the model found "
+                    f"{int(cm[minority, minority])}.")

@@ -104,9 +104,11 @@ def cached_features(model: nn.Module, dls, depth="head", folder: Path | str | No
     return Features(*(p[f] for f in fields), key=key, path=path, hit=hit, seconds=seconds)
 
 
-def features_dls(feats: Features, bs: int = 64):
-    """fastai DataLoaders over cached features: the same batches a Learner would draw from the images."""
-    return tensor_dls(feats.x_train, feats.y_train, feats.x_valid, feats.y_valid, feats.vocab, bs=bs)
+def features_dls(feats: Features, bs: int = 64, sampling_weights: dict | None = None):
+    """fastai DataLoaders over cached features: the same batches a Learner would draw from the images
+    (`sampling_weights` {class: weight}: over-sampling, see `tensor_dls`)."""
+    return tensor_dls(feats.x_train, feats.y_train, feats.x_valid, feats.y_valid, feats.vocab, bs=bs,
+                      sampling_weights=sampling_weights)
 
 
 def _linear_head(n_in: int, n_out: int, flatten: bool) -> nn.Module:
@@ -124,7 +126,7 @@ def _run(learn, epochs: int, lr: float, t: float) -> dict:
 
 
 def fit_head(feats: Features, rest: nn.Module | None = None, epochs: int = 5, lr: float = 3e-3, bs: int = 64,
-             seed: int = 42, cbs=None, loss_func=None) -> dict:
+             seed: int = 42, cbs=None, loss_func=None, sampling_weights: dict | None = None) -> dict:
     """Train `rest` (default: a fresh Linear) on cached features in a fastai Learner, one-cycle at peak `lr`.
 
     Returns dict(history, metrics, y_true, y_pred, learn, epoch_seconds, seconds).
@@ -133,7 +135,7 @@ def fit_head(feats: Features, rest: nn.Module | None = None, epochs: int = 5, lr
     seed_everything(seed)
     x = feats.x_train
     head = rest if rest is not None else _linear_head(int(np.prod(x.shape[1:])), len(feats.vocab), x.ndim > 2)
-    learn = learner(features_dls(feats, bs), head, loss_func=loss_func, cbs=cbs, seed=seed)
+    learn = learner(features_dls(feats, bs, sampling_weights), head, loss_func=loss_func, cbs=cbs, seed=seed)
     return _run(learn, epochs, lr, t)
 
 

@@ -172,3 +172,45 @@ def plot_intervals(df: pd.DataFrame, x: str, y: str, low: str = "low", high: str
         ax.legend(fontsize=8, title=hue)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+__all__ += ["plot_estimates", "plot_pr_curves"]
+
+
+def plot_estimates(df: pd.DataFrame, y: str, metrics, hue: str | None = None, low: str = "low", high: str = "high",
+                   title: str = ""):
+    """One panel per metric: each row of `y` (a category, e.g. the remedy) as a dot with its 95 % interval, one
+    colour per `hue`. `df` holds columns metric, `low`, `high` per metric as `metric_with_ci` gives them, stacked
+    with a `metric` column naming the metric and `value` its estimate."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    cats = list(dict.fromkeys(df[y]))
+    groups = list(dict.fromkeys(df[hue])) if hue else [None]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 2, 0.38 * len(cats) * len(groups) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        d = df[df["metric"] == m]
+        for k, g in enumerate(groups):
+            rows = d if g is None else d[d[hue] == g]
+            pos = [cats.index(c) + (k - (len(groups) - 1) / 2) * 0.8 / len(groups) for c in rows[y]]
+            ax.errorbar(rows["value"], pos, xerr=[rows["value"] - rows[low], rows[high] - rows["value"]], fmt="o",
+                        capsize=2, ms=4, label=None if g is None else str(g))
+        ax.set(yticks=range(len(cats)), yticklabels=cats, xlabel=m)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    if hue:
+        axes[0][-1].legend(fontsize=7, title=hue, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(curves: dict, title: str = "precision-recall of the rare class"):
+    """Precision against recall, one line per {name: (curve DataFrame with recall and precision, average precision)}."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, (curve, ap) in curves.items():
+        ax.plot(curve["recall"], curve["precision"], label=f"{name} (AP {ap:.2f})", drawstyle="steps-post")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -176,3 +176,49 @@ def augment_widget(images: dict, img_size: int = 128):
     name.observe(_range, names="value")
     out = w.interactive_output(_show, dict(image=pick, transform=name, magnitude=mag, copies=n, seed=seed))
     return w.VBox([w.HBox([pick, name, mag]), w.HBox([n, seed]), out])
+
+
+# ------------------------------------------------------------------ lesson 04: imbalanced data
+__all__ += ["imbalance_demo", "imbalance_widget"]
+
+
+def imbalance_demo(feats, ratio: float, remedy: str, epochs: int = 5, lr: float = 1e-2, seed: int = 0):
+    """Train a head on cached features whose training set keeps `ratio` rare items per common one, with `remedy`
+    (the imbalance widget's callback): (row of `head_remedy`, metrics table, confusion-matrix Figure)."""
+    from ..core.measure import Evaluation
+    from ..topics.imbalance import head_remedy, imbalanced_indices, rarest, subset_train
+    from .plots import plot_confusion
+    names = np.array(feats.vocab)[feats.y_train.numpy()]
+    harsh = subset_train(feats, imbalanced_indices(names, ratio, rarest(names), seed))
+    row = head_remedy(harsh, remedy, epochs, lr, seed)
+    table = pd.Series({k: row[k] for k in ("n_train", "accuracy", "balanced_accuracy", "f1_macro",
+                                           "minority_recall", "roc_auc")}, name=remedy).to_frame()
+    ev = Evaluation.of(feats.vocab, row["y_true"], row["y_pred"], row["probs"])
+    return row, table, plot_confusion(ev, title=f"{remedy}, 1 rare per {1 / ratio:.0f} common in training")
+
+
+def imbalance_widget(feats, epochs: int = 5, lr: float = 1e-2):
+    """Pick how rare the rare class is in training and a remedy, press train: metrics and confusion matrix
+    (`imbalance_demo`)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    from ..topics.imbalance import HEAD_REMEDIES
+    ratio = w.FloatLogSlider(value=1 / 20, base=10, min=-2, max=np.log10(0.4), step=0.05, description="rare/common",
+                             readout_format=".3f")
+    remedy = w.Dropdown(options=HEAD_REMEDIES, value="class weights (inverse)", description="remedy")
+    button, out = w.Button(description="train"), w.Output()
+
+    def _run(_=None):
+        with out:
+            out.clear_output(wait=True)
+            try:
+                _, table, fig = imbalance_demo(feats, ratio.value, remedy.value, epochs, lr)
+            except ValueError as e:   # e.g. a ratio above the data's own
+                print(e)
+                return
+            display(table.round(3))
+            plt.show(fig)
+
+    button.on_click(_run)
+    return w.VBox([w.HBox([ratio, remedy, button]), out])
