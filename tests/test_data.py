@@ -17,7 +17,7 @@ import fastai.data
 import pandas as pd
 from convtips_lib.core.data import (DEFECT_LEVELS, VALID_N, BadImageError, DataUnreachableError, _elpv_frame_cached,
                                     OpenResized, check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
-                                    rgb_image, subsample, tensor_dls, untar_dls, valid_labels)
+                                    preload_dls, rgb_image, subsample, tensor_dls, untar_dls, valid_labels)
 from convtips_lib.core.profiles import profile
 
 N_ELPV = 2624
@@ -563,3 +563,14 @@ def test_folder_too_small_for_a_validation_image_says_so(tmp_path, small_cfg):
     _write_pngs(tmp_path / "b", 1, seed=1)
     with pytest.raises(ValueError, match="both need at least one"):
         folder_dls(tmp_path, small_cfg, valid_pct=0.1)
+
+
+def test_preload_dls_holds_standardised_images_in_the_loader_order(small_cfg):
+    import torch
+    dls = elpv_dls(small_cfg, frac=0.05, img_size=16)
+    pre = preload_dls(dls)
+    xt = pre.train.dataset.x
+    assert xt.shape == (len(dls.train_ds), 3, 16, 16) and len(pre.valid.dataset.x) == VALID_N
+    assert torch.allclose(xt.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(xt.std((0, 2, 3)), torch.ones(3), atol=1e-3)
+    assert np.array_equal(pre.valid.dataset.y.numpy(), valid_labels(dls)) and pre.vocab == list(dls.vocab)

@@ -114,3 +114,19 @@ def test_minority_recall_check_tells_recall_from_precision(capsys):
     assert check_minority_recall(30 / 45, cm, 1) is True
     assert check_minority_recall(30 / 35, cm, 1) is False
     assert "precision" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ lesson 05: optimizers
+def test_momentum_factor_check(capsys):
+    from convtips_lib.course.exercises import check_momentum_factor
+    assert check_momentum_factor(None) is False and "1 - momentum" in capsys.readouterr().out
+    assert check_momentum_factor(10) is True and check_momentum_factor(0.9) is False
+    assert check_momentum_factor(2, momentum=0.5) is True
+
+
+def test_most_robust_check_accepts_any_tied_winner(capsys):
+    import pandas as pd
+    from convtips_lib.course.exercises import check_most_robust
+    sens = pd.DataFrame(dict(optimizer=["sgd", "adam", "rmsprop"], good_share=[0.2, 0.8, 0.8]))
+    assert check_most_robust("adam", sens) is True and check_most_robust("rmsprop", sens) is True
+    assert check_most_robust("sgd", sens) is False and "good_share" in capsys.readouterr().out

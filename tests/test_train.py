@@ -7,7 +7,7 @@ from fastai.vision.all import Normalize, ProgressCallback
 from convtips_lib.core.data import elpv_dls
 from convtips_lib.core.models import pretrained
 from convtips_lib.core.profiles import profile
-from convtips_lib.core.train import METRICS, fit, fit_gradual, history, last_metrics, make_learner, valid_preds
+from convtips_lib.core.train import METRICS, fit, fit_gradual, history, last_metrics, learner, make_learner, valid_preds
 
 CFG = profile("smoke").with_(img_size=32, bs=64)
 FRAC = 0.08   # about 160 training images and (below) a quarter of the validation set: a fit takes about a second
@@ -135,3 +135,16 @@ def test_deprecated_names_still_work(dls):
 def test_fit_refuses_zero_epochs(dls):
     with pytest.raises(ValueError, match="epochs"):
         fit(make_learner(dls, "efficientnet_lite0", seed=0), 0, 1e-3)
+
+
+def test_lr_find_leaves_the_history_empty_and_fit_still_records():
+    import torch
+    from torch import nn
+    from convtips_lib.core.data import tensor_dls
+    x, y = torch.randn(64, 4), torch.arange(64) % 2
+    learn = learner(tensor_dls(x, y, x[:16], y[:16], ["a", "b"], bs=8), nn.Linear(4, 2), seed=0)
+    with learn.no_bar(), learn.no_logging():
+        suggestion = learn.lr_find(show_plot=False)
+    assert suggestion.valley > 0 and learn.history.rows == []
+    learn.fit(1, 1e-2)
+    assert len(learn.history.rows) == 1 and len(learn.history.preds[0]) == 16

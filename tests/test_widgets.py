@@ -189,3 +189,32 @@ def test_imbalance_widget_runs_its_callback_on_click(capsys):
     remedy.value = "threshold moving"
     button.click()
     assert "balanced_accuracy" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ lesson 05: optimizers
+def _tiny_image_dls():
+    import torch
+    from convtips_lib.core.data import tensor_dls
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    x = torch.randn(64, 3, 32, 32, generator=g) + y[:, None, None, None]
+    return tensor_dls(x[:48], y[:48], x[48:], y[48:], ["a", "b"], bs=16)
+
+
+def test_optimizer_demo_runs_with_the_chosen_momentum_and_plots_the_loss():
+    from convtips_lib.ui.widgets import optimizer_demo
+    run, fig = optimizer_demo(_tiny_image_dls(), "sgd", 0.05, 0.5, "constant", epochs=1)
+    assert run["optimizer"] == "sgd" and run["schedule"] == "constant" and len(run["losses"]) == 3
+    assert fig.axes[0].get_xlabel() == "step" and "sgd, lr 0.05, constant" in fig.axes[0].get_title()
+
+
+def test_optimizer_widget_resets_the_lr_to_the_optimizers_default_and_trains(capsys):
+    from convtips_lib.topics.optim import DEFAULT_LRS
+    from convtips_lib.ui.widgets import optimizer_widget
+    box = optimizer_widget(_tiny_image_dls(), epochs=1)
+    opt, lr = box.children[0].children
+    mom, sched, button = box.children[1].children
+    opt.value = "adam"
+    assert lr.value == pytest.approx(DEFAULT_LRS["adam"])
+    sched.value = "cosine"
+    button.click()   # trains without error; the figure goes to the Output widget

@@ -19,7 +19,7 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
            "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "check_images", "open_image", "rgb_image", "OpenResized",
-           "plain_train_dl", "valid_labels"]
+           "plain_train_dl", "preload_dls", "valid_labels"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
@@ -392,6 +392,24 @@ def plain_train_dl(dls, bs: int | None = None, shuffle: bool = False):
     partial batch dropped unless it is the only one (as `tensor_dls`)."""
     dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=bs or dls.bs)
     return dl.new(shuffle=True, drop_last=len(dls.train_ds) > dl.bs) if shuffle else dl
+
+
+def preload_dls(dls, bs: int | None = None) -> DataLoaders:
+    """Every image of `dls` decoded, resized and batch-transformed once (no augmentation), held in memory as
+    tensors and standardised per channel with the training images' mean and std: `tensor_dls` for many short
+    runs on small images, where fastai's per-image pipeline would cost more than the model."""
+    import torch
+    from fastai.vision.all import Normalize
+
+    def grab(dl):
+        xs, ys = zip(*[(xb.as_subclass(torch.Tensor).float().cpu(), yb.as_subclass(torch.Tensor).cpu()) for xb, yb in dl])
+        return torch.cat(xs), torch.cat(ys)
+
+    for dl in dls.loaders:   # standardise below, from the training images, not with another dataset's stats
+        dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
+    (xt, yt), (xv, yv) = grab(plain_train_dl(dls)), grab(dls.valid)
+    mean, std = xt.mean((0, 2, 3), keepdim=True), xt.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
+    return tensor_dls((xt - mean) / std, yt, (xv - mean) / std, yv, list(dls.vocab), bs=bs or dls.bs)
 
 
 def valid_labels(dls) -> np.ndarray:

@@ -40,6 +40,11 @@ class Profile:
     imb_sizes: tuple = (0.2, 1.0)    # lesson 04: small and large shares of the harsh training set (over vs under)
     imb_net_frac: float = 0.5        # lesson 04: share of the training split in the whole-network comparison
     imb_net_steps: int = 40          # lesson 04: optimizer steps of every whole-network run
+    opt_img_size: int = 32           # lesson 05: image side (px) for the small network trained from scratch
+    opt_frac: float = 1.0            # lesson 05: share of the training split
+    opt_epochs: int = 6              # lesson 05: epochs of every run (the same budget for every optimizer)
+    opt_decades: tuple = (-1, -0.5, 0, 0.5, 1)   # lesson 05: lr sweep, decades around each optimizer's default
+    opt_seeds: int = 2               # lesson 05: seeds of the final comparison at each optimizer's best lr
 
     def as_dict(self) -> dict:
         """The profile as a plain dict (for results JSON)."""
@@ -59,19 +64,22 @@ PROFILES = {
                      latency_reps=2, head_epochs=3, decides_claims=False,
                      aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
                      imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
-                     imb_net_steps=2),
+                     imb_net_steps=2, opt_img_size=32, opt_frac=0.25, opt_epochs=2, opt_decades=(0,),
+                     opt_seeds=1),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
                    latency_reps=5, head_epochs=5, decides_claims=True,
                    aug_fracs=(0.1, 0.3), aug_epochs=(5, 3), aug_strengths=(0, 1, 2.5),
                    imb_frac=1.0, imb_seeds=3, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=0.5,
-                   imb_net_steps=40),
+                   imb_net_steps=40, opt_img_size=32, opt_frac=1.0, opt_epochs=6, opt_decades=(-1, -0.5, 0, 0.5, 1),
+                   opt_seeds=2),
     "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
                    fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
                    latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4,
                    aug_fracs=(0.1, 1.0), aug_epochs=(20, 5), aug_strengths=(0, 0.5, 1, 1.5, 2, 3, 4),
                    imb_frac=1.0, imb_seeds=5, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=1.0,
-                   imb_net_steps=300),
+                   imb_net_steps=300, opt_img_size=64, opt_frac=1.0, opt_epochs=30,
+                   opt_decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), opt_seeds=3),
 }
 
 

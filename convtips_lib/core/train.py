@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pandas as pd
-from fastai.vision.all import (Callback, CrossEntropyLossFlat, Learner, Normalize, ProgressCallback, Recorder,
-                               accuracy, noop, skm_to_fastai)
+from fastai.vision.all import (Callback, CrossEntropyLossFlat, Learner, LRFinder, Normalize, ProgressCallback,
+                               Recorder, accuracy, noop, skm_to_fastai)
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
@@ -43,7 +43,8 @@ class History(Callback):
         self._t0 = time.perf_counter()
 
     def before_train(self):
-        self.fitting = True  # get_preds runs before_fit/after_epoch too, but never a training phase
+        # get_preds runs before_fit/after_epoch too, but never a training phase; lr_find trains but is no epoch
+        self.fitting = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
 
     def before_validate(self):
         self._batch, self._y = [], []

@@ -169,3 +169,28 @@ def check_minority_recall(answer, confusion, minority: int) -> bool:
         hint = "that is the precision (the column sum): recall divides by the row sum, the items truly of the class."
     return _verdict(answer, ok, hint, f"{truth:.3f}: of {int(cm[minority].sum())} rare items the model found "
                     f"{int(cm[minority, minority])}.")
+
+
+# ------------------------------------------------------------------ lesson 05: optimizers
+__all__ += ["check_momentum_factor", "check_most_robust"]
+
+
+def check_momentum_factor(answer, momentum: float = 0.9) -> bool:
+    """Lesson 05: how many times larger SGD's steady step is with `momentum` than without (1 / (1 - momentum))."""
+    truth = 1 / (1 - momentum)
+    ok = answer is not None and abs(float(answer) - truth) < 0.01 * truth
+    return _verdict(answer, ok, "with a constant gradient g the velocity v = momentum * v + g settles where "
+                    "v = momentum * v + g, i.e. v = g / (1 - momentum).",
+                    f"{truth:g}x: momentum {momentum} lets steps grow to {truth:g} times the plain gradient step, "
+                    "one reason SGD's learning rate and momentum must be chosen together.")
+
+
+def check_most_robust(answer, sensitivity) -> bool:
+    """Lesson 05: the optimizer whose swept learning rates most often land within one point of its best."""
+    table = sensitivity.set_index("optimizer")
+    best = table["good_share"].max()
+    winners = sorted(table.index[table["good_share"] == best])
+    ok = answer is not None and str(answer) in winners
+    return _verdict(answer, ok, "look at the good_share column of the sensitivity table: the share of swept "
+                    "learning rates within one point of that optimizer's best.",
+                    f"{', '.join(winners)}: {best:.0%} of its learning rates were within one point of its best.")

@@ -222,3 +222,45 @@ def imbalance_widget(feats, epochs: int = 5, lr: float = 1e-2):
 
     button.on_click(_run)
     return w.VBox([w.HBox([ratio, remedy, button]), out])
+
+
+# ------------------------------------------------------------------ lesson 05: optimizers
+__all__ += ["optimizer_demo", "optimizer_widget"]
+
+
+def optimizer_demo(dls, optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, schedule: str = "one-cycle",
+                   epochs: int = 2, seed: int = 0):
+    """A quick run of the small network with `optimizer` (`momentum` for SGD and RMSprop), `lr` and `schedule`
+    (the optimizer widget's callback): (run dict of `train_optimizer`, Figure of its training loss)."""
+    from ..topics.optim import loss_curves, train_optimizer
+    from .plots import plot_lines
+    kw = dict(momentum=momentum) if optimizer in ("sgd", "rmsprop") else {}
+    run = train_optimizer(dls, optimizer, lr, epochs, seed, schedule, opt_kw=kw)
+    curve = loss_curves(pd.DataFrame([run]))
+    fig = plot_lines(curve, "step", "loss", title=f"{optimizer}, lr {lr:g}, {schedule}: balanced accuracy "
+                     f"{run['balanced_accuracy']:.3f}" + ("" if run["finite"] else " (diverged)"))
+    return run, fig
+
+
+def optimizer_widget(dls, epochs: int = 2):
+    """Pick an optimizer, its learning rate, momentum and schedule, press train: the training loss of a quick run
+    (`optimizer_demo`)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from ..topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES
+    opt = w.Dropdown(options=list(OPTIMIZERS), value="sgd", description="optimizer")
+    lr = w.FloatLogSlider(value=DEFAULT_LRS["sgd"], base=10, min=-5, max=1, step=0.25, description="lr",
+                          readout_format=".0e")
+    mom = w.FloatSlider(value=0.9, min=0, max=0.99, step=0.01, description="momentum")
+    sched = w.Dropdown(options=SCHEDULES, value="one-cycle", description="schedule")
+    button, out = w.Button(description="train"), w.Output()
+    opt.observe(lambda ch: setattr(lr, "value", DEFAULT_LRS[ch["new"]]), names="value")   # start from the usual lr
+
+    def _run(_=None):
+        with out:
+            out.clear_output(wait=True)
+            _, fig = optimizer_demo(dls, opt.value, lr.value, mom.value, sched.value, epochs)
+            plt.show(fig)
+
+    button.on_click(_run)
+    return w.VBox([w.HBox([opt, lr]), w.HBox([mom, sched, button]), out])

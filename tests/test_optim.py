@@ -1,0 +1,159 @@
+"""Tests for convtips_lib.topics.optim: every optimizer trains, schedules, the Adam -> SGD switch, the sweep's
+best rates and sensitivity, on tiny tensor data."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from convtips_lib.core.data import tensor_dls
+from convtips_lib.core.train import learner
+from convtips_lib.topics.optim import (DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, best_lrs, epoch_preds,
+                                       fit_schedule, loss_curves, lr_grid, lr_sensitivity, opt_func,
+                                       sensitivity_gap, sgd_lr_from_adam, small_net, train_optimizer)
+
+
+@pytest.fixture(scope="module")
+def dls():
+    """Two separable classes of 8 x 8 'images' (mean brightness tells them apart)."""
+    g = torch.Generator().manual_seed(0)
+
+    def draw(n):
+        y = torch.arange(n) % 2
+        return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
+    (xt, yt), (xv, yv) = draw(96), draw(40)
+    return tensor_dls(xt, yt, xv, yv, ["a", "b"], bs=16)
+
+
+def _tiny(n_out):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, n_out))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_lowers_the_loss(dls, name):
+    run = train_optimizer(dls, name, DEFAULT_LRS[name] / 10 if name == "sgd" else DEFAULT_LRS[name], 3, seed=0,
+                          net=_tiny)
+    assert run["finite"] and np.mean(run["losses"][-6:]) < np.mean(run["losses"][:6])
+    assert len(run["history"]) == 3 and len(run["epoch_preds"]) == 3
+
+
+def test_unknown_optimizer_lists_the_known():
+    with pytest.raises(ValueError, match="choose one of sgd, adam, adamw, rmsprop, adadelta"):
+        opt_func("lion")
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        lr_grid("lion")
+
+
+def test_lr_grid_is_centred_on_the_default():
+    assert lr_grid("sgd", (-1, 0, 1)) == [0.01, 0.1, 1.0]
+    assert lr_grid("adam", (0,)) == [DEFAULT_LRS["adam"]]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_schedule_trains_and_ends_where_it_should(dls, schedule):
+    learn = learner(dls, _tiny(2), opt_func=opt_func("sgd"), seed=0)
+    hist = fit_schedule(learn, 2, 0.05, schedule)
+    lr_end = learn.opt.hypers[0]["lr"]
+    assert len(hist) == 2 and np.isfinite(hist["train_loss"]).all()
+    if schedule in ("constant", "step"):     # step: the last quarter runs at lr / 100
+        assert lr_end == pytest.approx({"constant": 0.05, "step": 0.0005}[schedule])
+    else:                                    # cosine and one-cycle anneal: the last batch is far below the peak
+        assert lr_end < 0.05 / 20
+
+
+def test_one_cycle_works_for_adadelta_which_has_no_momentum(dls):
+    run = train_optimizer(dls, "adadelta", 1.0, 2, seed=0, net=_tiny)
+    assert run["finite"]
+
+
+def test_bad_schedule_lists_the_known(dls):
+    learn = learner(dls, _tiny(2), opt_func=opt_func("sgd"), seed=0)
+    with pytest.raises(ValueError, match="choose one of constant, step, cosine, one-cycle"):
+        fit_schedule(learn, 1, 0.1, "warm")
+
+
+def test_switch_changes_the_optimizer_at_the_epoch_and_keeps_groups_and_schedule(dls):
+    seen = []
+    from fastai.callback.core import Callback
+
+    class Spy(Callback):
+        order = SwitchOptimizer.order + 1
+
+        def before_epoch(self):
+            inner = self.opt.opt
+            seen.append((self.epoch, type(inner).__name__, len(inner.param_groups)))
+
+        def after_batch(self):
+            if self.training:
+                seen.append(("lr", self.epoch, self.opt.hypers[0]["lr"]))
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.ReLU(), nn.Linear(16, 2))
+    learn = learner(dls, model, opt_func=opt_func("adam"), cbs=[SwitchOptimizer(2), Spy()], seed=0,
+                    splitter=lambda m: [list(m[1].parameters()), list(m[3].parameters())])
+    fit_schedule(learn, 4, 1e-3, "cosine")
+    epochs = [s for s in seen if s[0] != "lr"]
+    assert [e[1] for e in epochs] == ["Adam", "Adam", "SGD", "SGD"] and {e[2] for e in epochs} == {2}
+    switch = learn.cbs.filter(lambda c: isinstance(c, SwitchOptimizer))[0]
+    assert switch.switched_at == 2 and switch.lr_scale > 0
+    lrs = [lr for tag, ep, lr in (s for s in seen if s[0] == "lr") if ep >= 2]
+    adam_lrs = [lr for tag, ep, lr in (s for s in seen if s[0] == "lr") if ep < 2]
+    assert lrs == sorted(lrs, reverse=True) and adam_lrs == sorted(adam_lrs, reverse=True)   # cosine kept
+    assert np.isfinite(learn.recorder.losses[-1])
+
+
+def test_switch_refuses_epoch_zero():
+    with pytest.raises(ValueError, match="at_epoch must be >= 1"):
+        SwitchOptimizer(0)
+
+
+def test_sgd_lr_from_adam_matches_a_hand_computation():
+    p = nn.Parameter(torch.zeros(5))
+    opt = torch.optim.Adam([p], lr=0.01, eps=1e-8)
+    p.grad = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    opt.step()   # after one step v_hat = g^2, so lr / sqrt(v_hat) = 0.01 / |g|: median 0.01 / 3
+    assert sgd_lr_from_adam(opt, momentum=0.9) == pytest.approx(0.01 / 3 * (1 - 0.9), rel=1e-5)
+    with pytest.raises(ValueError, match="no Adam state"):
+        sgd_lr_from_adam(torch.optim.Adam([nn.Parameter(torch.zeros(2))]))
+
+
+def _sweep():
+    y = np.array([0, 1] * 50)
+    right = lambda k: np.where(np.arange(100) < k, y, 1 - y)  # noqa: E731 - predictions right on the first k images
+    rows = [dict(optimizer="adam", lr=lr, balanced_accuracy=acc, finite=True, y_true=y, y_pred=right(int(acc * 100)))
+            for lr, acc in ((1e-4, 0.80), (1e-3, 0.81), (1e-2, 0.805))]
+    rows += [dict(optimizer="sgd", lr=lr, balanced_accuracy=acc, finite=f, y_true=y, y_pred=right(int(acc * 100)))
+             for lr, acc, f in ((0.01, 0.60, True), (0.1, 0.84, True), (1.0, 0.99, False))]
+    return pd.DataFrame(rows)
+
+
+def test_best_lrs_never_pick_a_diverged_run():
+    assert best_lrs(_sweep()) == {"adam": 1e-3, "sgd": 0.1}
+
+
+def test_lr_sensitivity_counts_rates_within_a_point_of_the_best():
+    sens = lr_sensitivity(_sweep()).set_index("optimizer")
+    assert sens.loc["adam", "n_good"] == 3 and sens.loc["adam", "decades"] == pytest.approx(2)
+    assert sens.loc["sgd", "n_good"] == 1 and sens.loc["sgd", "good_share"] == pytest.approx(1 / 3)
+
+
+def test_sensitivity_gap_has_an_interval_around_the_share_difference():
+    est = sensitivity_gap(_sweep(), "adam", "sgd", n=500)
+    assert est.effect == pytest.approx(1 - 1 / 3) and est.low <= est.effect <= est.high
+
+
+def test_loss_curves_and_epoch_preds_shapes(dls):
+    runs = pd.DataFrame([train_optimizer(dls, "adam", 1e-3, 2, seed=s, net=_tiny) for s in (0, 1)])
+    curve = loss_curves(runs, smooth=3)
+    assert set(curve["seed"]) == {0, 1} and curve.groupby("seed")["step"].max().tolist() == [12, 12]
+    assert epoch_preds(runs, 1)["adam"].shape == (2, 40)
+
+
+def test_small_net_runs_on_small_images():
+    out = small_net(2)(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 2)
+
+
+def test_same_seed_same_run(dls):
+    a = train_optimizer(dls, "sgd", 0.05, 1, seed=4, net=_tiny)
+    b = train_optimizer(dls, "sgd", 0.05, 1, seed=4, net=_tiny)
+    assert a["losses"] == b["losses"]
