@@ -130,3 +130,17 @@ def test_most_robust_check_accepts_any_tied_winner(capsys):
     sens = pd.DataFrame(dict(optimizer=["sgd", "adam", "rmsprop"], good_share=[0.2, 0.8, 0.8]))
     assert check_most_robust("adam", sens) is True and check_most_robust("rmsprop", sens) is True
     assert check_most_robust("sgd", sens) is False and "good_share" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
+def test_forward_passes_check(capsys):
+    from convtips_lib.course.exercises import check_forward_passes
+    assert check_forward_passes(50) is True and check_forward_passes(15) is False
+    assert "multiply" in capsys.readouterr().out
+
+
+def test_worst_crop_check(capsys):
+    import pandas as pd
+    from convtips_lib.course.exercises import check_worst_crop
+    per_crop = pd.DataFrame(dict(balanced_accuracy=[0.8, 0.6, 0.7]), index=["centre", "top left", "top right"])
+    assert check_worst_crop("top left", per_crop) is True and check_worst_crop("centre", per_crop) is False

@@ -218,3 +218,27 @@ def test_optimizer_widget_resets_the_lr_to_the_optimizers_default_and_trains(cap
     assert lr.value == pytest.approx(DEFAULT_LRS["adam"])
     sched.value = "cosine"
     button.click()   # trains without error; the figure goes to the Output widget
+
+
+# ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
+def test_crop_demo_titles_each_crop_with_its_probability_and_averages():
+    import torch
+    from torch import nn
+    from convtips_lib.ui.widgets import crop_demo
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    table, fig = crop_demo(model, torch.randn(3, 3, 16, 16), ["defective", "functional"], index=1, size=12)
+    assert list(table.index)[-1] == "average" and len(table) == 11
+    assert table.loc["average"].tolist() == pytest.approx(table.iloc[:10].mean().tolist())
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 10 and "P(defective)" in fig.axes[0].get_title()
+
+
+def test_crop_widget_redraws_for_another_image():
+    import torch
+    from torch import nn
+    from convtips_lib.ui.widgets import crop_widget
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    box = crop_widget(model, torch.randn(4, 3, 16, 16), ["a", "b"])
+    slider = box.children[0]
+    assert slider.max == 3
+    slider.value = 2   # the callback runs without error

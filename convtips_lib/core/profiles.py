@@ -45,6 +45,7 @@ class Profile:
     opt_epochs: int = 6              # lesson 05: epochs of every run (the same budget for every optimizer)
     opt_decades: tuple = (-1, -0.5, 0, 0.5, 1)   # lesson 05: lr sweep, decades around each optimizer's default
     opt_seeds: int = 2               # lesson 05: seeds of the final comparison at each optimizer's best lr
+    crop_valid_n: int = 0            # lesson 06: validation cells in the multi-crop and cost comparison (0: all)
 
     def as_dict(self) -> dict:
         """The profile as a plain dict (for results JSON)."""
@@ -65,7 +66,7 @@ PROFILES = {
                      aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
                      imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
                      imb_net_steps=2, opt_img_size=32, opt_frac=0.25, opt_epochs=2, opt_decades=(0,),
-                     opt_seeds=1),
+                     opt_seeds=1, crop_valid_n=96),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
                    latency_reps=5, head_epochs=5, decides_claims=True,

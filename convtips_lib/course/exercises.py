@@ -194,3 +194,24 @@ def check_most_robust(answer, sensitivity) -> bool:
     return _verdict(answer, ok, "look at the good_share column of the sensitivity table: the share of swept "
                     "learning rates within one point of that optimizer's best.",
                     f"{', '.join(winners)}: {best:.0%} of its learning rates were within one point of its best.")
+
+
+# ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
+__all__ += ["check_forward_passes", "check_worst_crop"]
+
+
+def check_forward_passes(answer, members: int = 5, crops: int = 10) -> bool:
+    """Lesson 06: forward passes per image for an ensemble of `members` networks, each on a `crops`-crop."""
+    truth = members * crops
+    ok = answer is not None and int(answer) == truth
+    return _verdict(answer, ok, "every member sees every crop: multiply, do not add.",
+                    f"{truth} passes per image instead of 1: why these tricks win competitions and rarely ship.")
+
+
+def check_worst_crop(answer, per_crop) -> bool:
+    """Lesson 06: the crop position with the lowest balanced accuracy in the per-crop table (index: crop name)."""
+    worst = str(per_crop["balanced_accuracy"].idxmin())
+    ok = answer is not None and str(answer) == worst
+    return _verdict(answer, ok, "sort the per-crop table by balanced_accuracy and take the first row's name.",
+                    f"{worst!r}: {per_crop['balanced_accuracy'].min():.3f}; a crop that leaves out part of the cell "
+                    "can leave out its defect.")

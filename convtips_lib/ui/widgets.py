@@ -218,7 +218,8 @@ def imbalance_widget(feats, epochs: int = 5, lr: float = 1e-2):
                 print(e)
                 return
             display(table.round(3))
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     button.on_click(_run)
     return w.VBox([w.HBox([ratio, remedy, button]), out])
@@ -247,6 +248,7 @@ def optimizer_widget(dls, epochs: int = 2):
     (`optimizer_demo`)."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
+    from IPython.display import display
     from ..topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES
     opt = w.Dropdown(options=list(OPTIMIZERS), value="sgd", description="optimizer")
     lr = w.FloatLogSlider(value=DEFAULT_LRS["sgd"], base=10, min=-5, max=1, step=0.25, description="lr",
@@ -260,7 +262,49 @@ def optimizer_widget(dls, epochs: int = 2):
         with out:
             out.clear_output(wait=True)
             _, fig = optimizer_demo(dls, opt.value, lr.value, mom.value, sched.value, epochs)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     button.on_click(_run)
     return w.VBox([w.HBox([opt, lr]), w.HBox([mom, sched, button]), out])
+
+
+# ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
+__all__ += ["crop_demo", "crop_widget"]
+
+
+def crop_demo(model, x, vocab, index: int = 0, size: int | None = None, cls: int = 0):
+    """The 10 crops of validation image `index` of the normalised batch x (N, C, H, W), each titled with the model's
+    probability of class `cls`, and the average (the crop widget's callback): (table, Figure)."""
+    from ..topics.ensemble import CROP_NAMES, crop_probs, ten_crop
+    from .plots import show_images
+    size = size or int(0.875 * x.shape[-1])
+    p = crop_probs(model, x[index:index + 1], size)[0]                               # (10, C)
+    crops = ten_crop(x[index], size)
+    lo, hi = crops.amin(), crops.amax()
+    images = [((c - lo) / (hi - lo + 1e-8)).permute(1, 2, 0).numpy() for c in crops]
+    fig = show_images(images, [f"{n}\nP({vocab[cls]}) {q:.2f}" for n, q in zip(CROP_NAMES, p[:, cls])], ncols=5,
+                      size=1.6, suptitle=f"image {index}: average P({vocab[cls]}) {p[:, cls].mean():.2f}")
+    table = pd.DataFrame(p, index=list(CROP_NAMES), columns=[str(v) for v in vocab])
+    table.loc["average"] = p.mean(0)
+    return table, fig
+
+
+def crop_widget(model, x, vocab, cls: int = 0):
+    """Pick a validation image: its 10 crops with the model's probability on each, and their average (`crop_demo`)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    pick, out = w.IntSlider(0, 0, len(x) - 1, description="image"), w.Output()
+
+    def _show(change=None):
+        with out:
+            out.clear_output(wait=True)
+            table, fig = crop_demo(model, x, vocab, pick.value, cls=cls)
+            display(fig)
+            plt.close(fig)
+            display(table.round(3))
+
+    pick.observe(_show, names="value")
+    _show()
+    return w.VBox([pick, out])
