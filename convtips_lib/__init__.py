@@ -26,13 +26,15 @@ from .topics.augment import *  # noqa: E402,F401,F403
 from .topics.imbalance import *  # noqa: E402,F401,F403
 from .topics.optim import *  # noqa: E402,F401,F403
 from .topics.ensemble import *  # noqa: E402,F401,F403
+from .topics.prune import *  # noqa: E402,F401,F403
 from .ui.plots import *  # noqa: E402,F401,F403
 from .ui.widgets import *  # noqa: E402,F401,F403
 from .course.exercises import *  # noqa: E402,F401,F403
 
 MODULES = ("core.profiles", "core.env", "core.store", "core.data", "core.models", "core.surgery", "core.train",
            "core.measure", "core.results", "topics.imagenet", "topics.zoo", "topics.blocks", "topics.features",
-           "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble", "ui.plots", "ui.widgets", "course.exercises")
+           "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble",
+           "topics.prune", "ui.plots", "ui.widgets", "course.exercises")
 
 
 def _public() -> list:

@@ -144,3 +144,22 @@ def test_worst_crop_check(capsys):
     from convtips_lib.course.exercises import check_worst_crop
     per_crop = pd.DataFrame(dict(balanced_accuracy=[0.8, 0.6, 0.7]), index=["centre", "top left", "top right"])
     assert check_worst_crop("top left", per_crop) is True and check_worst_crop("centre", per_crop) is False
+
+
+def test_flops_saving_check(capsys):
+    from convtips_lib.course.exercises import check_flops_saving
+    assert check_flops_saving(4) is True and check_flops_saving("4.0") is True
+    assert check_flops_saving(2) is False and check_flops_saving("half") is False
+    assert "C_in x C_out" in capsys.readouterr().out
+    assert check_flops_saving(16, keep=0.25) is True
+
+
+def test_first_pruned_check(capsys):
+    import torch
+    from torch import nn
+    from convtips_lib.course.exercises import check_first_pruned
+    conv = nn.Conv2d(1, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([2.0, -0.5, 1.0]).view(3, 1, 1, 1))
+    assert check_first_pruned(1, conv) is True and check_first_pruned(0, conv) is False
+    assert check_first_pruned("one", conv) is False and "argmin" in capsys.readouterr().out

@@ -262,3 +262,11 @@ def test_stack_preds_groups_seeds_under_a_key():
     rows = pd.DataFrame(dict(regime=["a", "a", "b"], y_pred=[[0, 1], [1, 1], [0, 0]]))
     out = stack_preds(rows, "regime")
     assert out["a"].shape == (2, 2) and out["b"].tolist() == [[0, 0]]
+
+
+def test_latencies_times_every_model_in_turns():
+    from convtips_lib.core.measure import latencies
+    small, big = nn.Conv2d(3, 2, 1), nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(8)])
+    t = latencies({"small": small, "big": big}, 32, bs=4, reps=4)
+    assert set(t) == {"small", "big"} and all(len(v) == 4 for v in t.values())
+    assert np.median(t["big"]) > np.median(t["small"]) > 0

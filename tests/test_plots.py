@@ -114,3 +114,10 @@ def test_plot_pr_curves_labels_each_curve_with_its_average_precision():
     y = np.array([0, 0, 1, 1, 1, 0])
     fig = plot_pr_curves({"toy": pr_curve(y, np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2]))})
     assert fig.axes[0].get_legend().get_texts()[0].get_text().startswith("toy (AP ")
+
+
+def test_plot_boxes_one_box_per_group_in_order():
+    from convtips_lib.ui.plots import plot_boxes
+    df = pd.DataFrame(dict(layer=["b"] * 3 + ["a"] * 4, l1=[1, 2, 3, 4, 5, 6, 7]))
+    ax = plot_boxes(df, "layer", "l1", logy=True).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b", "a"] and ax.get_yscale() == "log"

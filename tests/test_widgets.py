@@ -242,3 +242,37 @@ def test_crop_widget_redraws_for_another_image():
     slider = box.children[0]
     assert slider.max == 3
     slider.value = 2   # the callback runs without error
+
+
+# ------------------------------------------------------------------ lesson 07: pruning
+def _tiny_pruning_learner():
+    import torch
+    from convtips_lib.core.data import tensor_dls
+    from convtips_lib.core.train import learner
+    from convtips_lib.topics.prune import prunable_net
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 16, 16, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    dls = tensor_dls(x[:24], y[:24], x[24:], y[24:], ["a", "b"], bs=8)
+    return learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+
+
+def test_prune_demo_compares_the_pruned_copy_with_the_trained_network():
+    from convtips_lib.core.measure import count_params
+    from convtips_lib.ui.widgets import prune_demo
+    learn = _tiny_pruning_learner()
+    n = count_params(learn.model)
+    table = prune_demo(learn, 16, 0.5, reps=2)
+    assert list(table.index) == ["trained", "pruned 50%"] and table.loc["trained", "params"] == n
+    assert table.loc["pruned 50%", "params"] < n / 2 and table.loc["pruned 50%", "mflops"] < table.loc["trained", "mflops"]
+    assert table["balanced_accuracy"].between(0, 1).all() and count_params(learn.model) == n   # original untouched
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        prune_demo(learn, 16, 1.0)
+
+
+def test_prune_widget_reruns_for_another_ratio():
+    from convtips_lib.ui.widgets import prune_widget
+    box = prune_widget(_tiny_pruning_learner(), 16, reps=1)
+    slider = box.children[0]
+    assert slider.min == 0 and slider.max < 1
+    slider.value = 0.3   # the callback runs without error

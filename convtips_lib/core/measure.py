@@ -2,6 +2,7 @@
 parameters, FLOPs and latency."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -14,8 +15,8 @@ from torch import nn
 from .compat import renamed_kwargs
 
 __all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
-           "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion", "count_params", "count_flops",
-           "latency", "noise_band"]
+           "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion",
+           "count_params", "count_flops", "latency", "latencies", "noise_band"]
 
 
 def classification_metrics(y_true, y_pred) -> dict:
@@ -259,3 +260,19 @@ def latency(model: nn.Module, img_size: int, bs: int = 1, reps: int = 5, warmup:
     ms = 1000 * float(np.median(times))
     return dict(ms_per_batch=ms, ms_per_image=ms / bs, images_per_s=1000 * bs / ms,
                 times_ms=[1000 * t for t in times])
+
+
+def latencies(models: dict, img_size: int, bs: int = 1, reps: int = 5, warmup: int = 2) -> dict:
+    """{name: every timed forward pass, ms per batch} for `models` {name: module} on (bs, 3, img_size, img_size)
+    inputs on the CPU, timed in turns (one pass of each per round) so that a busy moment hits them all alike."""
+    cpu = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items()}
+    x = torch.randn(bs, 3, img_size, img_size)
+    times = {k: [] for k in cpu}
+    with torch.no_grad():
+        for r in range(warmup + reps):
+            for k, m in cpu.items():
+                t = time.perf_counter()
+                m(x)
+                if r >= warmup:
+                    times[k].append(1000 * (time.perf_counter() - t))
+    return times

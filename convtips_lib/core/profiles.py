@@ -46,6 +46,17 @@ class Profile:
     opt_decades: tuple = (-1, -0.5, 0, 0.5, 1)   # lesson 05: lr sweep, decades around each optimizer's default
     opt_seeds: int = 2               # lesson 05: seeds of the final comparison at each optimizer's best lr
     crop_valid_n: int = 0            # lesson 06: validation cells in the multi-crop and cost comparison (0: all)
+    prune_img_size: int = 64         # lesson 07: image side (px) of the small networks trained from scratch
+    prune_widths: tuple = (32, 64, 128, 256)   # lesson 07: channels of the four stages
+    prune_depth: int = 2             # lesson 07: removable blocks per stage
+    prune_frac: float = 1.0          # lesson 07: share of the training split
+    prune_epochs: int = 8            # lesson 07: epochs of training from scratch (both networks)
+    prune_lrs: tuple = (1e-3, 3e-3)  # lesson 07: peak learning rates (Adam, one-cycle) tried for each network
+    prune_ft_div: float = 3.0        # lesson 07: fine-tuning after pruning runs at the training lr / prune_ft_div
+    prune_ratio: float = 0.6         # lesson 07: share of channels removed in the end
+    prune_steps: int = 3             # lesson 07: prune -> fine-tune steps to get there
+    prune_ft_epochs: int = 2         # lesson 07: fine-tuning epochs after each step
+    prune_block_epochs: int = 1      # lesson 07: retraining epochs after removing a block
 
     def as_dict(self) -> dict:
         """The profile as a plain dict (for results JSON)."""
@@ -66,21 +77,25 @@ PROFILES = {
                      aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
                      imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
                      imb_net_steps=2, opt_img_size=32, opt_frac=0.25, opt_epochs=2, opt_decades=(0,),
-                     opt_seeds=1, crop_valid_n=96),
+                     opt_seeds=1, crop_valid_n=96, prune_img_size=32, prune_widths=(8, 16, 32, 64), prune_depth=1,
+                     prune_frac=0.25, prune_epochs=2, prune_lrs=(3e-3,), prune_steps=2, prune_ft_epochs=1,
+                     prune_block_epochs=1),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
                    latency_reps=5, head_epochs=5, decides_claims=True,
                    aug_fracs=(0.1, 0.3), aug_epochs=(5, 3), aug_strengths=(0, 1, 2.5),
                    imb_frac=1.0, imb_seeds=3, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=0.5,
                    imb_net_steps=40, opt_img_size=32, opt_frac=1.0, opt_epochs=6, opt_decades=(-1, -0.5, 0, 0.5, 1),
-                   opt_seeds=2),
+                   opt_seeds=2, prune_img_size=64, prune_epochs=8, prune_steps=3,
+                   prune_ft_epochs=2),
     "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
                    fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
                    latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4,
                    aug_fracs=(0.1, 1.0), aug_epochs=(20, 5), aug_strengths=(0, 0.5, 1, 1.5, 2, 3, 4),
                    imb_frac=1.0, imb_seeds=5, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=1.0,
                    imb_net_steps=300, opt_img_size=64, opt_frac=1.0, opt_epochs=30,
-                   opt_decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), opt_seeds=3),
+                   opt_decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), opt_seeds=3, prune_img_size=128, prune_epochs=30,
+                   prune_lrs=(3e-4, 1e-3, 3e-3), prune_steps=5, prune_ft_epochs=5, prune_block_epochs=3),
 }
 
 

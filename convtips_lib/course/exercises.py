@@ -215,3 +215,30 @@ def check_worst_crop(answer, per_crop) -> bool:
     return _verdict(answer, ok, "sort the per-crop table by balanced_accuracy and take the first row's name.",
                     f"{worst!r}: {per_crop['balanced_accuracy'].min():.3f}; a crop that leaves out part of the cell "
                     "can leave out its defect.")
+
+
+# ------------------------------------------------------------------ lesson 07: pruning
+__all__ += ["check_flops_saving", "check_first_pruned"]
+
+
+def check_flops_saving(answer, keep: float = 0.5) -> bool:
+    """Lesson 07: how many times fewer FLOPs a conv layer needs when its input and output channels both keep the
+    share `keep` (the FLOPs scale with in x out channels)."""
+    truth = 1 / keep ** 2
+    try:
+        ok = answer is not None and abs(float(answer) - truth) < 0.05 * truth
+    except (TypeError, ValueError):   # not a number: say so through the hint
+        ok = False
+    return _verdict(answer, ok, "a conv's multiply-adds are H x W x k x k x C_in x C_out: both channel counts shrink.",
+                    f"{truth:g}x fewer: removing a layer's filters also removes the next layer's inputs, which is why "
+                    "FLOPs fall faster than the share of filters removed.")
+
+
+def check_first_pruned(answer, conv) -> bool:
+    """Lesson 07: the index of the filter of `conv` that L1 pruning removes first."""
+    from ..topics.prune import l1_order
+    first = int(l1_order(conv)[0])
+    ok = answer is not None and str(answer).strip().lstrip("-").isdigit() and int(answer) == first
+    return _verdict(answer, ok, "sum the absolute weights of each filter (conv.weight.abs().sum((1, 2, 3))) and take "
+                    "the index of the smallest (argmin).",
+                    f"filter {first}: the smallest L1 norm, the least (by this measure) that the layer's output needs.")

@@ -214,3 +214,18 @@ def plot_pr_curves(curves: dict, title: str = "precision-recall of the rare clas
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ lesson 07: pruning
+__all__ += ["plot_boxes"]
+
+
+def plot_boxes(df: pd.DataFrame, x: str, y: str, title: str = "", logy: bool = False):
+    """A box plot of `y` for each value of `x` (in order of appearance): e.g. the filters' L1 norms per layer."""
+    groups = list(dict.fromkeys(df[x]))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(groups) + 2), 3.5))
+    ax.boxplot([df.loc[df[x] == g, y] for g in groups], showfliers=True, flierprops=dict(ms=2))
+    ax.set_xticks(range(1, len(groups) + 1), [str(g) for g in groups], rotation=60, ha="right", fontsize=7)
+    ax.set(xlabel=x, ylabel=y, title=title, yscale="log" if logy else "linear")
+    fig.tight_layout()
+    return fig

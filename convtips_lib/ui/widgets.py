@@ -308,3 +308,39 @@ def crop_widget(model, x, vocab, cls: int = 0):
     pick.observe(_show, names="value")
     _show()
     return w.VBox([pick, out])
+
+
+# ------------------------------------------------------------------ lesson 07: pruning
+__all__ += ["prune_demo", "prune_widget"]
+
+
+def prune_demo(learn, img_size: int, ratio: float, reps: int = 3) -> pd.DataFrame:
+    """The network of `learn` and a copy pruned by `ratio` (one step, global L1, no fine-tuning): params, MFLOPs,
+    ms per batch and validation balanced accuracy of each (the pruning widget's callback)."""
+    from ..core.measure import evaluate
+    from ..core.train import learner
+    from ..topics.prune import model_cost, prune_copy
+    rows = []
+    for name, model in (("trained", learn.model), (f"pruned {ratio:.0%}", prune_copy(learn.model, img_size, ratio))):
+        cost = model_cost(model, img_size, learn.dls.bs, reps)
+        ev = evaluate(learner(learn.dls, model))
+        rows.append(dict(network=name, params=cost["params"], mflops=cost["flops"] / 1e6,
+                         ms_per_batch=cost["ms_per_batch"], balanced_accuracy=ev.metrics["balanced_accuracy"]))
+    return pd.DataFrame(rows).set_index("network")
+
+
+def prune_widget(learn, img_size: int, reps: int = 3):
+    """A pruning-ratio slider: size, cost and accuracy of the pruned network beside the trained one (`prune_demo`)."""
+    import ipywidgets as w
+    from IPython.display import display
+    ratio, out = w.FloatSlider(0.5, min=0.0, max=0.9, step=0.1, description="ratio", continuous_update=False), \
+        w.Output()
+
+    def _show(change=None):
+        with out:
+            out.clear_output(wait=True)
+            display(prune_demo(learn, img_size, ratio.value, reps).round(3))
+
+    ratio.observe(_show, names="value")
+    _show()
+    return w.VBox([ratio, out])

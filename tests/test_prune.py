@@ -1,0 +1,195 @@
+"""Tests for convtips_lib.topics.prune: L1 order on a hand-made layer, per-filter scores against direct computation,
+structural pruning (parameters and FLOPs drop as expected, the network still runs, keeps its output shape and
+trains), block removal, export and reload (state dict and ONNX give the same outputs), bad pruning ratios."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from convtips_lib.core.data import tensor_dls
+from convtips_lib.core.measure import count_flops, count_params
+from convtips_lib.core.train import fit, learner
+from convtips_lib.topics.prune import (Block, block_removal, check_ratio, export_check, export_pruned, filter_scores,
+                                       first_reaching, fresh_learner, l1_order, load_pruned, make_pruner, model_cost,
+                                       onnx_latency, onnx_outputs, prunable_net, prune_copy, prune_iteratively,
+                                       prune_once, rank_agreement, removable_blocks, removal_gap, train_from_scratch,
+                                       without_block)
+
+TINY = dict(widths=(4, 8), depth=1)
+
+
+def _tiny_dls(n=48, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    return tensor_dls(x[: n * 3 // 4], y[: n * 3 // 4], x[n * 3 // 4:], y[n * 3 // 4:], ["a", "b"], bs=12)
+
+
+def test_l1_order_of_a_hand_made_conv_layer():
+    conv = nn.Conv2d(2, 4, 1, bias=False)
+    with torch.no_grad():   # L1 norms 3, 0.5, 2, 1 (signs must not matter)
+        conv.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.0], [-1.0, -1.0], [0.25, 0.75]]).view(4, 2, 1, 1))
+    assert l1_order(conv).tolist() == [1, 3, 2, 0]
+
+
+def test_filter_scores_match_a_direct_computation():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(5, 2)).eval()
+    x = torch.randn(10, 3, 8, 8)
+    s = filter_scores(net, x, bs=4)
+    batches = filter_scores(net, [(x[:6], None), (x[6:], None)])          # a loader's (x, y) batches, too
+    assert np.allclose(batches[["mean_activation", "apoz"]], s[["mean_activation", "apoz"]], atol=1e-6)
+    a = torch.relu(net[1](net[0](x)))
+    assert list(s["layer"].unique()) == ["0"] and len(s) == 5
+    assert np.allclose(s["l1"], net[0].weight.abs().sum((1, 2, 3)).detach())
+    assert np.allclose(s["l2"], net[0].weight.detach().flatten(1).norm(dim=1))
+    assert np.allclose(s["mean_activation"], a.mean((0, 2, 3)).detach(), atol=1e-6)
+    assert np.allclose(s["apoz"], (a <= 0).float().mean((0, 2, 3)))
+
+
+def test_rank_agreement_is_one_for_identical_rankings_and_negates_apoz():
+    s = pd.DataFrame(dict(layer=["a"] * 4 + ["b"] * 3, l1=[1, 2, 3, 4, 3, 1, 2], l2=[1, 2, 3, 4, 3, 1, 2],
+                          mean_activation=[4, 3, 2, 1, 1, 3, 2], apoz=[1, 2, 3, 4, 3, 1, 2]))
+    c = rank_agreement(s)
+    assert c.loc["l1", "l2"] == pytest.approx(1) and c.loc["l1", "mean_activation"] == pytest.approx(-1)
+    assert c.loc["l1", "apoz"] == pytest.approx(-1)      # many zeros = weak: apoz is negated before ranking
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_prunable_net_shapes_and_removable_blocks(residual):
+    net = prunable_net(3, residual, **TINY)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    names = removable_blocks(net)
+    assert len(names) == 2
+    smaller = without_block(net, names[0])
+    assert isinstance(smaller.get_submodule(names[0]), nn.Identity) and isinstance(net.get_submodule(names[0]), Block)
+    assert smaller(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    with pytest.raises(ValueError, match="not a removable block"):
+        without_block(net, "0")
+
+
+def test_a_block_with_zero_weights_is_the_identity_only_with_its_shortcut():
+    x = torch.rand(2, 4, 5, 5)                       # non-negative, as the input of a block after a ReLU is
+    for residual in (True, False):
+        b = Block(4, residual).eval()
+        for p in b.parameters():
+            nn.init.zeros_(p)
+        assert torch.equal(b(x), x) == residual
+
+
+def test_pruning_removes_channels_parameters_and_flops_and_the_net_still_trains():
+    torch.manual_seed(0)
+    net = prunable_net(2, True, widths=(8, 16), depth=1)
+    p0, f0 = count_params(net), count_flops(net, 16)
+    pruned = prune_copy(net, 16, 0.5)
+    assert count_params(net) == p0                    # the original is left as it was
+    w = {n: m.out_channels for n, m in pruned.named_modules() if isinstance(m, nn.Conv2d)}
+    # a shortcut couples a stage's first conv with its block's last conv: torch-pruning removes the same channels
+    assert w["1.0"] == w["2.body.1.0"] and w["3.0"] == w["4.body.1.0"]
+    # global ranking: uneven per layer, but half of the 56 channels of the five independent groups are gone
+    assert w["0.0"] + w["1.0"] + w["2.body.0.0"] + w["3.0"] + w["4.body.0.0"] == (8 + 8 + 8 + 16 + 16) // 2
+    # conv weights shrink ~4x (in and out halved), the linear head's inputs 2x: params and FLOPs fall by 3-4x
+    assert 3 < p0 / count_params(pruned) < 4.2 and 3 < f0 / count_flops(pruned, 16) < 4.2
+    assert pruned(torch.randn(2, 3, 16, 16)).shape == (2, 2)
+    learn = learner(_tiny_dls(), pruned, seed=0)
+    before = [p.detach().clone() for p in pruned.parameters()]
+    fit(learn, 1, 1e-2)
+    assert any(not torch.equal(a, b) for a, b in zip(before, pruned.parameters()))
+
+
+def test_pruning_ratio_zero_changes_nothing_and_bad_ratios_are_refused():
+    net = prunable_net(2, **TINY)
+    assert count_params(prune_copy(net, 16, 0.0)) == count_params(net)
+    for bad in (1.0, -0.1, 1.5, "half", None):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            check_ratio(bad)
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            make_pruner(net, 16, bad)
+    with pytest.raises(ValueError, match="steps"):
+        make_pruner(net, 16, 0.5, steps=0)
+    with pytest.raises(ValueError, match="unknown importance"):
+        make_pruner(net, 16, 0.5, importance="taylor-ish")
+
+
+def test_iterative_pruning_shrinks_step_by_step_and_one_shot_reaches_the_same_size():
+    dls = _tiny_dls()
+    learn = learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+    fit(learn, 1, 1e-2)
+    steps = prune_iteratively(learn, 16, 0.5, steps=2, epochs=1, lr=1e-2, reps=2)
+    assert steps["step"].tolist() == [0, 1, 2] and steps["params"].is_monotonic_decreasing
+    assert steps["flops"].iloc[-1] < steps["flops"].iloc[0] / 2 and len(steps["times_ms"].iloc[0]) == 2
+    assert len(steps["y_pred"].iloc[-1]) == len(dls.valid_ds)
+    assert count_params(steps["model"].iloc[-1]) == steps["params"].iloc[-1]     # a copy of the net at each step
+    assert count_params(steps["model"].iloc[0]) == steps["params"].iloc[0]
+    once = learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+    row = prune_once(once, 16, 0.5, epochs=2, lr=1e-2, reps=2)
+    # the same share of channels goes; global ranking may take them from other layers, so the sizes are close
+    assert row["params"] == pytest.approx(steps["params"].iloc[-1], rel=0.1) and row["step"] == 1
+
+
+def test_block_removal_rows():
+    learn = learner(_tiny_dls(), prunable_net(2, False, **TINY), seed=0)
+    rows = block_removal(learn)
+    assert rows["removed"].tolist() == ["none"] + removable_blocks(learn.model) and not rows["retrained"].any()
+    assert isinstance(learn.model.get_submodule(rows["removed"].iloc[1]), Block)     # the learner's net is intact
+    assert rows["drop"].iloc[0] == 0 and np.allclose(rows["drop"], rows["balanced_accuracy"].iloc[0]
+                                                     - rows["balanced_accuracy"])
+    assert block_removal(learn, epochs=1)["retrained"].all()
+
+
+def test_export_reload_and_onnx_give_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    pruned = prune_copy(prunable_net(2, True, widths=(8, 16), depth=1), 16, 0.5).eval()
+    paths = export_pruned(pruned, tmp_path, 16)
+    x = torch.randn(5, 3, 16, 16)
+    reloaded = load_pruned(prunable_net(2, True, widths=(8, 16), depth=1), paths["state_dict"])
+    with torch.no_grad():
+        ref = pruned(x)
+        assert torch.allclose(reloaded(x), ref)
+    assert count_params(reloaded) == count_params(pruned)
+    assert np.allclose(onnx_outputs(paths["onnx"], x), ref.numpy(), atol=1e-5)
+    times = onnx_latency({"a": paths["onnx"], "b": paths["onnx"]}, 16, bs=4, reps=3)
+    assert set(times) == {"a", "b"} and len(times["a"]) == 3 and min(times["b"]) > 0
+    assert export_check(pruned, paths, prunable_net(2, True, widths=(8, 16), depth=1), x)["onnx_max_diff"] < 1e-5
+    with pytest.raises(RuntimeError):             # a state dict of another architecture is refused, not half-loaded
+        load_pruned(prunable_net(2, True, widths=(8, 16), depth=2), paths["state_dict"])
+
+
+def test_model_cost_fields():
+    cost = model_cost(prunable_net(2, **TINY), 16, bs=4, reps=2)
+    assert set(cost) == {"params", "flops", "ms_per_batch", "times_ms"} and len(cost["times_ms"]) == 2
+
+
+def test_train_from_scratch_keeps_the_best_learning_rate():
+    learn = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-4, 3e-2), seed=0)
+    assert set(learn.lr_sweep) == {1e-4, 3e-2} and learn.lr == max(learn.lr_sweep, key=learn.lr_sweep.get)
+    assert learn.history.rows[-1]["balanced_accuracy"] == learn.lr_sweep[learn.lr]
+    copy = fresh_learner(learn)
+    assert copy.model is not learn.model and copy.lr == learn.lr
+    assert all(torch.equal(a, b) for a, b in zip(copy.model.state_dict().values(), learn.model.state_dict().values()))
+
+
+def test_first_reaching_picks_the_first_step_with_enough_savings():
+    steps = pd.DataFrame(dict(step=[0, 1, 2, 3], flops=[100, 70, 45, 20]))
+    assert first_reaching(steps, 2.0)["step"] == 2 and first_reaching(steps, 10.0)["step"] == 3
+
+
+def test_removal_gap_is_the_difference_of_mean_drops():
+    y = np.array([0, 1] * 20)
+    wrong = 1 - y
+    half = np.where(np.arange(40) < 20, y, wrong)         # right on the first 20 images only: accuracy 0.5
+    plain = pd.DataFrame(dict(removed=["none", "a", "b"], y_true=[y] * 3, y_pred=[y, wrong, half]))
+    resnet = pd.DataFrame(dict(removed=["none", "a", "b"], y_true=[y] * 3, y_pred=[y, y, half]))
+    est = removal_gap(plain, resnet, metric="accuracy", n=200)
+    assert est.effect == pytest.approx(((1 - 0) + (1 - 0.5)) / 2 - ((1 - 1) + (1 - 0.5)) / 2)
+    assert est.low <= est.effect <= est.high
+
+
+def test_train_from_scratch_repeats_with_the_same_seed():
+    torch.manual_seed(123)
+    a = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=3)
+    torch.manual_seed(456)                        # whatever ran before, the seed decides the initial weights
+    b = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
