@@ -1,5 +1,6 @@
 """`convtips run` executes lessons headless and writes the HTML report; `convtips claims` prints a run's claims
-ledger; `convtips info` shows the set-up.
+ledger; `convtips info` shows the set-up; `convtips predict MODEL_DIR IMAGE...` classifies images with an exported
+model.
 
 A run writes into --out: the executed notebooks (one that did not finish is kept, marked incomplete), results/ (each
 lesson's JSON and figures), logs/ (each lesson's kernel log), run.json (each lesson's status) and report.html.
@@ -502,6 +503,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Print `path<TAB>label<TAB>probability` for each image; a file that cannot be classified is named on stderr and
+    the others are still classified (exit code 1 if any failed)."""
+    from ..topics.deploy import load_model, predict_files
+    model, meta = load_model(args.model_dir)
+    rows = predict_files(model, meta, args.images)
+    for r in rows:
+        if "error" in r:
+            print(f"convtips: cannot classify {r['path']}: {r['error']}", file=sys.stderr)
+        else:
+            print(f"{r['path']}\t{r['label']}\t{r['probability']:.3f}")
+    return int(any("error" in r for r in rows))
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="convtips", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -518,6 +533,9 @@ def _parser() -> argparse.ArgumentParser:
     claims.add_argument("run_folder", nargs="?", default="runs/latest", help="a run's --out (default runs/latest)")
     info = sub.add_parser("info", help="print profile, device, data and weights status")
     info.add_argument("--profile", default=None)
+    predict = sub.add_parser("predict", help="classify image files with an exported model folder")
+    predict.add_argument("model_dir", help="a folder written by export_model (model.json + weights.pth)")
+    predict.add_argument("images", nargs="+", help="image files")
     return ap
 
 
@@ -525,7 +543,7 @@ def main(argv=None) -> int:
     """Entry point of the `convtips` console script."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info}[args.cmd](args)
+        return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "predict": cmd_predict}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:   # UsageError and ProfileError are ValueErrors
         print(f"convtips: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,107 @@
+"""Deploy (lesson 08): a trained classifier as one folder — its weights (sha256-pinned), and the preprocessing and
+class names it needs — reloaded with identical predictions, and predictions on image files that name every file
+that could not be classified and still classify the others."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.vision.all import PILImage, Resize
+from PIL import Image
+
+from ..core.data import BadImageError, open_image
+from ..core.models import Classifier, model_stats, pretrained, sha256sum
+from ..core.store import atomic_write
+
+__all__ = ["MODEL_FORMAT", "RESIZES", "ModelFolderError", "export_model", "load_model", "model_input",
+           "predict_files"]
+
+MODEL_FORMAT = "convtips-model/1"
+RESIZES = ("squash", "crop")   # squash: the whole image to size x size (ELPV's square cells); crop: fastai's Resize
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or not written by `export_model`."""
+
+
+def export_model(learn, folder, arch: str, img_size: int, resize: str = "squash", metrics: dict | None = None) -> Path:
+    """Write `learn.model` (a `Classifier`) to `folder`: weights.pth (its state dict) and model.json (format, arch,
+    class names, image size, resize, normalisation stats, the weights' sha256, metrics), each atomically."""
+    if not isinstance(learn.model, Classifier):
+        raise TypeError("export_model writes a Classifier (from `pretrained`/`make_learner`); got "
+                        f"{type(learn.model).__name__}")
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+    folder = Path(folder)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in learn.model.state_dict().items()}, buf)
+    weights = atomic_write(folder / "weights.pth", buf.getvalue())
+    mean, std = model_stats(learn.model)
+    meta = dict(format=MODEL_FORMAT, arch=arch, vocab=[str(v) for v in learn.dls.vocab], img_size=int(img_size),
+                resize=resize, channels="RGB (grayscale replicated, 16-bit scaled to 8)",
+                stats=dict(mean=[float(m) for m in mean], std=[float(s) for s in std]),
+                sha256=sha256sum(weights), metrics=metrics or {}, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write(folder / "model.json", json.dumps(meta, indent=1))
+    return folder
+
+
+def _read_meta(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise ModelFolderError(f"no model folder {folder}: give the folder `convtips train` or `export_model` wrote")
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFolderError(f"{folder / 'model.json'} is missing or unreadable ({e}): the folder was not written "
+                               "by export_model, or was cut short; export the model again") from e
+    missing = [k for k in ("format", "arch", "vocab", "img_size", "resize", "stats", "sha256") if k not in meta]
+    if missing or meta.get("format") != MODEL_FORMAT:
+        raise ModelFolderError(f"{folder / 'model.json'} is not a {MODEL_FORMAT} description (missing: "
+                               f"{', '.join(missing) or 'none'}, format {meta.get('format')!r}): export the model again")
+    return meta
+
+
+def load_model(folder) -> tuple:
+    """(model in eval mode, meta) from a folder `export_model` wrote; the weights are checked against their sha256
+    and read with `torch.load(weights_only=True)`."""
+    folder = Path(folder)
+    meta = _read_meta(folder)
+    model = pretrained(meta["arch"], len(meta["vocab"]), weights=folder / "weights.pth", sha256=meta["sha256"])
+    return model.eval(), meta
+
+
+def model_input(path, meta: dict) -> torch.Tensor:
+    """The image file at `path` as the model sees it: (3, img_size, img_size), resized as `meta['resize']` says,
+    scaled to [0, 1] and normalised with `meta['stats']`; `BadImageError` naming the file if it cannot be read."""
+    img, size = open_image(path), meta["img_size"]
+    if meta["resize"] == "squash":
+        img = PILImage.create(img.resize((size, size), Image.BILINEAR))
+    else:
+        img = Resize(size)(img, split_idx=1)            # fastai's validation-time resize: centre crop
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255
+    mean, std = (torch.tensor(meta["stats"][k]).view(3, 1, 1) for k in ("mean", "std"))
+    return (x - mean) / std
+
+
+def predict_files(model, meta: dict, paths, bs: int = 16) -> list:
+    """One dict per path, in order: path, label and probability of the predicted class, or `error` saying why the
+    file could not be classified (missing, not an image, unreadable); the other files are still classified."""
+    rows, good = [], []
+    for p in paths:
+        try:
+            good.append((len(rows), model_input(p, meta)))
+            rows.append(dict(path=str(p)))
+        except (BadImageError, OSError, ValueError) as e:
+            rows.append(dict(path=str(p), error=str(e)))
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(good), bs):
+            idx, xs = zip(*good[i:i + bs])
+            probs = torch.softmax(model(torch.stack(xs).to(dev)), -1).cpu()
+            for k, pr in zip(idx, probs):
+                rows[k].update(label=meta["vocab"][int(pr.argmax())], probability=float(pr.max()),
+                               probs=pr.numpy())
+    return rows
