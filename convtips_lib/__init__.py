@@ -28,6 +28,7 @@ from .topics.optim import *  # noqa: E402,F401,F403
 from .topics.ensemble import *  # noqa: E402,F401,F403
 from .topics.prune import *  # noqa: E402,F401,F403
 from .topics.deploy import *  # noqa: E402,F401,F403
+from .topics.recipe import *  # noqa: E402,F401,F403
 from .ui.plots import *  # noqa: E402,F401,F403
 from .ui.widgets import *  # noqa: E402,F401,F403
 from .course.exercises import *  # noqa: E402,F401,F403
@@ -35,7 +36,7 @@ from .course.exercises import *  # noqa: E402,F401,F403
 MODULES = ("core.profiles", "core.env", "core.store", "core.data", "core.models", "core.surgery", "core.train",
            "core.measure", "core.results", "topics.imagenet", "topics.zoo", "topics.blocks", "topics.features",
            "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble",
-           "topics.prune", "topics.deploy", "ui.plots", "ui.widgets", "course.exercises")
+           "topics.prune", "topics.deploy", "topics.recipe", "ui.plots", "ui.widgets", "course.exercises")
 
 
 def _public() -> list:

@@ -230,3 +230,30 @@ def test_info_prints_profile_and_verified_weights():
     rc, out, _ = _run("info", "--profile", "smoke")
     assert rc == 0 and '"profile": "smoke"' in out and "2624 images" in out
     assert out.count("sha256 verified") == 3
+
+
+# ---------------------------------------------------------------- convtips train / predict (lesson 08)
+def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_folder):
+    from convtips_lib.topics.recipe import Recipe
+    data = image_folder(tmp_path / "data")
+    recipe = Recipe(bs=4, freeze_epochs=1).save(tmp_path / "recipe.json")
+    out = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(out), "--recipe", str(recipe), "--img-size", "32",
+                 "--epochs", "1", "--profile", "smoke"]) == 0
+    said = capsys.readouterr().out
+    assert "balanced accuracy" in said and str(out / "report.html") in said
+    model = out / "model"
+    assert {p.name for p in model.iterdir()} >= {"weights.pth", "model.json", "recipe.json"}
+    assert Recipe.load(model / "recipe.json") == Recipe(bs=4, freeze_epochs=1, img_size=32, epochs=1)
+    html = (out / "report.html").read_text()
+    assert "train" in html and "<img" in html and "balanced_accuracy" in html
+    image = next((data / "dark").glob("*.png"))
+    assert main(["predict", str(model), str(image)]) == 0
+    assert capsys.readouterr().out.split("\t")[1] in ("bright", "dark")
+
+
+def test_train_refuses_a_missing_folder_and_a_bad_valid_pct(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "no folder" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--valid-pct", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert "--valid-pct" in capsys.readouterr().err

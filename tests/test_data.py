@@ -352,6 +352,19 @@ def test_folder_dls_uses_train_valid_folders(tmp_path, small_cfg):
     assert list(dls.vocab) == ["cat", "dog"]
 
 
+def test_folder_dls_over_samples_the_rare_class(tmp_path, small_cfg):
+    root = tmp_path / "pics"
+    _make_class_folder(root / "train", ("rare",), n=2)
+    _make_class_folder(root / "train", ("common",), n=14)
+    _make_class_folder(root / "valid", ("rare", "common"), n=2)
+    dls = folder_dls(root, small_cfg, sampling_weights={"rare": 1 / 2, "common": 1 / 14}, seed=0)
+    k = list(dls.vocab).index("rare")
+    drawn = np.concatenate([y.cpu().numpy() for _, y in dls.train])
+    assert 0.25 < (drawn == k).mean() < 0.75            # 2 of 16 without weights, about half with them
+    with pytest.raises(ValueError, match="every class"):
+        folder_dls(root, small_cfg, sampling_weights={"rare": 1.0})
+
+
 def test_folder_dls_missing_folder_raises(tmp_path, small_cfg):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         folder_dls(tmp_path / "nowhere", small_cfg)

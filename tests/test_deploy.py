@@ -15,20 +15,10 @@ from convtips_lib.core.train import make_learner
 from convtips_lib.topics.deploy import ModelFolderError, export_model, load_model, model_input, predict_files
 
 
-def _image_folder(root, n=8, size=(40, 30)):
-    rng = np.random.default_rng(0)
-    for c, shade in (("bright", 200), ("dark", 40)):
-        (root / c).mkdir(parents=True)
-        for i in range(n):
-            px = np.clip(rng.normal(shade, 30, (*size[::-1], 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(px).save(root / c / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, image_folder):
     root = tmp_path_factory.mktemp("deploy")
-    dls = folder_dls(_image_folder(root / "data"), profile("smoke"), valid_pct=0.25, bs=4, img_size=32, seed=0)
+    dls = folder_dls(image_folder(root / "data"), profile("smoke"), valid_pct=0.25, bs=4, img_size=32, seed=0)
     learn = make_learner(dls, "efficientnet_lite0", weights=None, seed=0)
     folder = export_model(learn, root / "model", "efficientnet_lite0", 32, resize="crop", metrics={"accuracy": 0.5})
     return learn, folder, root

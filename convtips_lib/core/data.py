@@ -297,10 +297,11 @@ def _folder_splitter(path: Path, valid_pct: float, seed: int):
 @renamed_kwargs(size="img_size")
 def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, tfms: list | None = None,
                on_bad: str = "raise", seed: int | None = None, bs: int | None = None,
-               img_size: int | None = None) -> DataLoaders:
+               img_size: int | None = None, sampling_weights: dict | None = None) -> DataLoaders:
     """DataLoaders from a folder of images: labels from class sub-folders (or `label_re` on file names); a
     `train/` + `valid/` layout is kept, else `valid_pct` of the images are held out. `bs`, `img_size` default to
-    the profile's; a training set smaller than one batch gets a smaller batch (with a warning)."""
+    the profile's; a training set smaller than one batch gets a smaller batch (with a warning).
+    `sampling_weights` {class: weight}: over-sampling, as in `elpv_dls`."""
     path = Path(path)
     _check_size("bs", bs, "images per batch")
     _check_size("img_size", img_size, "side of the square input in px")
@@ -328,7 +329,10 @@ def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, 
         warnings.warn(f"{n_train} training images, fewer than one batch of {bs}: using batches of {n_train}",
                       stacklevel=2)
         bs = n_train
-    return dblock.dataloaders(files, bs=bs, num_workers=cfg.num_workers, seed=seed)
+    kw = dict(bs=bs, num_workers=cfg.num_workers, seed=seed)
+    if sampling_weights is None:
+        return dblock.dataloaders(files, **kw)
+    return dblock.weighted_dataloaders(files, _item_weights([get_y(f) for f in files], sampling_weights), **kw)
 
 
 def _dataset_url(name: str) -> str:

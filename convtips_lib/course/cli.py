@@ -1,6 +1,7 @@
 """`convtips run` executes lessons headless and writes the HTML report; `convtips claims` prints a run's claims
-ledger; `convtips info` shows the set-up; `convtips predict MODEL_DIR IMAGE...` classifies images with an exported
-model.
+ledger; `convtips info` shows the set-up; `convtips train DATA_FOLDER` applies the course's recipe to a folder of
+images (one sub-folder per class) and writes a model folder and a report; `convtips predict MODEL_DIR IMAGE...`
+classifies images with such a model folder.
 
 A run writes into --out: the executed notebooks (one that did not finish is kept, marked incomplete), results/ (each
 lesson's JSON and figures), logs/ (each lesson's kernel log), run.json (each lesson's status) and report.html.
@@ -517,6 +518,46 @@ def cmd_predict(args) -> int:
     return int(any("error" in r for r in rows))
 
 
+def _train_recipe_from(args):
+    from ..topics.recipe import Recipe
+    recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+    overrides = {k: v for k, v in dict(arch=args.arch, img_size=args.img_size, epochs=args.epochs).items()
+                 if v is not None}
+    return Recipe.from_dict({**recipe.to_dict(), **overrides})
+
+
+def cmd_train(args) -> int:
+    """Train the recipe on DATA_FOLDER; write <out>/model (weights, model.json, recipe.json), <out>/results (the
+    record and its figures) and <out>/report.html."""
+    from ..core.profiles import profile
+    from ..core.results import Results
+    from ..core.train import history
+    from ..topics.deploy import export_model
+    from ..topics.recipe import recipe_eval, train_recipe
+    from ..ui.plots import plot_confusion, plot_history
+    from .report import write_report
+    cfg, recipe = profile(args.profile), _train_recipe_from(args)
+    if not 0 < args.valid_pct < 1:
+        raise UsageError(f"--valid-pct must lie strictly between 0 and 1 (e.g. 0.25), got {args.valid_pct}")
+    out = _prepare_out(args.out)
+    print(f"convtips train: {args.data_folder}, {recipe.arch} at {recipe.img_size} px, {recipe.freeze_epochs} + "
+          f"{recipe.epochs} epoch(s), into {out}", flush=True)
+    learn = train_recipe(args.data_folder, recipe, cfg, args.valid_pct)
+    ev = recipe_eval(learn, recipe)
+    model_dir = export_model(learn, out / "model", recipe.arch, recipe.img_size, resize="crop", metrics=ev.metrics)
+    recipe.save(model_dir / "recipe.json")
+    res = Results("train", cfg, seed=recipe.seed, out=out / "results")
+    res.metric("recipe", recipe.to_dict())
+    res.metric("validation", dict(ev.metrics, images=len(ev.y_true), per_class_recall=ev.per_class_recall))
+    res.figure(plot_history(history(learn), ("train_loss", "valid_loss", "balanced_accuracy"), by="phase"), "history")
+    res.figure(plot_confusion(ev), "confusion")
+    res.save()
+    report = write_report(out / "results", out / "report.html")
+    print(f"validation ({len(ev.y_true)} images): accuracy {ev.metrics['accuracy']:.3f}, balanced accuracy "
+          f"{ev.metrics['balanced_accuracy']:.3f}; model {model_dir}; report {report}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="convtips", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -533,6 +574,15 @@ def _parser() -> argparse.ArgumentParser:
     claims.add_argument("run_folder", nargs="?", default="runs/latest", help="a run's --out (default runs/latest)")
     info = sub.add_parser("info", help="print profile, device, data and weights status")
     info.add_argument("--profile", default=None)
+    train = sub.add_parser("train", help="train the course's recipe on a folder of images (one sub-folder per class)")
+    train.add_argument("data_folder", help="images in class sub-folders (or train/ and valid/ holding them)")
+    train.add_argument("--out", default="runs/train", help="folder for model/, results/ and report.html")
+    train.add_argument("--recipe", default=None, help="a recipe JSON file (default: the course's recipe)")
+    train.add_argument("--arch", default=None, help="override the recipe's architecture")
+    train.add_argument("--img-size", type=int, default=None, help="override the recipe's image size (px)")
+    train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (whole network)")
+    train.add_argument("--valid-pct", type=float, default=0.25, help="share held out when there is no valid/ folder")
+    train.add_argument("--profile", default=None, help="smoke, cpu or gpu: data-loader workers (default: auto)")
     predict = sub.add_parser("predict", help="classify image files with an exported model folder")
     predict.add_argument("model_dir", help="a folder written by export_model (model.json + weights.pth)")
     predict.add_argument("images", nargs="+", help="image files")
@@ -543,7 +593,8 @@ def main(argv=None) -> int:
     """Entry point of the `convtips` console script."""
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "predict": cmd_predict}[args.cmd](args)
+        return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "train": cmd_train,
+                "predict": cmd_predict}[args.cmd](args)
     except (ValueError, FileNotFoundError) as e:   # UsageError and ProfileError are ValueErrors
         print(f"convtips: {e}", file=sys.stderr)
         return 2
