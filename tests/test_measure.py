@@ -270,3 +270,10 @@ def test_latencies_times_every_model_in_turns():
     t = latencies({"small": small, "big": big}, 32, bs=4, reps=4)
     assert set(t) == {"small", "big"} and all(len(v) == 4 for v in t.values())
     assert np.median(t["big"]) > np.median(t["small"]) > 0
+
+
+def test_timed_in_turns_calls_each_in_turn_after_the_warm_up():
+    from convtips_lib.core.measure import timed_in_turns
+    calls = []
+    t = timed_in_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and all(len(v) == 3 and min(v) >= 0 for v in t.values())

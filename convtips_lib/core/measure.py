@@ -16,7 +16,7 @@ from .compat import renamed_kwargs
 
 __all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
            "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion",
-           "count_params", "count_flops", "latency", "latencies", "noise_band"]
+           "count_params", "count_flops", "latency", "latencies", "timed_in_turns", "noise_band"]
 
 
 def classification_metrics(y_true, y_pred) -> dict:
@@ -262,17 +262,23 @@ def latency(model: nn.Module, img_size: int, bs: int = 1, reps: int = 5, warmup:
                 times_ms=[1000 * t for t in times])
 
 
+def timed_in_turns(fns: dict, reps: int = 5, warmup: int = 2) -> dict:
+    """{name: ms of each of `reps` timed calls} for the callables `fns` {name: fn}, called in turns (one call of each
+    per round, after `warmup` untimed rounds) so that a busy moment hits them all alike."""
+    times = {k: [] for k in fns}
+    for r in range(warmup + reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append(1000 * (time.perf_counter() - t))
+    return times
+
+
 def latencies(models: dict, img_size: int, bs: int = 1, reps: int = 5, warmup: int = 2) -> dict:
     """{name: every timed forward pass, ms per batch} for `models` {name: module} on (bs, 3, img_size, img_size)
-    inputs on the CPU, timed in turns (one pass of each per round) so that a busy moment hits them all alike."""
+    inputs on the CPU, timed in turns (`timed_in_turns`)."""
     cpu = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items()}
     x = torch.randn(bs, 3, img_size, img_size)
-    times = {k: [] for k in cpu}
     with torch.no_grad():
-        for r in range(warmup + reps):
-            for k, m in cpu.items():
-                t = time.perf_counter()
-                m(x)
-                if r >= warmup:
-                    times[k].append(1000 * (time.perf_counter() - t))
-    return times
+        return timed_in_turns({k: (lambda m=m: m(x)) for k, m in cpu.items()}, reps, warmup)

@@ -3,7 +3,6 @@ class names it needs — reloaded with identical predictions, and predictions on
 that could not be classified and still classify the others."""
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from PIL import Image
 
 from ..core.data import BadImageError, open_image
 from ..core.models import Classifier, model_stats, pretrained, sha256sum
-from ..core.store import atomic_write
+from ..core.store import atomic_write, save_tensors
 
 __all__ = ["MODEL_FORMAT", "RESIZES", "ModelFolderError", "export_model", "load_model", "model_input",
            "predict_files"]
@@ -37,9 +36,7 @@ def export_model(learn, folder, arch: str, img_size: int, resize: str = "squash"
     if resize not in RESIZES:
         raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     folder = Path(folder)
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in learn.model.state_dict().items()}, buf)
-    weights = atomic_write(folder / "weights.pth", buf.getvalue())
+    weights = save_tensors(folder / "weights.pth", {k: v.detach().cpu() for k, v in learn.model.state_dict().items()})
     mean, std = model_stats(learn.model)
     meta = dict(format=MODEL_FORMAT, arch=arch, vocab=[str(v) for v in learn.dls.vocab], img_size=int(img_size),
                 resize=resize, channels="RGB (grayscale replicated, 16-bit scaled to 8)",

@@ -12,7 +12,7 @@ from fastai.vision.all import Callback
 from torchvision.transforms.v2 import functional as TF
 
 from ..core.data import elpv_dls
-from ..core.measure import bootstrap, classification_metrics
+from ..core.measure import bootstrap, classification_metrics, timed_in_turns
 from ..core.train import fit, make_learner
 from .augment import policy_tfms
 
@@ -132,13 +132,7 @@ def crop_probs(model, x: torch.Tensor, size: int, bs: int = 8) -> np.ndarray:
 
 def predict_seconds(fn, reps: int = 3) -> float:
     """Median seconds of `fn()` over `reps` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(timed_in_turns({"fn": fn}, reps, warmup=1)["fn"])) / 1000
 
 
 def _member_row(learn, probs, arch: str, seed: int, kind: str, t: float) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import time
 import warnings
 from pathlib import Path
 
@@ -16,14 +15,15 @@ from fastai.layers import ConvLayer
 from torch import nn
 
 from ..core.env import seed_everything
-from ..core.measure import bootstrap, classification_metrics, count_flops, count_params, evaluate, latency
-from ..core.store import atomic_write
+from ..core.measure import bootstrap, count_flops, count_params, evaluate, latency, timed_in_turns
+from ..core.store import atomic_write, save_tensors
 from ..core.train import fit, learner
 
 __all__ = ["Block", "prunable_net", "removable_blocks", "without_block", "l1_order", "filter_scores",
            "rank_agreement", "IMPORTANCES", "make_pruner", "check_ratio", "model_cost", "prune_iteratively",
-           "prune_once", "prune_copy", "pruning_row", "export_check", "block_removal", "export_pruned", "load_pruned", "onnx_outputs",
-           "onnx_latency", "RANKINGS", "train_from_scratch", "fresh_learner", "first_reaching", "removal_gap"]
+           "prune_once", "prune_copy", "pruning_row", "export_check", "block_removal", "export_pruned", "load_pruned",
+           "onnx_outputs", "onnx_latency", "RANKINGS", "train_from_scratch", "fresh_learner", "first_reaching",
+           "removal_gap"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 
@@ -80,14 +80,19 @@ def removable_blocks(model: nn.Module) -> list:
     return [name for name, m in model.named_modules() if isinstance(m, Block)]
 
 
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule `name` (dotted) of `model` by `new`."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 def without_block(model: nn.Module, name: str) -> nn.Module:
     """A copy of `model` with `Block` `name` replaced by the identity: x + f(x) -> x with the shortcut, f(x) -> x
     without (Veit et al., NeurIPS 2016)."""
     if name not in removable_blocks(model):
         raise ValueError(f"{name!r} is not a removable block: choose one of {', '.join(removable_blocks(model))}")
     out = copy.deepcopy(model)
-    parent, _, child = name.rpartition(".")
-    setattr(out.get_submodule(parent) if parent else out, child, nn.Identity())
+    _set_module(out, name, nn.Identity())
     return out
 
 
@@ -203,7 +208,16 @@ def pruning_row(learn, img_size: int, reps: int = 5, **extra) -> dict:
     """`extra`, `model_cost` of learn.model and its validation y_true, y_pred and metrics: one row of a table."""
     ev = evaluate(learn)
     return dict(**extra, **model_cost(learn.model, img_size, learn.dls.bs, reps), y_true=ev.y_true,
-                y_pred=ev.y_pred, **classification_metrics(ev.y_true, ev.y_pred))
+                y_pred=ev.y_pred, **ev.metrics)
+
+
+def _prune_and_fine_tune(learn, pruner, epochs: int, lr: float) -> float:
+    """One `pruner.step()` on learn.model, then `epochs` of fine-tuning at `lr`: the balanced accuracy in between."""
+    pruner.step()
+    learn.opt = None                           # the pruned tensors are new parameters: a fresh optimizer
+    before = evaluate(learn).metrics["balanced_accuracy"]
+    fit(learn, epochs, lr)
+    return before
 
 
 def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: int, lr: float, reps: int = 5,
@@ -216,10 +230,7 @@ def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: in
     rows = [pruning_row(learn, img_size, reps, step=0, ratio=0.0, pruned_ba=np.nan,
                         model=copy.deepcopy(learn.model).cpu())]
     for k in range(1, steps + 1):
-        pruner.step()
-        learn.opt = None                       # the pruned tensors are new parameters: a fresh optimizer
-        before = evaluate(learn).metrics["balanced_accuracy"]
-        fit(learn, epochs, lr)
+        before = _prune_and_fine_tune(learn, pruner, epochs, lr)
         rows.append(pruning_row(learn, img_size, reps, step=k, ratio=ratio * k / steps, pruned_ba=before))
         rows[-1]["model"] = copy.deepcopy(learn.model).cpu()
     return pd.DataFrame(rows)
@@ -229,10 +240,7 @@ def prune_once(learn, img_size: int, ratio: float, epochs: int, lr: float, reps:
                importance: str = "l1") -> dict:
     """One-shot pruning: remove the share `ratio` in one step, then fine-tune `epochs` at `lr` (give it the
     iterative run's total fine-tuning for a fair comparison). A row like `prune_iteratively`'s."""
-    make_pruner(learn.model, img_size, ratio, 1, importance).step()
-    learn.opt = None
-    before = evaluate(learn).metrics["balanced_accuracy"]
-    fit(learn, epochs, lr)
+    before = _prune_and_fine_tune(learn, make_pruner(learn.model, img_size, ratio, 1, importance), epochs, lr)
     return pruning_row(learn, img_size, reps, step=1, ratio=ratio, pruned_ba=before)
 
 
@@ -286,9 +294,7 @@ def export_pruned(model: nn.Module, folder, img_size: int, name: str = "pruned")
     """Write `model`'s state dict (`<name>.pth`) and an ONNX graph (`<name>.onnx`, batch size free), each atomically;
     their paths."""
     folder, model = Path(folder), copy.deepcopy(model).cpu().eval()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    pth = atomic_write(folder / f"{name}.pth", buf.getvalue())
+    pth = save_tensors(folder / f"{name}.pth", model.state_dict())
     onnx = io.BytesIO()
     with warnings.catch_warnings():   # the TorchScript-based exporter: no onnxscript needed, fine for plain convnets
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -323,8 +329,7 @@ def load_pruned(model: nn.Module, path) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and f"{name}.weight" in shapes \
                 and tuple(m.weight.shape) != shapes[f"{name}.weight"]:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, _resized(m, shapes, name))
+            _set_module(model, name, _resized(m, shapes, name))
     model.load_state_dict(sd)
     return model.eval()
 
@@ -358,12 +363,5 @@ def onnx_latency(paths: dict, img_size: int, bs: int = 32, reps: int = 5) -> dic
     timed in turns (one pass of each per round, after two warm-up passes) so that a busy moment hits them all."""
     sessions = {k: _session(p) for k, p in paths.items()}
     x = np.random.default_rng(0).standard_normal((bs, 3, img_size, img_size), dtype=np.float32)
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    times = {k: [] for k in sessions}
-    for r in range(reps + 2):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds[k])
-            if r >= 2:
-                times[k].append(1000 * (time.perf_counter() - t))
-    return times
+    return timed_in_turns({k: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()},
+                          reps, warmup=2)
