@@ -148,3 +148,17 @@ def test_lr_find_leaves_the_history_empty_and_fit_still_records():
     assert suggestion.valley > 0 and learn.history.rows == []
     learn.fit(1, 1e-2)
     assert len(learn.history.rows) == 1 and len(learn.history.preds[0]) == 16
+
+
+def test_constant_schedule_keeps_one_rate_and_unknown_schedules_are_refused(dls):
+    from fastai.vision.all import ParamScheduler
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    fit(learn, 1, 1e-3, schedule="constant")
+    assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)
+    lrs = learn.recorder.lrs
+    assert len(lrs) > 1 and max(lrs) == pytest.approx(min(lrs)) == pytest.approx(1e-3)
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    fit(learn, 1, 1e-3)
+    assert max(learn.recorder.lrs) > 2 * min(learn.recorder.lrs)          # one-cycle warms up and anneals
+    with pytest.raises(ValueError, match="one-cycle, constant"):
+        fit(learn, 1, 1e-3, schedule="cosine")

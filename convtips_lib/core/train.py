@@ -17,7 +17,7 @@ from .env import is_quiet, seed_everything
 from .models import Classifier, model_stats, pretrained
 from .surgery import freeze, param_groups
 
-__all__ = ["METRICS", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
+__all__ = ["METRICS", "FIT_SCHEDULES", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
            "last_metrics", "valid_preds"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
@@ -112,21 +112,30 @@ def make_learner(dls, arch: str = "efficientnet_lite0", weights="imagenet", dept
     return learn
 
 
-def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1) -> pd.DataFrame:
-    """Train with one-cycle at peak `lr` (or fastai's `fine_tune`); returns the whole history as a DataFrame."""
+FIT_SCHEDULES = ("one-cycle", "constant")   # of lesson 05's SCHEDULES, the two fit runs in every phase
+
+
+def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1,
+        schedule: str = "one-cycle") -> pd.DataFrame:
+    """Train with one-cycle at peak `lr` (or a constant `lr`: `schedule`), or fastai's `fine_tune` (`freeze_epochs`
+    of the head alone at `lr`, then the whole network at lr/100 for the first layers up to lr/2 for the last);
+    returns the whole history as a DataFrame."""
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    if schedule not in FIT_SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(FIT_SCHEDULES)}")
+    run = learn.fit_one_cycle if schedule == "one-cycle" else learn.fit
     hist = learn.history
     if fine_tune:
         hist.phase = "frozen"
         learn.freeze()
-        learn.fit_one_cycle(freeze_epochs, lr)
+        run(freeze_epochs, lr)
         hist.phase = "unfrozen"
         learn.unfreeze()
-        learn.fit_one_cycle(epochs, slice(lr / 100, lr / 2))
+        run(epochs, slice(lr / 100, lr / 2))
     else:
         hist.phase = "fit"
-        learn.fit_one_cycle(epochs, lr)
+        run(epochs, lr)
     return history(learn)
 
 
