@@ -36,6 +36,20 @@ def test_export_and_reload_give_identical_predictions(exported):
     assert [r["label"] for r in rows] == [meta["vocab"][i] for i in ref.argmax(1)]
 
 
+def test_a_pruned_model_exports_and_reloads_with_identical_predictions(exported, tmp_path):
+    from convtips_lib.topics.prune import make_pruner
+    from convtips_lib.core.train import learner
+    learn, _, _ = exported
+    model = make_learner(learn.dls, "efficientnet_lite0", weights=None, seed=0).model
+    make_pruner(model, 32, 0.3, 1).step()                  # torch-pruning narrows the layers in place
+    folder = export_model(learner(learn.dls, model), tmp_path / "pruned", "efficientnet_lite0", 32)
+    reloaded, meta = load_model(folder)
+    assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in model.parameters())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-6)   # timm's same-padding and BN+act kept
+
+
 def test_predict_names_bad_files_and_classifies_the_others(exported, tmp_path):
     _, folder, root = exported
     model, meta = load_model(folder)

@@ -13,8 +13,9 @@ from fastai.vision.all import PILImage, Resize
 from PIL import Image
 
 from ..core.data import BadImageError, open_image
-from ..core.models import Classifier, model_stats, pretrained, sha256sum
+from ..core.models import Classifier, load_weights, model_stats, pretrained, sha256sum
 from ..core.store import atomic_write, save_tensors
+from .prune import narrow_to
 
 __all__ = ["MODEL_FORMAT", "RESIZES", "ModelFolderError", "export_model", "load_model", "model_input",
            "predict_files"]
@@ -28,8 +29,9 @@ class ModelFolderError(ValueError):
 
 
 def export_model(learn, folder, arch: str, img_size: int, resize: str = "squash", metrics: dict | None = None) -> Path:
-    """Write `learn.model` (a `Classifier`) to `folder`: weights.pth (its state dict) and model.json (format, arch,
-    class names, image size, resize, normalisation stats, the weights' sha256, metrics), each atomically."""
+    """Write `learn.model` (a `Classifier`, pruned or not) to `folder`: weights.pth (its state dict) and model.json
+    (format, arch, class names, image size, resize, normalisation stats, the weights' sha256, metrics), each
+    atomically."""
     if not isinstance(learn.model, Classifier):
         raise TypeError("export_model writes a Classifier (from `pretrained`/`make_learner`); got "
                         f"{type(learn.model).__name__}")
@@ -66,8 +68,13 @@ def load_model(folder) -> tuple:
     and read with `torch.load(weights_only=True)`."""
     folder = Path(folder)
     meta = _read_meta(folder)
-    model = pretrained(meta["arch"], len(meta["vocab"]), weights=folder / "weights.pth", sha256=meta["sha256"])
-    return model.eval(), meta
+    sd = load_weights(folder / "weights.pth", meta["sha256"])
+    model = pretrained(meta["arch"], len(meta["vocab"]), weights=None)   # the architecture; the weights follow
+    try:
+        return narrow_to(model, sd), meta       # a pruned model (lesson 07) has narrower layers: rebuilt to fit
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ModelFolderError(f"the weights in {folder} do not fit a {meta['arch']} with {len(meta['vocab'])} "
+                               f"classes ({e}): export the model again") from e
 
 
 def model_input(path, meta: dict) -> torch.Tensor:

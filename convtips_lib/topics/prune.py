@@ -21,7 +21,7 @@ from ..core.train import fit, learner
 
 __all__ = ["Block", "prunable_net", "removable_blocks", "without_block", "l1_order", "filter_scores",
            "rank_agreement", "IMPORTANCES", "make_pruner", "check_ratio", "model_cost", "prune_iteratively",
-           "prune_once", "prune_copy", "pruning_row", "export_check", "block_removal", "export_pruned", "load_pruned",
+           "prune_once", "prune_copy", "narrow_to", "pruning_row", "export_check", "block_removal", "export_pruned", "load_pruned",
            "onnx_outputs", "onnx_latency", "RANKINGS", "train_from_scratch", "fresh_learner", "first_reaching",
            "removal_gap"]
 
@@ -305,26 +305,33 @@ def export_pruned(model: nn.Module, folder, img_size: int, name: str = "pruned")
 
 
 def _resized(m: nn.Module, shapes: dict, name: str) -> nn.Module:
-    """`m` (Conv2d, BatchNorm2d or Linear) rebuilt at the widths the saved weights `shapes[name + '.weight']` have."""
-    out_c, in_c = (tuple(shapes[f"{name}.weight"]) + (0,))[:2]
-    if isinstance(m, nn.Conv2d):
+    """A copy of `m` (Conv2d, BatchNorm2d or Linear, or a subclass such as timm's Conv2dSame or BatchNormAct2d) at
+    the widths the saved weights `shapes[name + '...']` have: its parameters and buffers re-made at those shapes
+    (values follow from the state dict) and its width attributes set, as torch-pruning narrows layers in place."""
+    out = copy.deepcopy(m)
+    for attr, tensors in (("_parameters", out._parameters), ("_buffers", out._buffers)):
+        for k, t in tensors.items():
+            key = f"{name}.{k}"
+            if t is not None and key in shapes and tuple(t.shape) != shapes[key]:
+                new = torch.empty(shapes[key], dtype=t.dtype)
+                tensors[k] = nn.Parameter(new, t.requires_grad) if attr == "_parameters" else new
+    w = shapes[f"{name}.weight"]
+    if isinstance(out, nn.Conv2d):
         if m.groups > 1 and m.groups != m.in_channels:
             raise ValueError(f"{name}: grouped convolutions other than depthwise are not supported")
-        groups = out_c if m.groups > 1 else 1                     # a depthwise conv stays depthwise
-        return nn.Conv2d(in_c * groups, out_c, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                         m.bias is not None)
-    if isinstance(m, nn.BatchNorm2d):
-        return nn.BatchNorm2d(out_c, m.eps, m.momentum, m.affine, m.track_running_stats)
-    return nn.Linear(in_c, out_c, m.bias is not None)
+        out.out_channels = w[0]
+        out.groups = w[0] if m.groups > 1 else 1                       # a depthwise conv stays depthwise
+        out.in_channels = w[1] * out.groups
+    elif isinstance(out, nn.BatchNorm2d):
+        out.num_features = w[0]
+    else:
+        out.out_features, out.in_features = w
+    return out
 
 
-def load_pruned(model: nn.Module, path) -> nn.Module:
-    """Load a pruned network's state dict (`torch.load(weights_only=True)`) into `model`, an unpruned network of the
-    same architecture whose layers are first narrowed to the saved widths.
-
-    torch-pruning's own `tp.state_dict` pickles module objects, which weights_only loading refuses; the weights'
-    shapes are all a plain state dict needs to rebuild the layers."""
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+def narrow_to(model: nn.Module, sd: dict) -> nn.Module:
+    """Load the state dict `sd` of a (possibly pruned) network into `model`, an unpruned network of the same
+    architecture whose Conv2d, BatchNorm2d and Linear layers are first narrowed to the widths `sd` holds."""
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     for name, m in list(model.named_modules()):
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and f"{name}.weight" in shapes \
@@ -332,6 +339,14 @@ def load_pruned(model: nn.Module, path) -> nn.Module:
             _set_module(model, name, _resized(m, shapes, name))
     model.load_state_dict(sd)
     return model.eval()
+
+
+def load_pruned(model: nn.Module, path) -> nn.Module:
+    """Load a pruned network's state dict (`torch.load(weights_only=True)`) into `model` (`narrow_to`).
+
+    torch-pruning's own `tp.state_dict` pickles module objects, which weights_only loading refuses; the weights'
+    shapes are all a plain state dict needs to rebuild the layers."""
+    return narrow_to(model, torch.load(path, map_location="cpu", weights_only=True))
 
 
 def export_check(model: nn.Module, paths: dict, fresh: nn.Module, x: torch.Tensor) -> dict:
