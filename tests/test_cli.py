@@ -152,6 +152,13 @@ def test_corrupt_and_foreign_json_are_skipped_with_a_warning(run):
     assert "Files skipped" in run["report"]
 
 
+def test_the_cell_timeout_defaults_to_the_profiles(run, lessons, tmp_path):
+    assert "cell timeout 600 s" in run["stdout"]                                 # smoke
+    rc, out, _ = _run("run", "00", "--profile", "cpu", "--out", tmp_path / "out", "--lessons-dir", lessons)
+    assert rc == 0 and f"cell timeout {profile('cpu').cell_timeout} s" in out   # lesson 08's cpu cells take ~20 min
+    assert profile("cpu").cell_timeout > 20 * 60 > profile("smoke").cell_timeout
+
+
 def test_seed_reaches_the_kernels(run):
     record = json.loads((run["out"] / "results" / "00_claim.json").read_text())
     assert record["metrics"]["seed_env"] == "7" and record["seed"] == 7
@@ -252,8 +259,21 @@ def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_
     assert capsys.readouterr().out.split("\t")[1] in ("bright", "dark")
 
 
+def test_train_distributed_in_one_process_writes_the_model(tmp_path, capsys, image_folder):
+    pytest.importorskip("accelerate")
+    from convtips_lib.topics.recipe import Recipe
+    data, out = image_folder(tmp_path / "data"), tmp_path / "run"
+    recipe = Recipe(bs=4, img_size=32, epochs=1).save(tmp_path / "recipe.json")
+    assert main(["train", str(data), "--out", str(out), "--recipe", str(recipe), "--profile", "smoke",
+                 "--distributed", "--balance", "oversample"]) == 0
+    assert (out / "model" / "weights.pth").is_file() and (out / "report.html").is_file()
+    assert Recipe.load(out / "model" / "recipe.json").balance == "oversample"
+
+
 def test_train_refuses_a_missing_folder_and_a_bad_valid_pct(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "no folder" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--valid-pct", "1.5", "--out", str(tmp_path / "o")]) == 2
     assert "--valid-pct" in capsys.readouterr().err
+    assert main(["train", str(tmp_path), "--balance", "smote", "--out", str(tmp_path / "o")]) == 2
+    assert "recipe balance 'smote' is unknown: choose one of none, oversample" in capsys.readouterr().err

@@ -163,3 +163,26 @@ def test_first_pruned_check(capsys):
         conv.weight.copy_(torch.tensor([2.0, -0.5, 1.0]).view(3, 1, 1, 1))
     assert check_first_pruned(1, conv) is True and check_first_pruned(0, conv) is False
     assert check_first_pruned("one", conv) is False and "argmin" in capsys.readouterr().out
+
+
+def test_most_valuable_tip_check(capsys):
+    import pandas as pd
+    from convtips_lib.course.exercises import check_most_valuable_tip
+    tips = ["augmentation", "pretrained weights", "balanced sampling"]
+    table = pd.DataFrame(dict(tip=tips * 2, direction=["in the full recipe"] * 3 + ["added to plain"] * 3,
+                              in_recipe=[True, True, False] * 2, metric=["balanced_accuracy"] * 6,
+                              value=[0.01, 0.12, 0.3, 0.2, 0.05, 0.0]))
+    assert check_most_valuable_tip("pretrained weights", table) is True
+    assert check_most_valuable_tip("Pretrained Weights ", table) is True
+    assert check_most_valuable_tip("augmentation", table) is False          # the largest 'added', not 'in the full'
+    assert check_most_valuable_tip("balanced sampling", table) is False     # not in the recipe: nothing to remove
+    assert "in the full recipe" in capsys.readouterr().out
+    assert check_most_valuable_tip(None, table) is False
+
+
+def test_paper_gap_check(capsys):
+    from convtips_lib.course.exercises import check_paper_gap
+    assert check_paper_gap(0.88, 0.893) is True and check_paper_gap("+0.88", 0.893) is True
+    assert check_paper_gap(88.0, 0.893) is False and check_paper_gap("lots", 0.893) is False
+    assert "percentage points" in capsys.readouterr().out
+    assert check_paper_gap(-3.42, 0.85) is True

@@ -1,11 +1,20 @@
-"""Tests for convtips_lib.topics.recipe: the recipe's configuration round-trips and refuses bad settings, and it
-trains on a tiny generated image folder (plain, over-sampled, without a head-only phase, with tta)."""
+"""Tests for convtips_lib.topics.recipe: the recipe's configuration round-trips and refuses bad settings, it trains
+on a tiny generated image folder (plain, over-sampled, without a head-only phase, with tta, inside fastai's
+distributed context), the ablation switches one tip at a time at the same budget and its table has one row per tip,
+fastai's out-of-the-box recipe trains, and the error and cost views compute what they say."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from convtips_lib.core.measure import Evaluation
 from convtips_lib.core.profiles import profile
-from convtips_lib.topics.recipe import BALANCES, Recipe, recipe_eval, train_recipe
+from convtips_lib.topics.recipe import (ABLATION_TIPS, BALANCES, PAPER, TIPS, Recipe, ablation_plan, ablation_runs,
+                                        ablation_table, accuracy_by, binary_from_4class, capstone_frame,
+                                        compare_configs, confident_mistakes, ensemble_preds, fastai_default,
+                                        inference_costs, paper_table, plain_recipe, recipe_eval, threshold_metrics,
+                                        toggle_tip, train_recipe, uses_tip, with_tip, without_tip)
 
 TINY = dict(img_size=32, epochs=1, freeze_epochs=1, bs=4)
 
@@ -19,7 +28,9 @@ def test_recipe_round_trips_through_a_dict_and_a_file(tmp_path):
 
 @pytest.mark.parametrize("bad, match", [(dict(epochs=0), "epochs"), (dict(img_size=1.5), "img_size"),
                                         (dict(lr=3), "lr"), (dict(policy="wild"), "flips"),
-                                        (dict(balance="smote"), "oversample"), (dict(freeze_epochs=-1), "freeze")])
+                                        (dict(balance="smote"), "oversample"), (dict(freeze_epochs=-1), "freeze"),
+                                        (dict(schedule="cosine"), "one-cycle, constant"),
+                                        (dict(pretrained="yes"), "true or false"), (dict(tta=1), "true or false")])
 def test_bad_settings_say_what_is_allowed(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe(**bad)
@@ -53,3 +64,173 @@ def test_train_recipe_over_samples_skips_the_head_phase_and_uses_tta(tmp_path, i
     assert type(learn.dls.train).__name__ == "WeightedDL"
     assert all(p.requires_grad for p in learn.model.parameters())          # the whole network trained
     assert len(recipe_eval(learn, r).y_pred) == len(learn.dls.valid_ds)
+
+
+def test_train_recipe_in_fastais_distributed_context_runs_in_one_process(tmp_path, image_folder):
+    pytest.importorskip("accelerate")
+    learn = train_recipe(image_folder(tmp_path / "data"), Recipe(**TINY), profile("smoke"), distributed=True)
+    assert [r["phase"] for r in learn.history.rows] == ["frozen", "unfrozen"]
+    assert not any(type(cb).__name__ == "DistributedTrainer" for cb in learn.cbs)   # detached after training
+
+
+# ------------------------------------------------------------------ the ablation
+FULL = Recipe(img_size=32, epochs=3, freeze_epochs=1, bs=16, balance="oversample", seed=0)   # every tip on
+
+
+@pytest.mark.parametrize("tip", list(TIPS))
+def test_each_tip_switches_one_setting_and_keeps_the_budget(tip):
+    off, plain = without_tip(FULL, tip), plain_recipe(FULL)
+    changed = {k for k, v in FULL.to_dict().items() if off.to_dict()[k] != v}
+    assert changed == ({"freeze_epochs", "epochs"} if tip == "head first" else {TIPS[tip][1]})
+    for r in (off, plain, with_tip(plain, tip, FULL)):
+        assert r.freeze_epochs + r.epochs == FULL.freeze_epochs + FULL.epochs     # the same number of epochs
+    assert with_tip(off, tip, FULL) == FULL                                       # off and on again: the full recipe
+
+
+def test_plain_recipe_has_every_tip_off_and_unknown_tips_are_refused():
+    plain = plain_recipe(FULL)
+    assert (plain.pretrained, plain.freeze_epochs, plain.policy, plain.balance, plain.schedule, plain.tta) == \
+        (False, 0, "none", "none", "constant", False)
+    with pytest.raises(ValueError, match="choose one of pretrained weights"):
+        without_tip(FULL, "dropout")
+
+
+def test_ablation_plan_has_full_plain_and_one_toggle_and_add_per_tip():
+    plan = ablation_plan(FULL)
+    assert len(plan) == 2 + 2 * len(TIPS) and plan["config"].is_unique
+    assert list(plan.loc[plan["kind"] == "toggle", "tip"]) == list(TIPS) == list(plan.loc[plan["kind"] == "add", "tip"])
+    assert all(c.startswith("full - ") for c in plan.loc[plan["kind"] == "toggle", "config"])
+
+
+def test_a_tip_the_recipe_leaves_out_is_measured_by_adding_it():
+    lean = FULL.with_(balance="none")
+    assert not uses_tip(lean, "balanced sampling") and uses_tip(FULL, "balanced sampling")
+    assert toggle_tip(lean, "balanced sampling") == ("full + balanced sampling", FULL)
+    plan = ablation_plan(lean).set_index("config")
+    assert "full - balanced sampling" not in plan.index
+    assert plan.loc["plain + balanced sampling", "recipe"].balance == "oversample"   # its TIPS value, not the recipe's
+
+
+def _fake_runs(n=400, seeds=(0, 1), full=FULL, acc=None):
+    """Runs of every ablation configuration: 'full' right on 90 % of the cells, 'plain' on 60 %, the others 75 %
+    (or as `acc` says)."""
+    rng, rows = np.random.default_rng(0), []
+    y = rng.integers(0, 2, n)
+    for config in ablation_plan(full)["config"]:
+        acc_ = {"full": 0.9, "plain": 0.6, **(acc or {})}.get(config, 0.75)
+        for s in seeds:
+            right = rng.random(n) < acc_
+            pred = np.where(right, y, 1 - y)
+            probs = np.eye(2)[pred] * 0.8 + 0.1
+            rows.append(dict(config=config, seed=s, y_true=y, y_pred=pred, probs=probs))
+    return pd.DataFrame(rows)
+
+
+def test_ablation_table_has_one_row_per_tip_direction_and_metric():
+    table = ablation_table(_fake_runs(), metrics=("accuracy", "balanced_accuracy"), n=200)
+    assert list(dict.fromkeys(table["tip"])) == list(ABLATION_TIPS)
+    assert len(table) == len(ABLATION_TIPS) * 2 * 2
+    per_tip = table.groupby("tip").size()
+    assert (per_tip == 4).all()
+    removed = table[(table["direction"] == "in the full recipe") & (table["metric"] == "accuracy")].set_index("tip")
+    assert (removed.loc[list(TIPS), "value"] > 0.05).all()                  # full (90 %) beats every 'full - tip' (75 %)
+    assert removed["in_recipe"].all()
+    assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()
+
+
+def test_ablation_table_signs_a_left_out_tip_as_adding_it_to_the_full_recipe():
+    lean = FULL.with_(balance="none")
+    runs = _fake_runs(full=lean, acc={"full + balanced sampling": 0.97})
+    table = ablation_table(runs, metrics=("accuracy",), n=200)
+    row = table[(table["tip"] == "balanced sampling") & (table["direction"] == "in the full recipe")].iloc[0]
+    assert not row["in_recipe"] and row["value"] > 0.03                       # 'full + tip' (97 %) minus full (90 %)
+    others = table[(table["tip"] != "balanced sampling") & (table["direction"] == "in the full recipe")]
+    assert others["in_recipe"].all() and (others.loc[others["tip"] != "ensemble", "value"] > 0.05).all()
+
+
+def test_ensemble_preds_average_the_seeds_probabilities_and_compare_configs_reads_either_side():
+    runs = pd.DataFrame([dict(config="a", seed=0, y_true=np.array([0, 1]), y_pred=np.array([0, 0]),
+                              probs=np.array([[0.9, 0.1], [0.6, 0.4]])),
+                         dict(config="a", seed=1, y_true=np.array([0, 1]), y_pred=np.array([1, 1]),
+                              probs=np.array([[0.4, 0.6], [0.1, 0.9]]))])
+    assert list(ensemble_preds(runs, "a")) == [0, 1]                   # (0.65, 0.35) and (0.35, 0.65)
+    est = compare_configs(runs, "a", ensemble_preds(runs, "a"), "accuracy", n=100)
+    assert est.effect == pytest.approx(1.0 - 0.5)
+
+
+def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
+    cfg = profile("smoke")
+    tiny = Recipe(img_size=32, epochs=1, bs=32, seed=0)
+    plan = ablation_plan(tiny)
+    plan = plan[plan["config"].isin(["full", "full - test-time augmentation"])]
+    runs = ablation_runs(plan, cfg, 0.03, [0])
+    assert list(runs["config"]) == ["full", "full - test-time augmentation"]
+    assert runs["train_s"].nunique() == 1                                   # one trained network, evaluated twice
+    n_valid = int(capstone_frame(cfg.cap_valid_n)["is_valid"].sum())          # the profile's stratified subset
+    assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
+
+
+def test_fastai_default_trains_fastais_head_with_its_augmentation():
+    row = fastai_default(Recipe(img_size=32, epochs=1, bs=32, seed=0), profile("smoke"), 0.03)
+    assert row["config"] == "fastai defaults" and row["kind"] == "fastai"
+    assert 0 <= row["accuracy"] <= 1 and row["probs"].shape == (len(row["y_true"]), 2)
+
+
+def test_capstone_frame_keeps_a_stratified_validation_subset_in_order():
+    df, all_ = capstone_frame(96), capstone_frame(0)
+    valid = df[df["is_valid"]]
+    assert len(valid) == pytest.approx(96, abs=4) and int(all_["is_valid"].sum()) == 656
+    assert list(valid.index) == sorted(valid.index)
+    assert set(valid["label_4"]) == set(all_["label_4"]) and set(valid["type"]) == {"mono", "poly"}
+
+
+# ------------------------------------------------------------------ four classes, errors, threshold, costs
+def test_binary_from_4class_adds_the_defect_levels_above_one_half():
+    probs4 = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.2, 0.6]])
+    out = binary_from_4class(probs4, ["0", "1/3", "2/3", "1"], ["defective", "functional"])
+    assert out == pytest.approx(np.array([[0.2, 0.8], [0.8, 0.2]]))
+
+
+def _ev():
+    y_true, y_pred = np.array([0, 0, 1, 1, 1, 0]), np.array([0, 1, 1, 0, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.95, 0.05], [0.4, 0.6], [0.6, 0.4]])
+    items = pd.DataFrame(dict(path=[f"c{i}.png" for i in range(6)], type=["mono", "poly"] * 3,
+                              label_4=["1", "1/3", "0", "2/3", "0", "1"]))
+    return Evaluation.of(["defective", "functional"], y_true, y_pred, probs), items
+
+
+def test_accuracy_by_group_and_the_most_confident_mistakes():
+    ev, items = _ev()
+    by = accuracy_by(ev, items, "type").set_index("type")
+    assert by.loc["mono", "accuracy"] == 1.0 and by.loc["poly", "accuracy"] == pytest.approx(1 / 3)
+    assert by.loc["poly", "cells"] == 3
+    assert (by["low"] <= by["accuracy"]).all() and (by["accuracy"] <= by["high"]).all()
+    worst = confident_mistakes(ev, items, 5)
+    assert list(worst["path"]) == ["c3.png", "c1.png"]                 # probability 0.95 first, then 0.7
+    assert list(worst["true"]) == ["functional", "defective"] and list(worst["defect_level"]) == ["2/3", "1/3"]
+
+
+def test_threshold_metrics_trade_defects_found_for_false_alarms():
+    ev, _ = _ev()
+    low, high = threshold_metrics(ev, 0.05), threshold_metrics(ev, 0.85)
+    assert low["defects_found"] == 1.0 and low["false_alarms"] == 1.0
+    assert high["defects_found"] == pytest.approx(1 / 3) and high["false_alarms"] == pytest.approx(1 / 3)
+    assert threshold_metrics(ev, 0.5)["accuracy"] == pytest.approx(ev.metrics["accuracy"])
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        threshold_metrics(ev, 1.0)
+
+
+def test_inference_costs_multiply_the_measured_latency_by_the_passes():
+    from torch import nn
+    models = {"a": nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))}
+    costs = inference_costs(models, {"one": ("a", 1), "five": ("a", 5)}, 16, {"a": [8.0, 10.0, 12.0]}, bs=2)
+    assert list(costs["cpu_ms_per_image"]) == pytest.approx([5.0, 25.0])
+    assert costs["mflops"].iloc[1] == pytest.approx(5 * costs["mflops"].iloc[0]) and costs["params"].nunique() == 1
+
+
+def test_paper_table_puts_the_published_figures_above_this_runs():
+    runs = _fake_runs()
+    table = paper_table(runs[runs["config"].isin(["full", "plain"])])
+    assert list(table["model"]) == [*PAPER, "full", "plain"]
+    assert table["accuracy"].iloc[:2].tolist() == list(PAPER.values()) and table["low"].iloc[:2].isna().all()
+    assert table.set_index("model").loc["full", "accuracy"] > table.set_index("model").loc["plain", "accuracy"]

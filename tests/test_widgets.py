@@ -276,3 +276,27 @@ def test_prune_widget_reruns_for_another_ratio():
     slider = box.children[0]
     assert slider.min == 0 and slider.max < 1
     slider.value = 0.3   # the callback runs without error
+
+
+def _capstone_eval():
+    import numpy as np
+    from convtips_lib.core.measure import Evaluation
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8], [0.6, 0.4]])
+    return Evaluation.of(["defective", "functional"], np.array([0, 0, 1, 1, 1]), probs.argmax(1), probs)
+
+
+def test_threshold_demo_shows_the_papers_threshold_beside_the_chosen_one():
+    from convtips_lib.ui.widgets import threshold_demo
+    table = threshold_demo(_capstone_eval(), 0.3)
+    assert list(table.index) == [0.5, 0.3]
+    assert table.loc[0.5, "defects_found"] == 0.5 and table.loc[0.3, "defects_found"] == 1.0
+    assert table.loc[0.3, "false_alarms"] == pytest.approx(2 / 3)
+    assert list(threshold_demo(_capstone_eval(), 0.5).index) == [0.5]    # the same threshold once
+
+
+def test_threshold_widget_reruns_for_another_threshold():
+    from convtips_lib.ui.widgets import threshold_widget
+    box = threshold_widget(_capstone_eval())
+    slider = box.children[0]
+    assert slider.description == "threshold" and slider.value == 0.5 and 0 < slider.min < slider.max < 1
+    slider.value = 0.3   # the callback runs without error

@@ -57,6 +57,17 @@ class Profile:
     prune_steps: int = 3             # lesson 07: prune -> fine-tune steps to get there
     prune_ft_epochs: int = 2         # lesson 07: fine-tuning epochs after each step
     prune_block_epochs: int = 1      # lesson 07: retraining epochs after removing a block
+    cap_img_size: int = 160          # lesson 08: image side (px) of the full recipe (the cpu target: >= 88 % in 15 min)
+    cap_epochs: int = 8              # lesson 08: whole-network epochs of the full recipe (after one head epoch)
+    cap_frac: float = 1.0            # lesson 08: share of the training split the full recipe uses
+    cap_abl_img_size: int = 96       # lesson 08: image side (px) of every ablation run
+    cap_abl_epochs: int = 2          # lesson 08: whole-network epochs of every ablation run (after one head epoch)
+    cap_abl_frac: float = 0.5        # lesson 08: share of the training split of every ablation run
+    cap_seeds: int = 2               # lesson 08: seeds of every ablation configuration (>= 2: the ensemble averages them)
+    cap_valid_n: int = 0             # lesson 08: validation cells used (0: all 656)
+    cap_prune_ratio: float = 0.3     # lesson 08: share of channels pruned from the final model for deployment
+    cap_prune_epochs: int = 2        # lesson 08: fine-tuning epochs after pruning (at lr / prune_ft_div)
+    cell_timeout: int = 3600         # `convtips run`: seconds one cell may take (lesson 08's cpu ablation: ~20 min)
 
     def as_dict(self) -> dict:
         """The profile as a plain dict (for results JSON)."""
@@ -79,7 +90,9 @@ PROFILES = {
                      imb_net_steps=2, opt_img_size=32, opt_frac=0.25, opt_epochs=2, opt_decades=(0,),
                      opt_seeds=1, crop_valid_n=96, prune_img_size=32, prune_widths=(8, 16, 32, 64), prune_depth=1,
                      prune_frac=0.25, prune_epochs=2, prune_lrs=(3e-3,), prune_steps=2, prune_ft_epochs=1,
-                     prune_block_epochs=1),
+                     prune_block_epochs=1, cap_img_size=32, cap_epochs=1, cap_frac=0.05, cap_abl_img_size=32,
+                     cap_abl_epochs=1, cap_abl_frac=0.05, cap_seeds=1, cap_valid_n=96, cap_prune_epochs=1,
+                     cell_timeout=600),
     "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
                    fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
                    latency_reps=5, head_epochs=5, decides_claims=True,
@@ -95,7 +108,9 @@ PROFILES = {
                    imb_frac=1.0, imb_seeds=5, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=1.0,
                    imb_net_steps=300, opt_img_size=64, opt_frac=1.0, opt_epochs=30,
                    opt_decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), opt_seeds=3, prune_img_size=128, prune_epochs=30,
-                   prune_lrs=(3e-4, 1e-3, 3e-3), prune_steps=5, prune_ft_epochs=5, prune_block_epochs=3),
+                   prune_lrs=(3e-4, 1e-3, 3e-3), prune_steps=5, prune_ft_epochs=5, prune_block_epochs=3,
+                   cap_img_size=224, cap_epochs=12, cap_abl_img_size=224, cap_abl_epochs=8, cap_abl_frac=1.0, cap_seeds=3,
+                   cap_prune_epochs=3),
 }
 
 

@@ -23,9 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["main", "find_lessons", "Outcome", "STATUSES", "DEFAULT_TIMEOUT"]
+__all__ = ["main", "find_lessons", "Outcome", "STATUSES"]
 
-DEFAULT_TIMEOUT = 600   # seconds one cell may take before the lesson fails as "timed out"
 GRACE = 3               # seconds an interrupted cell has to stop and report where before the kernel is killed
 IOPUB_TIMEOUT = 20      # seconds a cell's last outputs may lag its reply (nbclient's 4 s drops them when busy)
 STATUSES = ("ok", "failed", "timed out", "interrupted", "not run")
@@ -452,6 +451,8 @@ def cmd_run(args) -> int:
     """Run the chosen lessons; write executed notebooks, results, run.json and report.html under --out."""
     from ..core.profiles import profile
     cfg = profile(args.profile)
+    if args.timeout is None:
+        args.timeout = cfg.cell_timeout
     if args.timeout < 0:
         raise UsageError(f"--timeout must be 0 (no limit) or a number of seconds, got {args.timeout}")
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
@@ -521,9 +522,14 @@ def cmd_predict(args) -> int:
 def _train_recipe_from(args):
     from ..topics.recipe import Recipe
     recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
-    overrides = {k: v for k, v in dict(arch=args.arch, img_size=args.img_size, epochs=args.epochs).items()
-                 if v is not None}
+    overrides = {k: v for k, v in dict(arch=args.arch, img_size=args.img_size, epochs=args.epochs,
+                                       balance=args.balance).items() if v is not None}
     return Recipe.from_dict({**recipe.to_dict(), **overrides})
+
+
+def _rank() -> int:
+    from fastai.torch_core import rank_distrib
+    return rank_distrib()
 
 
 def cmd_train(args) -> int:
@@ -542,7 +548,9 @@ def cmd_train(args) -> int:
     out = _prepare_out(args.out)
     print(f"convtips train: {args.data_folder}, {recipe.arch} at {recipe.img_size} px, {recipe.freeze_epochs} + "
           f"{recipe.epochs} epoch(s), into {out}", flush=True)
-    learn = train_recipe(args.data_folder, recipe, cfg, args.valid_pct)
+    learn = train_recipe(args.data_folder, recipe, cfg, args.valid_pct, distributed=args.distributed)
+    if args.distributed and _rank():   # one of several processes `accelerate launch` started: rank 0 writes
+        return 0
     ev = recipe_eval(learn, recipe)
     model_dir = export_model(learn, out / "model", recipe.arch, recipe.img_size, resize="crop", metrics=ev.metrics)
     recipe.save(model_dir / "recipe.json")
@@ -567,8 +575,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default=None, help="smoke, cpu or gpu (default: $CONVTIPS_PROFILE or auto)")
     run.add_argument("--out", default="runs/latest", help="folder for executed notebooks, results and report.html")
     run.add_argument("--lessons-dir", default=None, help="folder holding the lesson notebooks (default: ./lessons)")
-    run.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
-                     help=f"seconds one cell may take before the lesson fails (default {DEFAULT_TIMEOUT}; 0: no limit)")
+    run.add_argument("--timeout", type=int, default=None,
+                     help="seconds one cell may take before the lesson fails (default: the profile's cell_timeout, "
+                          "600 in smoke, 3600 in cpu and gpu; 0: no limit)")
     run.add_argument("--seed", type=int, default=None, help="seed for every lesson (sets CONVTIPS_SEED)")
     claims = sub.add_parser("claims", help="print the claims ledger of a run: effect, interval and verdict")
     claims.add_argument("run_folder", nargs="?", default="runs/latest", help="a run's --out (default runs/latest)")
@@ -581,8 +590,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", default=None, help="override the recipe's architecture")
     train.add_argument("--img-size", type=int, default=None, help="override the recipe's image size (px)")
     train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (whole network)")
+    train.add_argument("--balance", default=None,
+                       help="override the recipe's sampling: none, or oversample for classes of very unequal size "
+                            "(lesson 04: it helped at 1:20, not at ELPV's 1:2.2)")
     train.add_argument("--valid-pct", type=float, default=0.25, help="share held out when there is no valid/ folder")
     train.add_argument("--profile", default=None, help="smoke, cpu or gpu: data-loader workers (default: auto)")
+    train.add_argument("--distributed", action="store_true",
+                       help="train inside fastai's distrib_ctx: run under 'accelerate launch' to use several GPUs")
     predict = sub.add_parser("predict", help="classify image files with an exported model folder")
     predict.add_argument("model_dir", help="a folder written by export_model (model.json + weights.pth)")
     predict.add_argument("images", nargs="+", help="image files")

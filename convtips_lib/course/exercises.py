@@ -242,3 +242,33 @@ def check_first_pruned(answer, conv) -> bool:
     return _verdict(answer, ok, "sum the absolute weights of each filter (conv.weight.abs().sum((1, 2, 3))) and take "
                     "the index of the smallest (argmin).",
                     f"filter {first}: the smallest L1 norm, the least (by this measure) that the layer's output needs.")
+
+
+# ------------------------------------------------------------------ lesson 08: the capstone
+__all__ += ["check_most_valuable_tip", "check_paper_gap"]
+
+
+def check_most_valuable_tip(answer, table, metric: str = "balanced_accuracy") -> bool:
+    """Lesson 08: of the tips in the full recipe, the one whose removal cost the most `metric` (rows of
+    `ablation_table`)."""
+    rows = table[(table["direction"] == "in the full recipe") & table["in_recipe"] &
+                 (table["metric"] == metric)].set_index("tip")["value"]
+    best = str(rows.idxmax())
+    ok = answer is not None and str(answer).strip().lower() == best.lower()
+    return _verdict(answer, ok, "filter the ablation table to direction 'in the full recipe', in_recipe True and "
+                    f"metric {metric!r}, then take the tip with the largest value (idxmax); the names are the "
+                    "table's tip column.",
+                    f"{best!r}: removing it cost {rows.max():+.3f}. Compare its row 'added to plain': a tip's worth "
+                    "depends on what else is in the recipe.")
+
+
+def check_paper_gap(answer, accuracy: float, paper: float = 0.8842) -> bool:
+    """Lesson 08: this run's accuracy minus the paper's CNN (88.42 %), in percentage points."""
+    truth = 100 * (accuracy - paper)
+    try:
+        ok = answer is not None and abs(float(answer) - truth) < 0.1
+    except (TypeError, ValueError):
+        ok = False
+    return _verdict(answer, ok, "percentage points: 100 x (this run's accuracy - 0.8842), e.g. 0.893 -> +0.88.",
+                    f"{truth:+.2f} points. With 656 test cells one cell is 0.15 points, and the 95 % interval of an "
+                    "accuracy near 88 % spans about +-2.5 points.")

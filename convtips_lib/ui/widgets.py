@@ -344,3 +344,32 @@ def prune_widget(learn, img_size: int, reps: int = 3):
     ratio.observe(_show, names="value")
     _show()
     return w.VBox([ratio, out])
+
+
+# ------------------------------------------------------------------ lesson 08: the capstone
+__all__ += ["threshold_demo", "threshold_widget"]
+
+
+def threshold_demo(ev, threshold: float) -> pd.DataFrame:
+    """The final model's validation metrics at the paper's threshold (0.5) and at `threshold` on the defect
+    probability (the threshold widget's callback)."""
+    from ..topics.recipe import threshold_metrics
+    return pd.DataFrame([threshold_metrics(ev, t) for t in dict.fromkeys((0.5, float(threshold)))]).set_index("threshold")
+
+
+def threshold_widget(ev):
+    """A slider on the defect-probability threshold: accuracy, balanced accuracy, defects found and false alarms
+    (`threshold_demo`)."""
+    import ipywidgets as w
+    from IPython.display import display
+    t, out = w.FloatSlider(0.5, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False), \
+        w.Output()
+
+    def _show(change=None):
+        with out:
+            out.clear_output(wait=True)
+            display(threshold_demo(ev, t.value).round(3))
+
+    t.observe(_show, names="value")
+    _show()
+    return w.VBox([t, out])
