@@ -1,9 +1,8 @@
 """The recipe (lesson 08): the course's tips as one configuration — a pretrained backbone, fine-tuning head first,
 augmentation, balanced sampling where the data asks for it, a one-cycle schedule, test-time augmentation, an
-ensemble over seeds — trained on
-ELPV or on any folder of images, through the library's one training path; the ablation that measures what each tip
-is worth, fastai's out-of-the-box recipe to compare with, and the errors the final model makes.
-`convtips train DATA_FOLDER` runs the recipe on a user's folder."""
+ensemble over seeds — trained on ELPV or on any folder of images, through the library's one training path; the
+ablation that measures what each tip is worth, fastai's out-of-the-box recipe to compare with, and the errors the
+final model makes. `convtips train DATA_FOLDER` runs the recipe on a user's folder."""
 from __future__ import annotations
 
 import json
@@ -257,7 +256,8 @@ def ablation_plan(full: Recipe) -> pd.DataFrame:
     plain = plain_recipe(full)
     rows = [dict(config="full", kind="full", tip="", recipe=full), dict(config="plain", kind="plain", tip="",
                                                                            recipe=plain)]
-    rows += [dict(config=toggle_tip(full, t)[0], kind="toggle", tip=t, recipe=toggle_tip(full, t)[1]) for t in TIPS]
+    rows += [dict(config=config, kind="toggle", tip=t, recipe=recipe) for t in TIPS
+             for config, recipe in [toggle_tip(full, t)]]
     rows += [dict(config=f"plain + {t}", kind="add", tip=t, recipe=with_tip(plain, t, full)) for t in TIPS]
     return pd.DataFrame(rows)
 
