@@ -1,6 +1,6 @@
 """convtips: the shared library behind every lesson (README maps lessons to modules).
 
-Layers, arrows pointing down only: course -> ui -> topics -> core. The flat namespace `ctl.` that notebooks use
+Layers, arrows pointing down only: course -> ui -> studies -> topics -> core. The flat namespace `ctl.` that notebooks use
 is generated from each module's `__all__` (as timm's `models/__init__.py` does).
 """
 import warnings as _w
@@ -29,6 +29,13 @@ from .topics.ensemble import *  # noqa: E402,F401,F403
 from .topics.prune import *  # noqa: E402,F401,F403
 from .topics.deploy import *  # noqa: E402,F401,F403
 from .topics.recipe import *  # noqa: E402,F401,F403
+from .studies.lesson02 import *  # noqa: E402,F401,F403
+from .studies.lesson03 import *  # noqa: E402,F401,F403
+from .studies.lesson04 import *  # noqa: E402,F401,F403
+from .studies.lesson05 import *  # noqa: E402,F401,F403
+from .studies.lesson06 import *  # noqa: E402,F401,F403
+from .studies.lesson07 import *  # noqa: E402,F401,F403
+from .studies.lesson08 import *  # noqa: E402,F401,F403
 from .ui.plots import *  # noqa: E402,F401,F403
 from .ui.widgets import *  # noqa: E402,F401,F403
 from .course.exercises import *  # noqa: E402,F401,F403
@@ -36,7 +43,8 @@ from .course.exercises import *  # noqa: E402,F401,F403
 MODULES = ("core.profiles", "core.env", "core.store", "core.data", "core.models", "core.surgery", "core.train",
            "core.measure", "core.results", "topics.imagenet", "topics.zoo", "topics.blocks", "topics.features",
            "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble",
-           "topics.prune", "topics.deploy", "topics.recipe", "ui.plots", "ui.widgets", "course.exercises")
+           "topics.prune", "topics.deploy", "topics.recipe",
+           "studies.lesson02", "studies.lesson03", "studies.lesson04", "studies.lesson05", "studies.lesson06", "studies.lesson07", "studies.lesson08", "ui.plots", "ui.widgets", "course.exercises")
 
 
 def _public() -> list:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+import convtips_lib.studies.lesson03 as study
 import convtips_lib.topics.augment as aug
 from fastai.vision.all import TensorImage
 
@@ -173,9 +174,9 @@ def test_policy_strength_scales_and_caps():
 
 
 def test_policy_epochs(tiny):
-    assert [aug.policy_epochs(tiny, f) for f in tiny.aug_fracs] == [1, 2]
+    assert [study.policy_epochs(tiny, f) for f in tiny.aug_fracs] == [1, 2]
     with pytest.raises(ValueError, match="0.05, 0.1"):
-        aug.policy_epochs(tiny, 0.3)
+        study.policy_epochs(tiny, 0.3)
 
 
 def _runs(y, preds: dict) -> pd.DataFrame:
@@ -192,9 +193,9 @@ def test_aug_gain_and_gain_change_match_metric_value():
     runs = _runs(y, preds)
     m = {k: metric_value(y, v, "accuracy") for k, v in preds.items()}
     g = {f: (m[("flips", f)] + m[("everything", f)]) / 2 - m[("none", f)] for f in (0.1, 0.5)}
-    assert aug.aug_gain(runs, 0.1, "accuracy").effect == pytest.approx(g[0.1])
-    assert aug.aug_gain(runs, metric="accuracy").effect == pytest.approx((g[0.1] + g[0.5]) / 2)
-    est = aug.gain_change(runs, "accuracy")
+    assert study.aug_gain(runs, 0.1, "accuracy").effect == pytest.approx(g[0.1])
+    assert study.aug_gain(runs, metric="accuracy").effect == pytest.approx((g[0.1] + g[0.5]) / 2)
+    est = study.gain_change(runs, "accuracy")
     assert est.effect == pytest.approx(g[0.1] - g[0.5]) and est.low <= est.effect <= est.high
 
 
@@ -207,14 +208,14 @@ def test_robustness_gain_matches_hand_computation():
     acc = lambda p: metric_value(y, p, "accuracy")  # noqa: E731
     drop = lambda d, c: acc(d["original"]) - acc(d[c])  # noqa: E731
     want = np.mean([drop(without, c) - drop(with_, c) for c in ("cam a", "cam b")])
-    assert aug.robustness_gain(y, without, with_, "accuracy").effect == pytest.approx(want)
+    assert study.robustness_gain(y, without, with_, "accuracy").effect == pytest.approx(want)
 
 
 def test_strength_sweep_reuses_runs(tiny):
     y = np.array([0, 1, 1, 0])
     runs = _runs(y, {("none", 0.05): [0, 1, 0, 0], ("everything", 0.05): [0, 1, 1, 1], ("everything", 0.1): y})
     runs["balanced_accuracy"] = 0.5
-    sweep = aug.strength_sweep(tiny.with_(seed=0), runs)          # strengths (0, 1): nothing to train
+    sweep = study.strength_sweep(tiny.with_(seed=0), runs)          # strengths (0, 1): nothing to train
     assert list(sweep["strength"]) == [0, 1] and list(sweep["policy"]) == ["none", "everything"]
     assert list(sweep["y_pred"].iloc[1]) == [0, 1, 1, 1]
     table = metric_with_ci(sweep, "strength", "accuracy")
@@ -222,23 +223,23 @@ def test_strength_sweep_reuses_runs(tiny):
 
 
 def test_camera_shift_is_torchvisions_chain(noise):
-    out = aug.apply_tfms([aug.camera_shift(gamma=1.5, contrast=0.6, brightness=0.7)], noise, split_idx=1)
+    out = aug.apply_tfms([study.camera_shift(gamma=1.5, contrast=0.6, brightness=0.7)], noise, split_idx=1)
     want = TF.adjust_brightness(TF.adjust_contrast(TF.adjust_gamma(noise, 1.5), 0.6), 0.7)
     assert torch.allclose(out, want)
     with pytest.raises(ValueError, match="> 0"):
-        aug.camera_shift(gamma=0)
+        study.camera_shift(gamma=0)
 
 
 def test_item_policy_on_a_uint8_item():
     x = TensorImage(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8))
-    out = aug.item_policy(32)(x, split_idx=0)
+    out = study.item_policy(32)(x, split_idx=0)
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8 and isinstance(out, TensorImage)
 
 
 # ------------------------------------------------------------------ runs on tiny images (one optimizer step each)
 @pytest.fixture(scope="module")
 def run(tiny):
-    return aug.train_policy(tiny, "everything", 0.1)
+    return study.train_policy(tiny, "everything", 0.1)
 
 
 def test_train_policy_row_and_timings(run, tiny):
@@ -254,10 +255,10 @@ def test_train_policy_row_and_timings(run, tiny):
 
 def test_camera_eval_and_crop_probe(run):
     _, row, learn = run
-    cams = aug.camera_eval(learn)
-    assert list(cams) == ["original", *aug.CAMERAS] and all(len(p) == 656 for p in cams.values())
+    cams = study.camera_eval(learn)
+    assert list(cams) == ["original", *study.CAMERAS] and all(len(p) == 656 for p in cams.values())
     assert np.array_equal(cams["original"], row["y_pred"])
-    probe = aug.crop_probe(learn, scales=(0.2, 1.0), seed=0)
+    probe = study.crop_probe(learn, scales=(0.2, 1.0), seed=0)
     assert list(probe["scale"]) == [0.2, 1.0] and (probe["cells"] == probe["cells"].iloc[0]).all()
     assert probe["lost"].iloc[-1] == 0          # a crop keeping the whole cell changes nothing
     assert ((probe["low"] <= probe["share"]) & (probe["share"] <= probe["high"])).all()
@@ -265,13 +266,13 @@ def test_camera_eval_and_crop_probe(run):
 
 def test_pipeline_speed(tiny):
     with pytest.raises(ValueError, match="per image, 2 workers"):
-        aug.pipeline_speed(tiny, settings=["on a cloud"])
-    speed = aug.pipeline_speed(tiny, settings=["no augmentation", "per image, 1 worker",
+        study.pipeline_speed(tiny, settings=["on a cloud"])
+    speed = study.pipeline_speed(tiny, settings=["no augmentation", "per image, 1 worker",
                                                                        "per batch, on the device"], n_batches=1)
     assert list(speed["workers"]) == [0, 1, 0] and (speed["images_per_s"] > 0).all()
     assert (speed["batches"] == 1).all()
 
 
 def test_elpv_dls_item_tfms_only_in_training(tiny):
-    dls = elpv_dls(tiny, frac=0.05, item_tfms=[aug.item_policy(24)])
+    dls = elpv_dls(tiny, frac=0.05, item_tfms=[study.item_policy(24)])
     assert dls.train.one_batch()[0].shape[-1] == 24 and dls.valid.one_batch()[0].shape[-1] == 32

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from convtips_lib.topics.ensemble import (CROP_NAMES, ProbsRecorder, average_probs, crop_probs, disagreement,
-                                          ensemble_curve, error_correlation, predict_seconds, ten_crop, vote)
+from convtips_lib.topics.ensemble import CROP_NAMES, ProbsRecorder, average_probs, crop_probs, disagreement, error_correlation, ten_crop, vote
+from convtips_lib.studies.lesson06 import ensemble_curve, predict_seconds
 
 
 def test_ten_crop_positions_against_slices_of_a_known_array():
@@ -81,7 +81,7 @@ def test_predict_seconds_is_a_median_of_repeats():
 
 
 def test_ensemble_gain_against_mean_and_best_member():
-    from convtips_lib.topics.ensemble import ensemble_gain
+    from convtips_lib.studies.lesson06 import ensemble_gain
     y = np.zeros(90, int)
     probs = np.full((3, 90, 2), [0.6, 0.4])
     for m in range(3):

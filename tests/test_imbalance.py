@@ -9,12 +9,8 @@ from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score
 
 from convtips_lib.core.data import elpv_frame, tensor_dls
 from convtips_lib.topics.features import Features
-from convtips_lib.topics.imbalance import (HEAD_REMEDIES, FocalLoss, LogitAdjustedLoss, MinorityAugment,
-                                           always_predict, class_counts, class_weights, head_grid, head_remedy,
-                                           imbalance_metrics, imbalanced_frame, imbalanced_indices,
-                                           holdout_split, oversample_weights, per_class_table, pr_curve, rarest,
-                                           shrink_train, subset_train, tune_lr,
-                                           threshold_preds, tune_threshold, undersample_indices, with_labels)
+from convtips_lib.topics.imbalance import FocalLoss, LogitAdjustedLoss, MinorityAugment, class_counts, class_weights, imbalance_metrics, imbalanced_frame, imbalanced_indices, oversample_weights, per_class_table, pr_curve, threshold_preds, tune_threshold, undersample_indices
+from convtips_lib.studies.lesson04 import HEAD_REMEDIES, always_predict, head_grid, head_remedy, holdout_split, rarest, shrink_train, subset_train, tune_lr, with_labels
 
 LABELS = np.array(["a"] * 80 + ["b"] * 15 + ["c"] * 5)
 

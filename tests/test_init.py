@@ -10,7 +10,7 @@ import pytest
 import convtips_lib as ctl
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["core", "topics", "ui", "course"]   # arrows point down only: a module imports from its layer or lower
+LAYERS = ["core", "topics", "studies", "ui", "course"]   # arrows point down only: a module imports from its layer or lower
 
 
 def _lesson_code() -> str:

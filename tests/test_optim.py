@@ -8,9 +8,8 @@ from torch import nn
 
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.train import learner
-from convtips_lib.topics.optim import (DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, best_lrs, epoch_preds,
-                                       fit_schedule, loss_curves, lr_grid, lr_sensitivity, opt_func,
-                                       sensitivity_gap, sgd_lr_from_adam, small_net, train_optimizer)
+from convtips_lib.topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, fit_schedule, lr_grid, opt_func, sgd_lr_from_adam
+from convtips_lib.studies.lesson05 import best_lrs, epoch_preds, loss_curves, lr_sensitivity, sensitivity_gap, small_net, train_optimizer
 
 
 @pytest.fixture(scope="module")

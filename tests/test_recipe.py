@@ -10,11 +10,8 @@ import pytest
 
 from convtips_lib.core.measure import Evaluation
 from convtips_lib.core.profiles import profile
-from convtips_lib.topics.recipe import (ABLATION_TIPS, BALANCES, PAPER, TIPS, Recipe, ablation_plan, ablation_runs,
-                                        ablation_table, accuracy_by, binary_from_4class, capstone_frame,
-                                        compare_configs, confident_mistakes, ensemble_preds, fastai_default,
-                                        inference_costs, paper_table, plain_recipe, recipe_eval, threshold_metrics,
-                                        toggle_tip, train_recipe, uses_tip, with_tip, without_tip)
+from convtips_lib.topics.recipe import BALANCES, Recipe, recipe_eval, train_recipe
+from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, capstone_frame, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, threshold_metrics, toggle_tip, uses_tip, with_tip, without_tip
 
 TINY = dict(img_size=32, epochs=1, freeze_epochs=1, bs=4)
 

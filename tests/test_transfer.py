@@ -5,9 +5,8 @@ import pytest
 from convtips_lib.core.profiles import profile
 import numpy as np
 
-from convtips_lib.topics.transfer import (REGIMES, best_regimes, fraction_masks, freeze_grid, freeze_rule, gap_change,
-                                          linear_curve, more_data_gain, quick_transfer, recipe_vs_best, run_regime,
-                                          train_regime)
+from convtips_lib.topics.transfer import REGIMES, train_regime
+from convtips_lib.studies.lesson02 import best_regimes, fraction_masks, freeze_grid, freeze_rule, gap_change, linear_curve, more_data_gain, quick_transfer, recipe_vs_best, run_regime
 
 CFG = profile("smoke").with_(img_size=32)
 
@@ -71,7 +70,7 @@ def test_unknown_regime_lists_the_known():
 
 
 def test_grid_runs_every_cell_once(monkeypatch):
-    import convtips_lib.topics.transfer as transfer
+    import convtips_lib.studies.lesson02 as transfer
     calls = []
     monkeypatch.setattr(transfer, "run_regime", lambda cfg, r, f, s, **kw: calls.append((f, r, s, kw)) or
                         dict(frac=f, regime=r, seed=s))

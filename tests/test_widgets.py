@@ -249,7 +249,7 @@ def _tiny_pruning_learner():
     import torch
     from convtips_lib.core.data import tensor_dls
     from convtips_lib.core.train import learner
-    from convtips_lib.topics.prune import prunable_net
+    from convtips_lib.studies.lesson07 import prunable_net
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 3, 16, 16, generator=g)
     y = (x[:, 0].mean((1, 2)) > 0).long()

@@ -1,6 +1,7 @@
 """Pretrained models: offline EfficientNet-Lite weights, timm and torchvision hubs, one `Classifier` (body + head)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
@@ -22,7 +23,7 @@ from .compat import renamed_kwargs
 
 __all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "Classifier", "UnknownModelError", "HubUnreachableError",
            "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
-           "lite_keys_to_timm", "reachable"]
+           "lite_keys_to_timm", "reachable", "replace_module", "narrow_to"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -352,3 +353,47 @@ def _weights_from_legacy(weights, kw: dict):
 def model_stats(model: nn.Module) -> tuple:
     """The (mean, std) a model expects its inputs normalised with (its `meta`, else ImageNet's)."""
     return getattr(model, "meta", {}).get("stats", IMAGENET_STATS)
+
+
+# ------------------------------------------------------------------ surgery on widths (pruned models reload)
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule `name` (dotted) of `model` by `new`."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _resized(m: nn.Module, shapes: dict, name: str) -> nn.Module:
+    """A copy of `m` (Conv2d, BatchNorm2d or Linear, or a subclass such as timm's Conv2dSame or BatchNormAct2d) at
+    the widths the saved weights `shapes[name + '...']` have: its parameters and buffers re-made at those shapes
+    (values follow from the state dict) and its width attributes set, as torch-pruning narrows layers in place."""
+    out = copy.deepcopy(m)
+    for attr, tensors in (("_parameters", out._parameters), ("_buffers", out._buffers)):
+        for k, t in tensors.items():
+            key = f"{name}.{k}"
+            if t is not None and key in shapes and tuple(t.shape) != shapes[key]:
+                new = torch.empty(shapes[key], dtype=t.dtype)
+                tensors[k] = nn.Parameter(new, t.requires_grad) if attr == "_parameters" else new
+    w = shapes[f"{name}.weight"]
+    if isinstance(out, nn.Conv2d):
+        if m.groups > 1 and m.groups != m.in_channels:
+            raise ValueError(f"{name}: grouped convolutions other than depthwise are not supported")
+        out.out_channels = w[0]
+        out.groups = w[0] if m.groups > 1 else 1                       # a depthwise conv stays depthwise
+        out.in_channels = w[1] * out.groups
+    elif isinstance(out, nn.BatchNorm2d):
+        out.num_features = w[0]
+    else:
+        out.out_features, out.in_features = w
+    return out
+
+
+def narrow_to(model: nn.Module, sd: dict) -> nn.Module:
+    """Load the state dict `sd` of a (possibly pruned) network into `model`, an unpruned network of the same
+    architecture whose Conv2d, BatchNorm2d and Linear layers are first narrowed to the widths `sd` holds."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    for name, m in list(model.named_modules()):
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and f"{name}.weight" in shapes \
+                and tuple(m.weight.shape) != shapes[f"{name}.weight"]:
+            replace_module(model, name, _resized(m, shapes, name))
+    model.load_state_dict(sd)
+    return model.eval()

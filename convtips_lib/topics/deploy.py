@@ -13,9 +13,8 @@ from fastai.vision.all import PILImage, Resize
 from PIL import Image
 
 from ..core.data import BadImageError, open_image
-from ..core.models import Classifier, load_weights, model_stats, pretrained, sha256sum
+from ..core.models import Classifier, load_weights, model_stats, narrow_to, pretrained, sha256sum
 from ..core.store import atomic_write, save_tensors
-from .prune import narrow_to
 
 __all__ = ["MODEL_FORMAT", "RESIZES", "ModelFolderError", "export_model", "load_model", "model_input",
            "predict_files"]

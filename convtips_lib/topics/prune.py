@@ -1,6 +1,6 @@
 """Pruning (lesson 07): rank convolution filters (L1, L2, mean activation, APoZ), remove the weakest with
-torch-pruning (global, iterative, with fine-tuning between steps), measure what the smaller network costs, remove
-whole blocks from a residual and a plain network, and export the pruned network (state dict and ONNX)."""
+torch-pruning (global, iterative, with fine-tuning between steps), measure what the smaller network costs, and export
+the pruned network (state dict and ONNX). The lesson's networks and block removal are in `studies.lesson07`."""
 from __future__ import annotations
 
 import copy
@@ -11,89 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastai.layers import ConvLayer
 from torch import nn
 
-from ..core.env import seed_everything
-from ..core.measure import bootstrap, count_flops, count_params, evaluate, latency, timed_in_turns
+from ..core.measure import count_flops, count_params, evaluate, latency, timed_in_turns
+from ..core.models import narrow_to
 from ..core.store import atomic_write, save_tensors
-from ..core.train import fit, learner
+from ..core.train import fit
 
-__all__ = ["Block", "prunable_net", "removable_blocks", "without_block", "l1_order", "filter_scores",
-           "rank_agreement", "IMPORTANCES", "make_pruner", "check_ratio", "model_cost", "prune_iteratively",
-           "prune_once", "prune_copy", "narrow_to", "pruning_row", "export_check", "block_removal", "export_pruned", "load_pruned",
-           "onnx_outputs", "onnx_latency", "RANKINGS", "train_from_scratch", "fresh_learner", "first_reaching",
-           "removal_gap"]
+__all__ = ["l1_order", "filter_scores", "rank_agreement", "IMPORTANCES", "make_pruner", "check_ratio", "model_cost",
+           "prune_iteratively", "prune_once", "prune_copy", "pruning_row", "export_check",
+           "export_pruned", "load_pruned", "onnx_outputs", "onnx_latency", "RANKINGS"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
-
-
-class Block(nn.Module):
-    """Two 3x3 conv-BN layers on (B, C, H, W) -> (B, C, H, W): relu(f(x) + x) with the shortcut (a ResNet basic
-    block, He et al. 2016), relu(f(x)) without it (a plain, VGG-like pair of layers)."""
-
-    def __init__(self, c: int, residual: bool = True):
-        super().__init__()
-        self.residual = residual
-        self.body = nn.Sequential(ConvLayer(c, c), ConvLayer(c, c, act_cls=None))
-
-    def forward(self, x):
-        y = self.body(x)
-        return torch.relu(y + x if self.residual else y)
-
-
-def prunable_net(n_out: int, residual: bool = True, widths=(32, 64, 128, 256), depth: int = 2) -> nn.Sequential:
-    """A small ConvNet from a random init: a stride-2 stem, then per width a stride-2 conv and `depth` `Block`s, then
-    pooling and a linear head. `residual=False` is the same network without shortcuts (the same parameters)."""
-    layers, c = [ConvLayer(3, widths[0], stride=2)], widths[0]
-    for w in widths:
-        layers += [ConvLayer(c, w, stride=2)] + [Block(w, residual) for _ in range(depth)]
-        c = w
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_out))
-
-
-def train_from_scratch(dls, residual: bool, widths, depth: int, epochs: int, lrs=(3e-3,), seed: int = 0):
-    """A `prunable_net` trained from a random init with one-cycle (Adam) at each peak learning rate of `lrs`; the
-    run with the best validation balanced accuracy is kept: its Learner, with `learn.lr` and `learn.lr_sweep`
-    ({lr: balanced accuracy})."""
-    runs = {}
-    for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs):
-        seed_everything(seed)                       # the same initial weights at every learning rate
-        learn = learner(dls, prunable_net(dls.c, residual, widths, depth), seed=seed)
-        fit(learn, epochs, lr)
-        runs[float(lr)] = learn
-    sweep = {lr: learn.history.rows[-1]["balanced_accuracy"] for lr, learn in runs.items()}
-    best = max(sweep, key=sweep.get)
-    runs[best].lr, runs[best].lr_sweep = best, sweep
-    return runs[best]
-
-
-def fresh_learner(learn, seed: int = 0):
-    """A new Learner on `learn`'s data with a deep copy of its model (to prune while keeping the original)."""
-    new = learner(learn.dls, copy.deepcopy(learn.model), seed=seed)
-    new.lr = getattr(learn, "lr", None)
-    return new
-
-
-def removable_blocks(model: nn.Module) -> list:
-    """Names of the `Block`s of `model`: each keeps its input's shape, so it can be removed (replaced by identity)."""
-    return [name for name, m in model.named_modules() if isinstance(m, Block)]
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule `name` (dotted) of `model` by `new`."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
-def without_block(model: nn.Module, name: str) -> nn.Module:
-    """A copy of `model` with `Block` `name` replaced by the identity: x + f(x) -> x with the shortcut, f(x) -> x
-    without (Veit et al., NeurIPS 2016)."""
-    if name not in removable_blocks(model):
-        raise ValueError(f"{name!r} is not a removable block: choose one of {', '.join(removable_blocks(model))}")
-    out = copy.deepcopy(model)
-    _set_module(out, name, nn.Identity())
-    return out
 
 
 def l1_order(conv: nn.Conv2d) -> np.ndarray:
@@ -252,44 +181,6 @@ def prune_copy(model: nn.Module, img_size: int, ratio: float, importance: str = 
     return out
 
 
-def block_removal(learn, epochs: int = 0, lr: float = 1e-3, seed: int = 0) -> pd.DataFrame:
-    """Accuracy with each `Block` of `learn.model` removed in turn (`without_block`), without retraining, or after
-    `epochs` of retraining at `lr` (the intact network 'none' retrained as long): one row per network, with y_true,
-    y_pred, metrics and `drop`, the balanced accuracy lost against 'none'."""
-    rows = []
-    for name in ["none"] + removable_blocks(learn.model):
-        model = copy.deepcopy(learn.model) if name == "none" else without_block(learn.model, name)
-        short = learner(learn.dls, model, seed=seed)
-        if epochs:
-            fit(short, epochs, lr)
-        ev = evaluate(short)
-        rows.append(dict(removed=name, retrained=bool(epochs), y_true=ev.y_true, y_pred=ev.y_pred, **ev.metrics))
-    rows = pd.DataFrame(rows)
-    return rows.assign(drop=rows["balanced_accuracy"].iloc[0] - rows["balanced_accuracy"])
-
-
-def first_reaching(steps: pd.DataFrame, flops_x: float = 2.0) -> pd.Series:
-    """The first row of `prune_iteratively`'s table with at least `flops_x` times fewer FLOPs than step 0, else
-    the last row (the target the claims judge)."""
-    x = steps["flops"].iloc[0] / steps["flops"]
-    return steps[x >= flops_x].iloc[0] if (x >= flops_x).any() else steps.iloc[-1]
-
-
-def removal_gap(plain: pd.DataFrame, resnet: pd.DataFrame, metric: str = "balanced_accuracy", n: int = 2000,
-                seed: int = 0):
-    """Mean accuracy drop from removing one block of the plain network minus that of the residual one (rows of
-    `block_removal`, 'none' first), with a 95 % CI: a bootstrap over the validation images, all models resampled
-    together. Positive: the residual network tolerates removal better."""
-    preds = {(net, r.removed): r.y_pred for net, rows in (("plain", plain), ("resnet", resnet))
-             for r in rows.itertuples()}
-
-    def drop(v, net, rows):
-        return np.mean([v[(net, "none")] - v[(net, b)] for b in rows["removed"].iloc[1:]], 0)
-
-    return bootstrap(plain["y_true"].iloc[0], preds, lambda v: drop(v, "plain", plain) - drop(v, "resnet", resnet),
-                     metric, n, seed)
-
-
 def export_pruned(model: nn.Module, folder, img_size: int, name: str = "pruned") -> dict:
     """Write `model`'s state dict (`<name>.pth`) and an ONNX graph (`<name>.onnx`, batch size free), each atomically;
     their paths."""
@@ -302,43 +193,6 @@ def export_pruned(model: nn.Module, folder, img_size: int, name: str = "pruned")
                           output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
                           dynamo=False)
     return dict(state_dict=pth, onnx=atomic_write(folder / f"{name}.onnx", onnx.getvalue()))
-
-
-def _resized(m: nn.Module, shapes: dict, name: str) -> nn.Module:
-    """A copy of `m` (Conv2d, BatchNorm2d or Linear, or a subclass such as timm's Conv2dSame or BatchNormAct2d) at
-    the widths the saved weights `shapes[name + '...']` have: its parameters and buffers re-made at those shapes
-    (values follow from the state dict) and its width attributes set, as torch-pruning narrows layers in place."""
-    out = copy.deepcopy(m)
-    for attr, tensors in (("_parameters", out._parameters), ("_buffers", out._buffers)):
-        for k, t in tensors.items():
-            key = f"{name}.{k}"
-            if t is not None and key in shapes and tuple(t.shape) != shapes[key]:
-                new = torch.empty(shapes[key], dtype=t.dtype)
-                tensors[k] = nn.Parameter(new, t.requires_grad) if attr == "_parameters" else new
-    w = shapes[f"{name}.weight"]
-    if isinstance(out, nn.Conv2d):
-        if m.groups > 1 and m.groups != m.in_channels:
-            raise ValueError(f"{name}: grouped convolutions other than depthwise are not supported")
-        out.out_channels = w[0]
-        out.groups = w[0] if m.groups > 1 else 1                       # a depthwise conv stays depthwise
-        out.in_channels = w[1] * out.groups
-    elif isinstance(out, nn.BatchNorm2d):
-        out.num_features = w[0]
-    else:
-        out.out_features, out.in_features = w
-    return out
-
-
-def narrow_to(model: nn.Module, sd: dict) -> nn.Module:
-    """Load the state dict `sd` of a (possibly pruned) network into `model`, an unpruned network of the same
-    architecture whose Conv2d, BatchNorm2d and Linear layers are first narrowed to the widths `sd` holds."""
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    for name, m in list(model.named_modules()):
-        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) and f"{name}.weight" in shapes \
-                and tuple(m.weight.shape) != shapes[f"{name}.weight"]:
-            _set_module(model, name, _resized(m, shapes, name))
-    model.load_state_dict(sd)
-    return model.eval()
 
 
 def load_pruned(model: nn.Module, path) -> nn.Module:

@@ -1,33 +1,24 @@
 """The recipe (lesson 08): the course's tips as one configuration — a pretrained backbone, fine-tuning head first,
-augmentation, balanced sampling where the data asks for it, a one-cycle schedule, test-time augmentation, an
-ensemble over seeds — trained on ELPV or on any folder of images, through the library's one training path; the
-ablation that measures what each tip is worth, fastai's out-of-the-box recipe to compare with, and the errors the
-final model makes. `convtips train DATA_FOLDER` runs the recipe on a user's folder."""
+augmentation, balanced sampling where the data asks for it, a one-cycle schedule, test-time augmentation — trained
+on any folder of images through the library's one training path. `convtips train DATA_FOLDER` runs it on a user's
+folder; the lesson's ablation, baseline and error analysis are in `studies.lesson08`."""
 from __future__ import annotations
 
 import json
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_frame, folder_dls, subsample
-from ..core.measure import Evaluation, bootstrap, evaluate, proportion, stack_preds
+from ..core.data import folder_dls
+from ..core.measure import Evaluation, evaluate
 from ..core.store import atomic_write
-from ..core.train import FIT_SCHEDULES, METRICS, fit, learner, make_learner
+from ..core.train import FIT_SCHEDULES, fit, make_learner
 from .augment import POLICIES, policy_tfms
-from .ensemble import average_probs
 from .imbalance import oversample_weights
 
-__all__ = ["Recipe", "BALANCES", "TIPS", "ABLATION_TIPS", "TTA_PASSES", "train_recipe", "fit_recipe", "recipe_eval",
-           "capstone_frame", "recipe_dls", "train_on_elpv", "uses_tip", "without_tip", "with_tip",
-           "toggle_tip", "plain_recipe", "ablation_plan", "ablation_runs",
-           "fastai_default", "ensemble_preds", "ablation_table", "compare_configs", "binary_from_4class",
-           "valid_items", "accuracy_by", "confident_mistakes", "offline_arch"]
+__all__ = ["Recipe", "BALANCES", "TTA_PASSES", "train_recipe", "fit_recipe", "recipe_eval"]
 
 BALANCES = ("none", "oversample")   # lesson 04: plain sampling, or every class drawn equally often
 
@@ -117,8 +108,8 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
     learn = make_learner(dls, recipe.arch, weights="imagenet" if recipe.pretrained else None, depth="head",
                          seed=recipe.seed)
     if distributed:
-        import torch
         import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs accelerate)
+        import torch
         ctx = learn.distrib_ctx(sync_bn=torch.cuda.is_available())   # one process unless accelerate launched more
     else:
         ctx = nullcontext()
@@ -141,38 +132,6 @@ def train_recipe(path, recipe: Recipe, cfg, valid_pct: float = 0.25, distributed
     return fit_recipe(dls, recipe, distributed)
 
 
-def capstone_frame(valid_n: int = 0) -> pd.DataFrame:
-    """ELPV's table (`elpv_frame`) with all training cells and the fixed validation split, or `valid_n` of its cells
-    (stratified by defect level and module type, in their original order) where a profile saves time."""
-    df = elpv_frame()
-    if not valid_n or valid_n >= int(df["is_valid"].sum()):
-        return df
-    valid = df[df["is_valid"]]
-    keep = valid.groupby(["label_4", "type"], observed=True, group_keys=False).sample(
-        frac=valid_n / len(valid), random_state=SPLIT_SEED).index
-    return df[~df["is_valid"] | df.index.isin(keep)]
-
-
-def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfms: list | None = None):
-    """ELPV DataLoaders for `recipe`: `frac` of the training split, the fixed validation split (`cfg.cap_valid_n`
-    cells of it, or all), the recipe's augmentation (or `tfms`), image size, batch size and (with balance
-    'oversample') every class drawn equally often."""
-    df, weights = subsample(capstone_frame(cfg.cap_valid_n), frac, recipe.seed), None   # what elpv_dls draws
-    if recipe.balance == "oversample":
-        weights = oversample_weights(df.loc[~df["is_valid"], TASKS[task]].astype(str))
-    tfms = policy_tfms(recipe.policy, recipe.img_size) if tfms is None else tfms
-    return elpv_dls(cfg, task, 1.0, seed=recipe.seed, tfms=tfms, img_size=recipe.img_size, bs=recipe.bs,
-                    sampling_weights=weights, df=df)
-
-
-def train_on_elpv(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary"):
-    """`recipe` trained on ELPV (`recipe_dls`): the Learner, with `learn.train_seconds` (wall-clock of training)."""
-    t0 = time.perf_counter()
-    learn = fit_recipe(recipe_dls(recipe, cfg, frac, task), recipe)
-    learn.train_seconds = time.perf_counter() - t0
-    return learn
-
-
 TTA_PASSES = 5   # fastai's tta: 4 augmented passes and the plain image (forward passes per image)
 
 
@@ -185,265 +144,3 @@ def recipe_eval(learn, recipe: Recipe) -> Evaluation:
     return Evaluation.of(list(learn.dls.vocab), y.numpy(), probs.argmax(1).numpy(), np.asarray(probs))
 
 
-# ------------------------------------------------------------------ the ablation
-TIPS = {   # tip: (lesson, the Recipe setting it is, its value in a plain recipe, its value when switched on)
-    "pretrained weights": ("01", "pretrained", False, True),
-    "head first": ("02", "freeze_epochs", 0, 1),
-    "augmentation": ("03", "policy", "none", "flips"),
-    "balanced sampling": ("04", "balance", "none", "oversample"),
-    "one-cycle schedule": ("05", "schedule", "constant", "one-cycle"),
-    "test-time augmentation": ("06", "tta", False, True),
-}
-ABLATION_TIPS = (*TIPS, "ensemble")   # lesson 06's ensemble: the recipe's runs over seeds, their probabilities averaged
-
-
-def _check_tip(tip: str) -> None:
-    if tip not in TIPS:
-        raise ValueError(f"unknown tip {tip!r}: choose one of {', '.join(TIPS)}")
-
-
-def uses_tip(recipe: Recipe, tip: str) -> bool:
-    """Whether `recipe` has `tip` switched on (its setting differs from the plain recipe's)."""
-    _check_tip(tip)
-    _, name, off, _ = TIPS[tip]
-    return getattr(recipe, name) != off
-
-
-def without_tip(recipe: Recipe, tip: str) -> Recipe:
-    """`recipe` with `tip` switched off; without the head-first phase its epochs train the whole network instead
-    (the same number of epochs: the same budget)."""
-    _check_tip(tip)
-    _, name, off, _ = TIPS[tip]
-    if name == "freeze_epochs":
-        return recipe.with_(freeze_epochs=0, epochs=recipe.epochs + recipe.freeze_epochs)
-    return recipe.with_(**{name: off})
-
-
-def with_tip(recipe: Recipe, tip: str, full: Recipe) -> Recipe:
-    """`recipe` with `tip` switched on as `full` has it, or at its `TIPS` value where `full` leaves it out (the
-    head-first epochs taken from the whole-network ones: the same budget)."""
-    _check_tip(tip)
-    _, name, _, on = TIPS[tip]
-    value = getattr(full, name) if uses_tip(full, tip) else on
-    if name == "freeze_epochs":
-        total = recipe.epochs + recipe.freeze_epochs
-        k = min(value, total - 1)
-        return recipe.with_(freeze_epochs=k, epochs=total - k)
-    return recipe.with_(**{name: value})
-
-
-def toggle_tip(full: Recipe, tip: str) -> tuple[str, Recipe]:
-    """The ablation's partner of `full` for `tip`: ('full - tip', full without it) when `full` uses the tip, else
-    ('full + tip', full with it) — a tip the recipe left out is measured by adding it."""
-    if uses_tip(full, tip):
-        return f"full - {tip}", without_tip(full, tip)
-    return f"full + {tip}", with_tip(full, tip, full)
-
-
-def plain_recipe(full: Recipe) -> Recipe:
-    """`full` with every tip switched off: a random initialisation trained whole at a constant rate, without
-    augmentation, balancing or tta (the same architecture, data, image size and epochs)."""
-    out = full
-    for tip in TIPS:
-        out = without_tip(out, tip)
-    return out
-
-
-def ablation_plan(full: Recipe) -> pd.DataFrame:
-    """The configurations of the ablation, one row each (config, kind, tip, recipe): the full recipe, the plain
-    one, the full recipe with each tip switched the other way (kind 'toggle': 'full - tip', or 'full + tip' for a
-    tip it leaves out) and the plain one with each tip (kind 'add': 'plain + tip')."""
-    plain = plain_recipe(full)
-    rows = [dict(config="full", kind="full", tip="", recipe=full), dict(config="plain", kind="plain", tip="",
-                                                                           recipe=plain)]
-    rows += [dict(config=config, kind="toggle", tip=t, recipe=recipe) for t in TIPS
-             for config, recipe in [toggle_tip(full, t)]]
-    rows += [dict(config=f"plain + {t}", kind="add", tip=t, recipe=with_tip(plain, t, full)) for t in TIPS]
-    return pd.DataFrame(rows)
-
-
-def _run_row(config: str, learn, recipe: Recipe, seconds: float, **extra) -> dict:
-    t0 = time.perf_counter()
-    ev = recipe_eval(learn, recipe)
-    return dict(config=config, **extra, seed=recipe.seed, train_s=seconds, eval_s=time.perf_counter() - t0,
-                y_true=ev.y_true, y_pred=ev.y_pred, probs=ev.probs, **ev.metrics)
-
-
-def ablation_runs(plan: pd.DataFrame, cfg, frac: float, seeds) -> pd.DataFrame:
-    """Train every configuration of `plan` (`ablation_plan`) on ELPV once per seed: one row per (config, seed) with
-    train_s, eval_s, y_true, y_pred, probs (N, C) and `METRICS`. Configurations that differ only in tta share one
-    trained network (tta changes evaluation only)."""
-    rows = []
-    for seed in seeds:
-        groups = {}
-        for p in plan.itertuples():
-            groups.setdefault(p.recipe.with_(tta=False, seed=int(seed)), []).append(p)
-        for trained, members in groups.items():
-            learn = train_on_elpv(trained, cfg, frac)
-            rows += [_run_row(p.config, learn, p.recipe.with_(seed=int(seed)), learn.train_seconds, kind=p.kind,
-                              tip=p.tip) for p in members]
-    return pd.DataFrame(rows)
-
-
-def offline_arch(arch: str):
-    """`arch` (an offline EfficientNet-Lite, or any name `pretrained` knows) as the callable fastai's
-    `vision_learner`/`create_vision_model` expect: `f(pretrained=True)` -> the ImageNet network, whole (fastai cuts
-    it before its pooling layer and adds its own head)."""
-    from ..core.models import pretrained as make
-
-    def build(pretrained: bool = True):
-        net = make(arch, None, weights="imagenet" if pretrained else None)   # body + the ImageNet classifier
-        return net.body
-    build.__name__ = arch
-    return build
-
-
-def fastai_default(recipe: Recipe, cfg, frac: float = 1.0, config: str = "fastai defaults") -> dict:
-    """What a fastai user does out of the box, at `recipe`'s data, architecture, image size, batch size, epochs and
-    seed: fastai's `aug_transforms()`, the model and head `vision_learner` builds (`create_vision_model`,
-    normalised with the weights' statistics as `vision_learner` does for timm models) and `learn.fine_tune(epochs)`
-    with every default (base_lr 2e-3, one head epoch). One row like `ablation_runs`'."""
-    from fastai.vision.all import aug_transforms, create_vision_model, default_split
-    from ..core.models import model_stats, pretrained as make
-    from ..core.train import set_norm
-    t0 = time.perf_counter()
-    dls = recipe_dls(recipe.with_(balance="none"), cfg, frac, tfms=aug_transforms())
-    set_norm(dls, model_stats(make(recipe.arch, None, weights=None)))
-    model = create_vision_model(offline_arch(recipe.arch), dls.c, pretrained=True)
-    learn = learner(dls, model, splitter=default_split, seed=recipe.seed)
-    learn.freeze()
-    learn.fine_tune(recipe.epochs, freeze_epochs=max(1, recipe.freeze_epochs))
-    t = time.perf_counter() - t0
-    return _run_row(config, learn, recipe.with_(tta=False), t, kind="fastai", tip="")
-
-
-def ensemble_preds(runs: pd.DataFrame, config: str) -> np.ndarray:
-    """(N,) classes of the ensemble of `config`'s runs over seeds: their probabilities averaged (lesson 06)."""
-    probs = list(runs.loc[runs["config"] == config, "probs"])
-    return average_probs(probs).argmax(1)
-
-
-def compare_configs(runs: pd.DataFrame, a, b, metric: str = "balanced_accuracy", n: int = 2000):
-    """metric(b) - metric(a) with a 95 % CI; each side a config name (its runs over seeds, the seeds resampled too)
-    or an (N,) array of predictions (e.g. `ensemble_preds`)."""
-    stacks = stack_preds(runs, "config")
-    y_true = runs["y_true"].iloc[0]
-    side = lambda v: stacks[v] if isinstance(v, str) else np.asarray(v)   # noqa: E731
-    return bootstrap(y_true, dict(a=side(a), b=side(b)), lambda m: m["b"] - m["a"], metric, n)
-
-
-def ablation_table(runs: pd.DataFrame, metrics=METRICS, n: int = 2000) -> pd.DataFrame:
-    """What each tip of `ABLATION_TIPS` was worth: per tip, direction and metric, the effect of switching the tip on,
-    with its 95 % CI. 'in the full recipe': full minus 'full - tip' (or 'full + tip' minus full, for a tip the
-    recipe left out); 'added to plain': 'plain + tip' minus plain. `in_recipe` says which. The ensemble's rows: the
-    ensemble over seeds minus the single runs, of the full and of the plain recipe."""
-    configs = set(runs["config"])
-    rows = []
-    for tip in ABLATION_TIPS:
-        lesson = TIPS[tip][0] if tip in TIPS else "06"
-        in_recipe = tip == "ensemble" or f"full + {tip}" not in configs
-        for direction, base in (("in the full recipe", "full"), ("added to plain", "plain")):
-            if tip == "ensemble":
-                a, b = base, ensemble_preds(runs, base)
-            elif base == "plain":
-                a, b = "plain", f"plain + {tip}"
-            else:
-                a, b = (f"full - {tip}", "full") if in_recipe else ("full", f"full + {tip}")
-            for m in metrics:
-                est = compare_configs(runs, a, b, m, n)
-                rows.append(dict(tip=tip, lesson=lesson, direction=direction, in_recipe=in_recipe, metric=m,
-                                 value=est.effect, low=est.low, high=est.high))
-    return pd.DataFrame(rows)
-
-
-def binary_from_4class(probs4: np.ndarray, vocab4, vocab2) -> np.ndarray:
-    """(N, 2) binary probabilities, ordered as `vocab2` ('defective', 'functional'), from (N, 4) probabilities over
-    the defect levels `vocab4` ('0', '1/3', '2/3', '1'): defective = defect probability > 0.5, as the paper."""
-    levels = np.array([float(Fraction(str(v))) for v in vocab4])   # '1/3' -> 0.333
-    p_def = np.asarray(probs4)[:, levels > 0.5].sum(1)
-    return np.stack([p_def if str(c) == "defective" else 1 - p_def for c in vocab2], 1)
-
-
-# ------------------------------------------------------------------ errors
-def valid_items(learn) -> pd.DataFrame:
-    """The validation cells in the order of the Learner's predictions: path, prob (defect level), type, labels."""
-    return learn.dls.valid.items.reset_index(drop=True)
-
-
-def accuracy_by(ev: Evaluation, items: pd.DataFrame, by: str) -> pd.DataFrame:
-    """Accuracy per value of the column `by` of `items` (e.g. 'type', 'label_4'): cells, accuracy and its exact
-    95 % interval."""
-    right = pd.Series(np.asarray(ev.y_true) == np.asarray(ev.y_pred), index=items.index)
-    rows = []
-    for key, g in right.groupby(items[by].astype(str), sort=True):
-        est = proportion(int(g.sum()), len(g), "accuracy")
-        rows.append({by: key, "cells": len(g), "accuracy": est.effect, "low": est.low, "high": est.high})
-    return pd.DataFrame(rows)
-
-
-def confident_mistakes(ev: Evaluation, items: pd.DataFrame, n: int = 8) -> pd.DataFrame:
-    """The `n` wrong predictions made with the highest probability: path, true and predicted class, that
-    probability, module type and defect level."""
-    probs = np.asarray(ev.probs)
-    wrong = np.flatnonzero(np.asarray(ev.y_true) != np.asarray(ev.y_pred))
-    conf = probs[wrong, np.asarray(ev.y_pred)[wrong]]
-    order = wrong[np.argsort(-conf, kind="stable")][:n]
-    return pd.DataFrame(dict(path=items.loc[order, "path"].astype(str).values,
-                             true=[ev.vocab[int(i)] for i in np.asarray(ev.y_true)[order]],
-                             predicted=[ev.vocab[int(i)] for i in np.asarray(ev.y_pred)[order]],
-                             probability=probs[order, np.asarray(ev.y_pred)[order]],
-                             type=items.loc[order, "type"].values, defect_level=items.loc[order, "label_4"].astype(str).values))
-
-
-# ------------------------------------------------------------------ what each final model costs, and its threshold
-def inference_costs(models: dict, passes: dict, img_size: int, timings: dict, bs: int = 32) -> pd.DataFrame:
-    """One row per final model of `passes` {name: (model name in `models`, forward passes per image)}: params,
-    MFLOPs and CPU ms per image (the median of the model's `timings` in ms per batch of `bs`, as `latencies`
-    measures them, x its passes)."""
-    from ..core.measure import count_flops, count_params
-    lat = {k: float(np.median(v)) / bs for k, v in timings.items()}
-    rows = []
-    for name, (model, k) in passes.items():
-        m = models[model]
-        rows.append(dict(model=name, passes=k, params=count_params(m),
-                         mflops=k * count_flops(m.cpu(), img_size) / 1e6, cpu_ms_per_image=k * lat[model]))
-    return pd.DataFrame(rows)
-
-
-def threshold_metrics(ev: Evaluation, threshold: float, positive: str = "defective") -> dict:
-    """Metrics of `ev` when a cell is called `positive` once its probability exceeds `threshold` (the paper: 0.5):
-    accuracy, balanced accuracy, recall of `positive` (defects found) and share of the other class flagged."""
-    from ..core.measure import classification_metrics
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
-    k = ev.vocab.index(positive)
-    pred = np.where(np.asarray(ev.probs)[:, k] > threshold, k, 1 - k)
-    y = np.asarray(ev.y_true)
-    m = classification_metrics(y, pred)
-    return dict(threshold=threshold, accuracy=m["accuracy"], balanced_accuracy=m["balanced_accuracy"],
-                defects_found=float((pred[y == k] == k).mean()), false_alarms=float((pred[y != k] == k).mean()))
-
-
-__all__ += ["inference_costs", "threshold_metrics"]
-
-
-# ------------------------------------------------------------------ against the paper
-PAPER = {   # Deitsch et al., Solar Energy 185 (2019): binary accuracy on the same 656 test cells
-    "paper: CNN (fine-tuned VGG-19)": 0.8842,
-    "paper: SVM on hand-crafted features": 0.8244,
-}
-
-
-def paper_table(runs: pd.DataFrame, metrics=("accuracy", "balanced_accuracy")) -> pd.DataFrame:
-    """The paper's accuracies (`PAPER`, no interval published) above each config of `runs` (rows with config, y_true,
-    y_pred; seeds pooled) with `metrics` and each one's 95 % CI (`low`/`high` for the first metric)."""
-    from ..core.measure import metric_with_ci
-    first, *rest = metrics
-    ours = metric_with_ci(runs, "config", first)
-    for m in rest:
-        ours[m] = metric_with_ci(runs, "config", m)[m].values
-    paper = pd.DataFrame([{"config": k, first: v, "low": np.nan, "high": np.nan} for k, v in PAPER.items()])
-    return pd.concat([paper, ours], ignore_index=True).rename(columns={"config": "model"})
-
-
-__all__ += ["PAPER", "paper_table"]

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..core.data import BadImageError, open_image
 from ..topics.imagenet import SAMPLE_PHOTOS, load_user_image, photo_top5, sample_photo
-from ..topics.transfer import quick_transfer
+from ..studies.lesson02 import quick_transfer
 from ..topics.zoo import arch_row
 from .plots import plot_lines, show_images
 
@@ -186,7 +186,8 @@ def imbalance_demo(feats, ratio: float, remedy: str, epochs: int = 5, lr: float 
     """Train a head on cached features whose training set keeps `ratio` rare items per common one, with `remedy`
     (the imbalance widget's callback): (row of `head_remedy`, metrics table, confusion-matrix Figure)."""
     from ..core.measure import Evaluation
-    from ..topics.imbalance import head_remedy, imbalanced_indices, rarest, subset_train
+    from ..topics.imbalance import imbalanced_indices
+    from ..studies.lesson04 import head_remedy, rarest, subset_train
     from .plots import plot_confusion
     names = np.array(feats.vocab)[feats.y_train.numpy()]
     harsh = subset_train(feats, imbalanced_indices(names, ratio, rarest(names), seed))
@@ -203,7 +204,7 @@ def imbalance_widget(feats, epochs: int = 5, lr: float = 1e-2):
     import ipywidgets as w
     import matplotlib.pyplot as plt
     from IPython.display import display
-    from ..topics.imbalance import HEAD_REMEDIES
+    from ..studies.lesson04 import HEAD_REMEDIES
     ratio = w.FloatLogSlider(value=1 / 20, base=10, min=-2, max=np.log10(0.4), step=0.05, description="rare/common",
                              readout_format=".3f")
     remedy = w.Dropdown(options=HEAD_REMEDIES, value="class weights (inverse)", description="remedy")
@@ -233,7 +234,7 @@ def optimizer_demo(dls, optimizer: str = "sgd", lr: float = 0.1, momentum: float
                    epochs: int = 2, seed: int = 0):
     """A quick run of the small network with `optimizer` (`momentum` for SGD and RMSprop), `lr` and `schedule`
     (the optimizer widget's callback): (run dict of `train_optimizer`, Figure of its training loss)."""
-    from ..topics.optim import loss_curves, train_optimizer
+    from ..studies.lesson05 import loss_curves, train_optimizer
     from .plots import plot_lines
     kw = dict(momentum=momentum) if optimizer in ("sgd", "rmsprop") else {}
     run = train_optimizer(dls, optimizer, lr, epochs, seed, schedule, opt_kw=kw)
@@ -353,7 +354,7 @@ __all__ += ["threshold_demo", "threshold_widget"]
 def threshold_demo(ev, threshold: float) -> pd.DataFrame:
     """The final model's validation metrics at the paper's threshold (0.5) and at `threshold` on the defect
     probability (the threshold widget's callback)."""
-    from ..topics.recipe import threshold_metrics
+    from ..studies.lesson08 import threshold_metrics
     return pd.DataFrame([threshold_metrics(ev, t) for t in dict.fromkeys((0.5, float(threshold)))]).set_index("threshold")
 
 
