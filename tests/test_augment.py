@@ -27,7 +27,7 @@ def noise():
 @pytest.fixture(scope="module")
 def tiny():
     """The smoke profile at 32 px: one optimizer step per run."""
-    return profile("smoke").with_(img_size=32, bs=32, aug_fracs=(0.05, 0.1), aug_epochs=(1, 2), aug_strengths=(0, 1))
+    return profile("smoke").with_(img_size=32, bs=32, aug=dict(fracs=(0.05, 0.1), epochs=(1, 2), strengths=(0, 1)))
 
 
 # ------------------------------------------------------------------ PCA colour augmentation

@@ -242,7 +242,7 @@ def test_new_head_fits_the_body_features(name):
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
 
 
-ZOO = sorted(set().union(*(p.zoo_archs for p in PROFILES.values())))
+ZOO = sorted(set().union(*(p.zoo.archs for p in PROFILES.values())))
 
 
 @pytest.mark.parametrize("arch", ZOO)

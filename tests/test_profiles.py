@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from convtips_lib.core.profiles import PROFILES, Profile, ProfileError, profile
+from convtips_lib.core.profiles import PROFILES, SECTIONS, Profile, ProfileError, profile
 
 
 @pytest.fixture
@@ -25,10 +25,10 @@ def test_every_profile_is_usable(name):
     cfg = PROFILES[name]
     assert 0 < cfg.train_frac <= 1 and cfg.bs >= 2 and cfg.lr > 0
     assert min(cfg.epochs, cfg.head_epochs, cfg.n_seeds, cfg.latency_reps) >= 1
-    assert list(cfg.fractions) == sorted(set(cfg.fractions)) and 0 < cfg.fractions[0] and cfg.fractions[-1] <= 1
-    assert cfg.n_members >= 2                     # an ensemble has at least two members
-    assert len(cfg.aug_epochs) == len(cfg.aug_fracs) and all(0 < f <= 1 for f in cfg.aug_fracs)
-    assert len(set(cfg.zoo_archs)) == len(cfg.zoo_archs) > 1
+    assert list(cfg.transfer.fractions) == sorted(set(cfg.transfer.fractions)) and 0 < cfg.transfer.fractions[0] and cfg.transfer.fractions[-1] <= 1
+    assert cfg.ens.n_members >= 2                     # an ensemble has at least two members
+    assert len(cfg.aug.epochs) == len(cfg.aug.fracs) and all(0 < f <= 1 for f in cfg.aug.fracs)
+    assert len(set(cfg.zoo.archs)) == len(cfg.zoo.archs) > 1
 
 
 def test_profiles_grow_from_smoke_to_gpu():
@@ -37,8 +37,8 @@ def test_profiles_grow_from_smoke_to_gpu():
     assert smoke.epochs < cpu.epochs < gpu.epochs
     assert smoke.train_frac < cpu.train_frac < gpu.train_frac == 1.0
     assert not smoke.decides_claims and cpu.decides_claims and gpu.decides_claims
-    assert set(smoke.zoo_archs) <= set(cpu.zoo_archs) <= set(gpu.zoo_archs)
-    assert smoke.n_seeds <= cpu.n_seeds <= gpu.n_seeds and smoke.n_members <= cpu.n_members <= gpu.n_members
+    assert set(smoke.zoo.archs) <= set(cpu.zoo.archs) <= set(gpu.zoo.archs)
+    assert smoke.n_seeds <= cpu.n_seeds <= gpu.n_seeds and smoke.ens.n_members <= cpu.ens.n_members <= gpu.ens.n_members
 
 
 def test_profile_name_is_case_and_space_insensitive(no_env):
@@ -137,6 +137,46 @@ def test_as_dict_has_every_field_and_survives_json():
     import json
     cfg = profile("cpu")
     d = cfg.as_dict()
-    assert d == {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Profile)}
+    assert set(d) == {f.name for f in dataclasses.fields(Profile)}
+    assert d["aug"] == dataclasses.asdict(cfg.aug) and d["cap"]["img_size"] == cfg.cap.img_size
     back = json.loads(json.dumps(d))   # stored in every results record
-    assert Profile(**{k: tuple(v) if isinstance(v, list) else v for k, v in back.items()}) == cfg
+    tup = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    kw = {k: SECTIONS[k](**{f: tup(x) for f, x in v.items()}) if k in SECTIONS else tup(v) for k, v in back.items()}
+    assert Profile(**kw) == cfg
+
+
+def test_seeds_count_on_from_the_profile_seed():
+    cfg = profile("smoke").with_(seed=7)
+    assert cfg.seeds(3) == (7, 8, 9) and cfg.seeds(0) == ()
+
+
+def test_with_changes_one_field_of_a_section_and_keeps_the_rest():
+    cfg = profile("cpu")
+    new = cfg.with_(aug=dict(fracs=(0.2, 0.4)), epochs=1)
+    assert new.aug.fracs == (0.2, 0.4) and new.aug.epochs == cfg.aug.epochs and new.epochs == 1
+    assert new.prune == cfg.prune and cfg.aug.fracs != (0.2, 0.4)
+    with pytest.raises(TypeError):
+        cfg.with_(aug=dict(no_such_field=1))
+
+
+@pytest.mark.parametrize("old, section, field", [("aug_fracs", "aug", "fracs"), ("cap_seeds", "cap", "n_seeds"),
+                                                  ("prune_depth", "prune", "blocks"), ("crop_valid_n", "ens", "valid_n"),
+                                                  ("zoo_archs", "zoo", "archs"), ("fractions", "transfer", "fractions")])
+def test_old_flat_names_still_read_and_set_with_a_warning(old, section, field):
+    cfg = profile("cpu")
+    with pytest.deprecated_call(match=f"cfg.{section}.{field}"):
+        assert getattr(cfg, old) == getattr(getattr(cfg, section), field)
+    with pytest.deprecated_call():
+        assert getattr(getattr(cfg.with_(**{old: (1,)}), section), field) == (1,)
+
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_field"):
+        profile("smoke").no_such_field
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+def test_every_profile_sets_every_section_field(name):
+    for section, cls in SECTIONS.items():   # no defaults: a field a profile forgot would not construct
+        assert isinstance(getattr(PROFILES[name], section), cls)
+    assert all(f.default is dataclasses.MISSING for cls in (Profile, *SECTIONS.values()) for f in dataclasses.fields(cls))

@@ -13,7 +13,7 @@ from convtips_lib.core.train import fit, learner
 from convtips_lib.topics.prune import check_ratio, export_check, export_pruned, filter_scores, l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs, prune_copy, prune_iteratively, prune_once, rank_agreement
 from convtips_lib.studies.lesson07 import Block, block_removal, first_reaching, fresh_learner, prunable_net, removable_blocks, removal_gap, train_from_scratch, without_block
 
-TINY = dict(widths=(4, 8), depth=1)
+TINY = dict(widths=(4, 8), blocks=1)
 
 
 def _tiny_dls(n=48, size=16, seed=0):
@@ -78,7 +78,7 @@ def test_a_block_with_zero_weights_is_the_identity_only_with_its_shortcut():
 
 def test_pruning_removes_channels_parameters_and_flops_and_the_net_still_trains():
     torch.manual_seed(0)
-    net = prunable_net(2, True, widths=(8, 16), depth=1)
+    net = prunable_net(2, True, widths=(8, 16), blocks=1)
     p0, f0 = count_params(net), count_flops(net, 16)
     pruned = prune_copy(net, 16, 0.5)
     assert count_params(net) == p0                    # the original is left as it was
@@ -112,7 +112,7 @@ def test_pruning_ratio_zero_changes_nothing_and_bad_ratios_are_refused():
 
 def test_iterative_pruning_shrinks_step_by_step_and_one_shot_reaches_the_same_size():
     dls = _tiny_dls()
-    learn = learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+    learn = learner(dls, prunable_net(2, True, widths=(8, 16), blocks=1), seed=0)
     fit(learn, 1, 1e-2)
     steps = prune_iteratively(learn, 16, 0.5, steps=2, epochs=1, lr=1e-2, reps=2)
     assert steps["step"].tolist() == [0, 1, 2] and steps["params"].is_monotonic_decreasing
@@ -120,7 +120,7 @@ def test_iterative_pruning_shrinks_step_by_step_and_one_shot_reaches_the_same_si
     assert len(steps["y_pred"].iloc[-1]) == len(dls.valid_ds)
     assert count_params(steps["model"].iloc[-1]) == steps["params"].iloc[-1]     # a copy of the net at each step
     assert count_params(steps["model"].iloc[0]) == steps["params"].iloc[0]
-    once = learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+    once = learner(dls, prunable_net(2, True, widths=(8, 16), blocks=1), seed=0)
     row = prune_once(once, 16, 0.5, epochs=2, lr=1e-2, reps=2)
     # the same share of channels goes; global ranking may take them from other layers, so the sizes are close
     assert row["params"] == pytest.approx(steps["params"].iloc[-1], rel=0.1) and row["step"] == 1
@@ -138,10 +138,10 @@ def test_block_removal_rows():
 
 def test_export_reload_and_onnx_give_the_same_outputs(tmp_path):
     torch.manual_seed(0)
-    pruned = prune_copy(prunable_net(2, True, widths=(8, 16), depth=1), 16, 0.5).eval()
+    pruned = prune_copy(prunable_net(2, True, widths=(8, 16), blocks=1), 16, 0.5).eval()
     paths = export_pruned(pruned, tmp_path, 16)
     x = torch.randn(5, 3, 16, 16)
-    reloaded = load_pruned(prunable_net(2, True, widths=(8, 16), depth=1), paths["state_dict"])
+    reloaded = load_pruned(prunable_net(2, True, widths=(8, 16), blocks=1), paths["state_dict"])
     with torch.no_grad():
         ref = pruned(x)
         assert torch.allclose(reloaded(x), ref)
@@ -149,9 +149,9 @@ def test_export_reload_and_onnx_give_the_same_outputs(tmp_path):
     assert np.allclose(onnx_outputs(paths["onnx"], x), ref.numpy(), atol=1e-5)
     times = onnx_latency({"a": paths["onnx"], "b": paths["onnx"]}, 16, bs=4, reps=3)
     assert set(times) == {"a", "b"} and len(times["a"]) == 3 and min(times["b"]) > 0
-    assert export_check(pruned, paths, prunable_net(2, True, widths=(8, 16), depth=1), x)["onnx_max_diff"] < 1e-5
+    assert export_check(pruned, paths, prunable_net(2, True, widths=(8, 16), blocks=1), x)["onnx_max_diff"] < 1e-5
     with pytest.raises(RuntimeError):             # a state dict of another architecture is refused, not half-loaded
-        load_pruned(prunable_net(2, True, widths=(8, 16), depth=2), paths["state_dict"])
+        load_pruned(prunable_net(2, True, widths=(8, 16), blocks=2), paths["state_dict"])
 
 
 def test_model_cost_fields():

@@ -163,7 +163,7 @@ def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     runs = ablation_runs(plan, cfg, 0.03, [0])
     assert list(runs["config"]) == ["full", "full - test-time augmentation"]
     assert runs["train_s"].nunique() == 1                                   # one trained network, evaluated twice
-    n_valid = int(capstone_frame(cfg.cap_valid_n)["is_valid"].sum())          # the profile's stratified subset
+    n_valid = int(capstone_frame(cfg.cap.valid_n)["is_valid"].sum())          # the profile's stratified subset
     assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
 
 

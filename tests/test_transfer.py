@@ -78,7 +78,7 @@ def test_grid_runs_every_cell_once(monkeypatch):
     assert len(g) == len(calls) == 8 and len(set(calls[i][:3] for i in range(8))) == 8
     assert all(kw == dict(arch="x") for *_, kw in calls)
     default = freeze_grid(CFG)   # the profile's fractions and seeds, every regime
-    assert len(default) == len(CFG.fractions) * len(REGIMES) * CFG.n_seeds
+    assert len(default) == len(CFG.transfer.fractions) * len(REGIMES) * CFG.n_seeds
 
 
 def test_more_data_gain_and_recipe_vs_best():

@@ -146,13 +146,13 @@ def test_transfer_widget_builds_and_runs(tmp_path, capsys):
     model = pretrained("efficientnet_lite0", 2)
     box = transfer_widget(model, CFG, folder=tmp_path)
     frac, depth, button = box.children[0].children
-    assert isinstance(box, iw.VBox) and list(frac.options) == list(CFG.fractions) and depth.max == 8
+    assert isinstance(box, iw.VBox) and list(frac.options) == list(CFG.transfer.fractions) and depth.max == 8
     depth.value = 7
     plt.close("all")
     button.click()                                     # runs quick_transfer once and draws its point
     assert any(p.suffix == ".pt" for p in tmp_path.iterdir())
     shown = capsys.readouterr().out                    # the table of runs so far, then the plot
-    assert "balanced_accuracy" in shown and f"{CFG.fractions[0]}" in shown
+    assert "balanced_accuracy" in shown and f"{CFG.transfer.fractions[0]}" in shown
     assert plt.gcf().axes[0].get_ylabel() == "balanced_accuracy" and len(plt.gcf().axes[0].lines) == 1
     plt.close("all")
 

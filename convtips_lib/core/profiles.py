@@ -1,116 +1,227 @@
-"""Profiles: every size a lesson uses, in one place (smoke / cpu / gpu)."""
+"""Profiles: every size a lesson uses, in one place (smoke / cpu / gpu).
+
+A small core (image size, batch, epochs, learning rate, seeds, architecture, workers) and one frozen section per
+lesson that needs sizes of its own (`cfg.aug.fracs`, `cfg.prune.img_size`, `cfg.cap.epochs`). Every profile sets
+every field: there are no defaults that a profile would have to override.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, asdict, replace
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-__all__ = ["Profile", "PROFILES", "profile", "ProfileError"]
+__all__ = ["Profile", "PROFILES", "profile", "ProfileError", "DEFAULT_ARCH", "ZooCfg", "TransferCfg", "AugCfg",
+           "ImbCfg", "OptCfg", "EnsCfg", "PruneCfg", "CapCfg"]
+
+DEFAULT_ARCH = "efficientnet_lite0"   # the course's network: offline ImageNet weights, fast on a laptop CPU
 
 
 class ProfileError(ValueError):
     """A profile name that does not exist."""
 
 
+class _Section:
+    def with_(self, **kw):
+        """A copy with some fields changed."""
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class ZooCfg(_Section):
+    """Lesson 01: the model-zoo tour."""
+    archs: tuple                 # architectures measured
+
+
+@dataclass(frozen=True)
+class TransferCfg(_Section):
+    """Lesson 02: freeze depth x data size."""
+    fractions: tuple             # training-set fractions of the grid and the learning curves
+
+
+@dataclass(frozen=True)
+class AugCfg(_Section):
+    """Lesson 03: augmentation policies."""
+    fracs: tuple                 # the small and large training fractions of the policy comparison
+    epochs: tuple                # epochs at each of `fracs` (every policy gets the same steps)
+    strengths: tuple             # augmentation strengths (x published magnitudes) swept
+
+
+@dataclass(frozen=True)
+class ImbCfg(_Section):
+    """Lesson 04: imbalanced data."""
+    frac: float                  # share of the training split whose cached features the heads use
+    n_seeds: int                 # seeds of every head comparison
+    lrs: tuple                   # learning rates tried per remedy (chosen on held-out training data)
+    sizes: tuple                 # small and large shares of the harsh training set (over vs under)
+    net_frac: float              # share of the training split in the whole-network comparison
+    net_steps: int               # optimizer steps of every whole-network run
+
+
+@dataclass(frozen=True)
+class OptCfg(_Section):
+    """Lesson 05: optimizers on a small network from scratch."""
+    img_size: int                # image side, px
+    frac: float                  # share of the training split
+    epochs: int                  # epochs of every run (the same budget for every optimizer)
+    decades: tuple               # lr sweep, decades around each optimizer's default
+    n_seeds: int                 # seeds of the final comparison at each optimizer's best lr
+
+
+@dataclass(frozen=True)
+class EnsCfg(_Section):
+    """Lesson 06: ensembles and multi-crop."""
+    n_members: int               # members of an ensemble
+    valid_n: int                 # validation cells in the multi-crop and cost comparison (0: all)
+
+
+@dataclass(frozen=True)
+class PruneCfg(_Section):
+    """Lesson 07: pruning networks trained from scratch."""
+    img_size: int                # image side, px
+    widths: tuple                # channels of the four stages
+    blocks: int                  # removable blocks per stage
+    frac: float                  # share of the training split
+    epochs: int                  # epochs of training from scratch (both networks)
+    lrs: tuple                   # peak learning rates (Adam, one-cycle) tried for each network
+    ft_div: float                # fine-tuning after pruning runs at the training lr / ft_div
+    ratio: float                 # share of channels removed in the end
+    steps: int                   # prune -> fine-tune steps to get there
+    ft_epochs: int               # fine-tuning epochs after each step
+    block_epochs: int            # retraining epochs after removing a block
+
+
+@dataclass(frozen=True)
+class CapCfg(_Section):
+    """Lesson 08: the capstone recipe, its ablation and the deployed model."""
+    img_size: int                # image side of the full recipe, px (the cpu target: >= 88 % in 15 min)
+    epochs: int                  # whole-network epochs of the full recipe (after one head epoch)
+    frac: float                  # share of the training split the full recipe uses
+    abl_img_size: int            # image side of every ablation run, px
+    abl_epochs: int              # whole-network epochs of every ablation run (after one head epoch)
+    abl_frac: float              # share of the training split of every ablation run
+    n_seeds: int                 # seeds of every ablation configuration (>= 2: the ensemble averages them)
+    valid_n: int                 # validation cells used (0: all 656)
+    prune_ratio: float           # share of channels pruned from the final model for deployment
+    prune_epochs: int            # fine-tuning epochs after pruning (at lr / prune.ft_div)
+
+
+SECTIONS = {"zoo": ZooCfg, "transfer": TransferCfg, "aug": AugCfg, "imb": ImbCfg, "opt": OptCfg, "ens": EnsCfg,
+            "prune": PruneCfg, "cap": CapCfg}
+# the flat names of profiles before the sections (old name -> section, field); they still read, with a warning
+_OLD = {"zoo_archs": ("zoo", "archs"), "fractions": ("transfer", "fractions"), "n_members": ("ens", "n_members"),
+        "crop_valid_n": ("ens", "valid_n"), "prune_depth": ("prune", "blocks"),
+        **{f"{s}_{f.name}": (s, f.name) for s in ("aug", "imb", "opt", "prune", "cap")
+           for f in fields(SECTIONS[s]) if f.name != "n_seeds"},
+        **{f"{s}_seeds": (s, "n_seeds") for s in ("imb", "opt", "cap")}}
+
+
 @dataclass(frozen=True)
 class Profile:
-    """All sizes of one run: images (px), data (fractions of the training split), training and ensembles."""
+    """All sizes of one run: the core every lesson shares, and one section per lesson (`cfg.aug`, `cfg.cap`, ...)."""
     name: str
-    img_size: int            # side of the square input image, px
-    bs: int                  # batch size
-    epochs: int              # epochs of one training run
-    lr: float                # peak learning rate of one-cycle training
-    train_frac: float        # fraction of the training split a single run uses
-    fractions: tuple         # training-set fractions for grids and learning curves
-    n_seeds: int             # repeats over seeds where a lesson measures spread
-    n_members: int           # members of an ensemble
-    zoo_archs: tuple         # architectures measured in the model-zoo tour
-    latency_reps: int        # timed forward passes per latency figure
-    head_epochs: int         # epochs of a shallow head trained on cached features
-    decides_claims: bool     # whether this profile is large enough to decide a lesson's claims
-    seed: int = 42
-    num_workers: int = 0
-    aug_fracs: tuple = (0.1, 0.5)        # lesson 03: the small and large training fractions of the policy comparison
-    aug_epochs: tuple = (5, 3)           # lesson 03: epochs at each of aug_fracs (every policy gets the same steps)
-    aug_strengths: tuple = (0, 0.5, 1, 2.5)   # lesson 03: augmentation strengths (x published magnitudes) swept
-    imb_frac: float = 1.0            # lesson 04: share of the training split whose cached features the heads use
-    imb_seeds: int = 1               # lesson 04: seeds of every head comparison
-    imb_lrs: tuple = (1e-2,)         # lesson 04: learning rates tried per remedy (chosen on held-out training data)
-    imb_sizes: tuple = (0.2, 1.0)    # lesson 04: small and large shares of the harsh training set (over vs under)
-    imb_net_frac: float = 0.5        # lesson 04: share of the training split in the whole-network comparison
-    imb_net_steps: int = 40          # lesson 04: optimizer steps of every whole-network run
-    opt_img_size: int = 32           # lesson 05: image side (px) for the small network trained from scratch
-    opt_frac: float = 1.0            # lesson 05: share of the training split
-    opt_epochs: int = 6              # lesson 05: epochs of every run (the same budget for every optimizer)
-    opt_decades: tuple = (-1, -0.5, 0, 0.5, 1)   # lesson 05: lr sweep, decades around each optimizer's default
-    opt_seeds: int = 2               # lesson 05: seeds of the final comparison at each optimizer's best lr
-    crop_valid_n: int = 0            # lesson 06: validation cells in the multi-crop and cost comparison (0: all)
-    prune_img_size: int = 64         # lesson 07: image side (px) of the small networks trained from scratch
-    prune_widths: tuple = (32, 64, 128, 256)   # lesson 07: channels of the four stages
-    prune_depth: int = 2             # lesson 07: removable blocks per stage
-    prune_frac: float = 1.0          # lesson 07: share of the training split
-    prune_epochs: int = 8            # lesson 07: epochs of training from scratch (both networks)
-    prune_lrs: tuple = (1e-3, 3e-3)  # lesson 07: peak learning rates (Adam, one-cycle) tried for each network
-    prune_ft_div: float = 3.0        # lesson 07: fine-tuning after pruning runs at the training lr / prune_ft_div
-    prune_ratio: float = 0.6         # lesson 07: share of channels removed in the end
-    prune_steps: int = 3             # lesson 07: prune -> fine-tune steps to get there
-    prune_ft_epochs: int = 2         # lesson 07: fine-tuning epochs after each step
-    prune_block_epochs: int = 1      # lesson 07: retraining epochs after removing a block
-    cap_img_size: int = 160          # lesson 08: image side (px) of the full recipe (the cpu target: >= 88 % in 15 min)
-    cap_epochs: int = 8              # lesson 08: whole-network epochs of the full recipe (after one head epoch)
-    cap_frac: float = 1.0            # lesson 08: share of the training split the full recipe uses
-    cap_abl_img_size: int = 96       # lesson 08: image side (px) of every ablation run
-    cap_abl_epochs: int = 2          # lesson 08: whole-network epochs of every ablation run (after one head epoch)
-    cap_abl_frac: float = 0.5        # lesson 08: share of the training split of every ablation run
-    cap_seeds: int = 2               # lesson 08: seeds of every ablation configuration (>= 2: the ensemble averages them)
-    cap_valid_n: int = 0             # lesson 08: validation cells used (0: all 656)
-    cap_prune_ratio: float = 0.3     # lesson 08: share of channels pruned from the final model for deployment
-    cap_prune_epochs: int = 2        # lesson 08: fine-tuning epochs after pruning (at lr / prune_ft_div)
-    cell_timeout: int = 3600         # `convtips run`: seconds one cell may take (lesson 08's cpu ablation: ~20 min)
+    img_size: int                # side of the square input image, px
+    bs: int                      # batch size
+    epochs: int                  # epochs of one training run
+    lr: float                    # peak learning rate of one-cycle training
+    train_frac: float            # fraction of the training split a single run uses
+    n_seeds: int                 # repeats over seeds where a lesson measures spread
+    latency_reps: int            # timed forward passes per latency figure
+    head_epochs: int             # epochs of a shallow head trained on cached features
+    decides_claims: bool         # whether this profile is large enough to decide a lesson's claims
+    seed: int                    # the first seed; `seeds(n)` counts on from it
+    num_workers: int             # DataLoader worker processes
+    cell_timeout: int            # `convtips run`: seconds one cell may take
+    arch: str                    # the course's network (a registry name)
+    zoo: ZooCfg
+    transfer: TransferCfg
+    aug: AugCfg
+    imb: ImbCfg
+    opt: OptCfg
+    ens: EnsCfg
+    prune: PruneCfg
+    cap: CapCfg
+
+    def seeds(self, n: int) -> tuple:
+        """`n` seeds counted from the profile's seed: (seed, seed + 1, ...)."""
+        return tuple(range(self.seed, self.seed + n))
 
     def as_dict(self) -> dict:
-        """The profile as a plain dict (for results JSON)."""
+        """The profile as a plain nested dict (for results JSON)."""
         return asdict(self)
 
     def with_(self, **kw) -> "Profile":
-        """A copy with some fields changed (e.g. `cfg.with_(epochs=1)`)."""
-        return replace(self, **kw)
+        """A copy with some fields changed: `cfg.with_(epochs=1)`, a section's fields by a dict
+        (`cfg.with_(aug=dict(fracs=(0.1,)))`) or a whole section."""
+        out = {}
+        for k, v in kw.items():
+            if k in _OLD:
+                s, f = _old_name(k)
+                out.setdefault(s, {})[f] = v
+            elif k in SECTIONS and isinstance(v, dict):
+                out.setdefault(k, {}).update(v)
+            else:
+                out[k] = v
+        return replace(self, **{k: getattr(self, k).with_(**v) if k in SECTIONS and isinstance(v, dict) else v
+                                for k, v in out.items()})
+
+    def __getattr__(self, name: str):
+        if name in _OLD:                 # only reached for names the dataclass does not have
+            s, f = _old_name(name)
+            return getattr(getattr(self, s), f)
+        raise AttributeError(f"profile has no field {name!r}")
+
+
+def _old_name(name: str) -> tuple:
+    s, f = _OLD[name]
+    warnings.warn(f"cfg.{name} is deprecated: use cfg.{s}.{f}", DeprecationWarning, stacklevel=3)
+    return s, f
 
 
 _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_efficientnet_lite0",
               "tf_efficientnet_lite1", "tf_efficientnet_lite2", "convnext_tiny", "vgg16")
 
 PROFILES = {
-    "smoke": Profile("smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25,
-                     fractions=(0.05, 0.2), n_seeds=1, n_members=2, zoo_archs=_ZOO_SMALL[:5] + ("vgg16",),
-                     latency_reps=2, head_epochs=3, decides_claims=False,
-                     aug_fracs=(0.05, 0.1), aug_epochs=(1, 1), aug_strengths=(0, 1),
-                     imb_frac=0.25, imb_seeds=1, imb_lrs=(1e-2,), imb_sizes=(0.3, 1.0), imb_net_frac=0.1,
-                     imb_net_steps=2, opt_img_size=32, opt_frac=0.25, opt_epochs=2, opt_decades=(0,),
-                     opt_seeds=1, crop_valid_n=96, prune_img_size=32, prune_widths=(8, 16, 32, 64), prune_depth=1,
-                     prune_frac=0.25, prune_epochs=2, prune_lrs=(3e-3,), prune_steps=2, prune_ft_epochs=1,
-                     prune_block_epochs=1, cap_img_size=32, cap_epochs=1, cap_frac=0.05, cap_abl_img_size=32,
-                     cap_abl_epochs=1, cap_abl_frac=0.05, cap_seeds=1, cap_valid_n=96, cap_prune_epochs=1,
-                     cell_timeout=600),
-    "cpu": Profile("cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5,
-                   fractions=(0.05, 0.2, 1.0), n_seeds=1, n_members=3, zoo_archs=_ZOO_SMALL,
-                   latency_reps=5, head_epochs=5, decides_claims=True,
-                   aug_fracs=(0.1, 0.3), aug_epochs=(5, 3), aug_strengths=(0, 1, 2.5),
-                   imb_frac=1.0, imb_seeds=3, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=0.5,
-                   imb_net_steps=40, opt_img_size=32, opt_frac=1.0, opt_epochs=6, opt_decades=(-1, -0.5, 0, 0.5, 1),
-                   opt_seeds=2, prune_img_size=64, prune_epochs=8, prune_steps=3,
-                   prune_ft_epochs=2),
-    "gpu": Profile("gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0,
-                   fractions=(0.05, 0.2, 0.5, 1.0), n_seeds=3, n_members=5, zoo_archs=_ZOO_SMALL,
-                   latency_reps=20, head_epochs=20, decides_claims=True, num_workers=4,
-                   aug_fracs=(0.1, 1.0), aug_epochs=(20, 5), aug_strengths=(0, 0.5, 1, 1.5, 2, 3, 4),
-                   imb_frac=1.0, imb_seeds=5, imb_lrs=(3e-3, 1e-2, 3e-2), imb_sizes=(0.2, 1.0), imb_net_frac=1.0,
-                   imb_net_steps=300, opt_img_size=64, opt_frac=1.0, opt_epochs=30,
-                   opt_decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), opt_seeds=3, prune_img_size=128, prune_epochs=30,
-                   prune_lrs=(3e-4, 1e-3, 3e-3), prune_steps=5, prune_ft_epochs=5, prune_block_epochs=3,
-                   cap_img_size=224, cap_epochs=12, cap_abl_img_size=224, cap_abl_epochs=8, cap_abl_frac=1.0, cap_seeds=3,
-                   cap_prune_epochs=3),
+    "smoke": Profile(
+        "smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25, n_seeds=1, latency_reps=2, head_epochs=3,
+        decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
+        zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
+        transfer=TransferCfg(fractions=(0.05, 0.2)),
+        aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
+        imb=ImbCfg(frac=0.25, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
+        opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
+        ens=EnsCfg(n_members=2, valid_n=96),
+        prune=PruneCfg(img_size=32, widths=(8, 16, 32, 64), blocks=1, frac=0.25, epochs=2, lrs=(3e-3,), ft_div=3.0,
+                       ratio=0.6, steps=2, ft_epochs=1, block_epochs=1),
+        cap=CapCfg(img_size=32, epochs=1, frac=0.05, abl_img_size=32, abl_epochs=1, abl_frac=0.05, n_seeds=1,
+                   valid_n=96, prune_ratio=0.3, prune_epochs=1)),
+    "cpu": Profile(
+        "cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5, n_seeds=1, latency_reps=5, head_epochs=5,
+        decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
+        zoo=ZooCfg(archs=_ZOO_SMALL),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0)),
+        aug=AugCfg(fracs=(0.1, 0.3), epochs=(5, 3), strengths=(0, 1, 2.5)),
+        imb=ImbCfg(frac=1.0, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
+        opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
+        ens=EnsCfg(n_members=3, valid_n=0),
+        prune=PruneCfg(img_size=64, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=8, lrs=(1e-3, 3e-3),
+                       ft_div=3.0, ratio=0.6, steps=3, ft_epochs=2, block_epochs=1),
+        cap=CapCfg(img_size=160, epochs=8, frac=1.0, abl_img_size=96, abl_epochs=2, abl_frac=0.5, n_seeds=2,
+                   valid_n=0, prune_ratio=0.3, prune_epochs=2)),
+    "gpu": Profile(
+        "gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0, n_seeds=3, latency_reps=20, head_epochs=20,
+        decides_claims=True, seed=42, num_workers=4, cell_timeout=3600, arch=DEFAULT_ARCH,
+        zoo=ZooCfg(archs=_ZOO_SMALL),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0)),
+        aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
+        imb=ImbCfg(frac=1.0, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
+        opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),
+        ens=EnsCfg(n_members=5, valid_n=0),
+        prune=PruneCfg(img_size=128, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=30, lrs=(3e-4, 1e-3, 3e-3),
+                       ft_div=3.0, ratio=0.6, steps=5, ft_epochs=5, block_epochs=3),
+        cap=CapCfg(img_size=224, epochs=12, frac=1.0, abl_img_size=224, abl_epochs=8, abl_frac=1.0, n_seeds=3,
+                   valid_n=0, prune_ratio=0.3, prune_epochs=3)),
 }
 
 

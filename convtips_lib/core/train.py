@@ -15,6 +15,7 @@ from torch import nn
 from .compat import renamed_kwargs
 from .env import is_quiet, seed_everything
 from .models import Classifier, model_stats, pretrained
+from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
@@ -95,7 +96,7 @@ def learner(dls, model: nn.Module, loss_func=None, cbs=None, splitter=None, seed
 
 
 @renamed_kwargs(pretrained_="weights")
-def make_learner(dls, arch: str = "efficientnet_lite0", weights="imagenet", depth="head",
+def make_learner(dls, arch: str = DEFAULT_ARCH, weights="imagenet", depth="head",
                  model: nn.Module | None = None, loss_func=None, cbs=None, seed: int | None = None,
                  **kw) -> Learner:
     """A Learner for `arch` (or a given `model`) on image `dls`, normalised with the model's stats, body frozen to

@@ -25,8 +25,8 @@ def run_regime(cfg, regime: str, frac: float, seed: int = 0, **kw) -> dict:
 
 def freeze_grid(cfg, fractions=None, regimes=None, seeds=None, **kw) -> pd.DataFrame:
     """One `run_regime` row per (fraction, regime, seed); defaults from the profile and all of REGIMES."""
-    seeds = range(cfg.n_seeds) if seeds is None else seeds
-    rows = [run_regime(cfg, r, f, s, **kw) for f in (fractions or cfg.fractions) for r in (regimes or REGIMES)
+    seeds = cfg.seeds(cfg.n_seeds) if seeds is None else seeds
+    rows = [run_regime(cfg, r, f, s, **kw) for f in (fractions or cfg.transfer.fractions) for r in (regimes or REGIMES)
             for s in seeds]
     return pd.DataFrame(rows)
 

@@ -30,12 +30,12 @@ CROP_SCALES = (0.08, 0.2, 0.35, 0.6, 1.0)   # share of the cell's area a crop ke
 
 
 def policy_epochs(cfg, frac: float) -> int:
-    """Epochs of every policy run at training fraction `frac`: its entry in `cfg.aug_epochs` (one per `cfg.aug_fracs`),
+    """Epochs of every policy run at training fraction `frac`: its entry in `cfg.aug.epochs` (one per `cfg.aug.fracs`),
     so every policy at a fraction gets the same optimizer steps."""
-    if frac not in cfg.aug_fracs:
-        raise ValueError(f"no epochs for fraction {frac} in profile {cfg.name!r}: use one of cfg.aug_fracs "
-                         f"{cfg.aug_fracs}, or pass epochs=")
-    return cfg.aug_epochs[list(cfg.aug_fracs).index(frac)]
+    if frac not in cfg.aug.fracs:
+        raise ValueError(f"no epochs for fraction {frac} in profile {cfg.name!r}: use one of cfg.aug.fracs "
+                         f"{cfg.aug.fracs}, or pass epochs=")
+    return cfg.aug.epochs[list(cfg.aug.fracs).index(frac)]
 
 
 class StepTimer(Callback):
@@ -68,9 +68,10 @@ class StepTimer(Callback):
 
 
 def train_policy(cfg, policy: str, frac: float, strength: float = 1.0, seed: int | None = None,
-                 epochs: int | None = None, arch: str = "efficientnet_lite0") -> tuple:
+                 epochs: int | None = None, arch: str | None = None) -> tuple:
     """Fine-tune the whole pretrained `arch` under one augmentation policy for `epochs` (default `policy_epochs`):
     (history, summary row with validation predictions and step timings, learner)."""
+    arch = arch or cfg.arch
     seed = cfg.seed if seed is None else seed
     epochs = policy_epochs(cfg, frac) if epochs is None else epochs
     t = time.perf_counter()
@@ -94,11 +95,11 @@ COMPARED = ("none", "flips", "flips+crop+rotation", "everything")   # the polici
 
 
 def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
-    """`train_policy` for every (fraction, policy, seed) (default: `cfg.aug_fracs`, `cfg.n_seeds` seeds):
+    """`train_policy` for every (fraction, policy, seed) (default: `cfg.aug.fracs`, `cfg.n_seeds` seeds):
     (runs table, histories, {(policy, frac): learner of the first seed})."""
-    seeds = range(cfg.seed, cfg.seed + cfg.n_seeds) if seeds is None else seeds
+    seeds = cfg.seeds(cfg.n_seeds) if seeds is None else seeds
     hists, rows, learners = [], [], {}
-    for f in fracs or cfg.aug_fracs:
+    for f in fracs or cfg.aug.fracs:
         for p in policies:
             for s in seeds:
                 h, r, learn = train_policy(cfg, p, f, seed=s)
@@ -110,12 +111,12 @@ def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
 
 def strength_sweep(cfg, runs: pd.DataFrame, policy: str = "everything", strengths=None,
                    frac: float | None = None) -> pd.DataFrame:
-    """`policy` at each of `cfg.aug_strengths` (x its published magnitudes) at the small fraction, reusing the runs
+    """`policy` at each of `cfg.aug.strengths` (x its published magnitudes) at the small fraction, reusing the runs
     already in `runs` (strength 0 = its 'none' run, strength 1 = its `policy` run)."""
-    frac = min(cfg.aug_fracs) if frac is None else frac
+    frac = min(cfg.aug.fracs) if frac is None else frac
     at = runs[runs["frac"] == frac]
     rows = []
-    for s in strengths or cfg.aug_strengths:
+    for s in strengths or cfg.aug.strengths:
         done = at[(at["policy"] == ("none" if s == 0 else policy)) & (at["seed"] == cfg.seed)]
         done = done[done["strength"] == 1.0] if s in (0, 1) else done.iloc[:0]
         rows.append(done.iloc[0].to_dict() if len(done) else train_policy(cfg, policy, frac, s)[1])
@@ -233,7 +234,7 @@ def item_policy(img_size: int) -> TorchAug:
 def _pipeline_dls(cfg, setting: str, seed: int):
     where, workers = PIPELINES[setting]
     cfg = cfg.with_(num_workers=workers)
-    kw = dict(frac=max(cfg.aug_fracs), seed=seed)   # the images the policy runs trained on, already decoded
+    kw = dict(frac=max(cfg.aug.fracs), seed=seed)   # the images the policy runs trained on, already decoded
     if where == "item":
         return elpv_dls(cfg, item_tfms=[item_policy(cfg.img_size)], **kw)
     tfms = policy_tfms("flips+crop+rotation+lighting", cfg.img_size) if where == "batch" else None
@@ -254,7 +255,7 @@ def _batch_times(dl, n: int) -> list:
 
 
 def pipeline_speed(cfg, settings=None, n_batches: int | None = None, seed: int | None = None) -> pd.DataFrame:
-    """Images/s of the training data pipeline (no model; the largest of `cfg.aug_fracs`, decoded images memoised) in
+    """Images/s of the training data pipeline (no model; the largest of `cfg.aug.fracs`, decoded images memoised) in
     each `PIPELINES` setting: median over `n_batches` (default 4 x cfg.latency_reps) timed batches; `times` keeps
     each batch's seconds."""
     seed = cfg.seed if seed is None else seed

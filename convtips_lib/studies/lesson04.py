@@ -180,11 +180,12 @@ def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
 
 
 def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1.0, lr: float | None = None,
-                 seed: int | None = None, aug_tfms=None, arch: str = "efficientnet_lite0",
+                 seed: int | None = None, aug_tfms=None, arch: str | None = None,
                  minority: str = "defective") -> dict:
     """Fine-tune the whole pretrained `arch` on the binary task of `frac` of `df`'s training rows (stratified) with
     `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps: dict(remedy, seed, n_train, epochs, steps,
     metrics..., y_true, y_pred, probs, seconds, learn). `aug_tfms`: batch transforms of 'minority augmentation'."""
+    arch = arch or cfg.arch
     _known(remedy, NET_REMEDIES)
     t, seed = time.perf_counter(), cfg.seed if seed is None else seed
     lr = cfg.lr if lr is None else lr

@@ -61,11 +61,12 @@ def _member_row(learn, probs, arch: str, seed: int, kind: str, t: float) -> dict
                 **classification_metrics(y_true, probs.argmax(-1)), seconds=time.perf_counter() - t, learn=learn)
 
 
-def train_member(cfg, seed: int, arch: str = "efficientnet_lite0", policy: str = "flips",
+def train_member(cfg, seed: int, arch: str | None = None, policy: str = "flips",
                  epochs: int | None = None) -> dict:
     """One ensemble member: the whole pretrained `arch` fine-tuned with its own `seed` (initial head, batch order,
     augmentation draws) and lesson 03's augmentation `policy`, one-cycle at cfg.lr: dict(arch, seed, kind, probs
     (N_valid, C), y_true, y_pred, metrics..., seconds, learn)."""
+    arch = arch or cfg.arch
     t = time.perf_counter()
     dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size))   # the same images for every member
     rec = ProbsRecorder()
@@ -74,10 +75,11 @@ def train_member(cfg, seed: int, arch: str = "efficientnet_lite0", policy: str =
     return _member_row(learn, rec.probs[-1], arch, seed, "independent", t)
 
 
-def snapshot_members(cfg, seed: int, n_cycles: int, cycle_len: int = 1, arch: str = "efficientnet_lite0",
+def snapshot_members(cfg, seed: int, n_cycles: int, cycle_len: int = 1, arch: str | None = None,
                      policy: str = "flips") -> list:
     """Snapshot ensemble (Huang et al., ICLR 2017): one run of `n_cycles` equal cosine cycles with warm restarts
     (`cycle_len` epochs each), a member taken at the end of each cycle — members for the cost of one training run."""
+    arch = arch or cfg.arch
     t = time.perf_counter()
     dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size))
     rec = ProbsRecorder()

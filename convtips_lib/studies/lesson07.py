@@ -12,6 +12,7 @@ from torch import nn
 
 from ..core.env import seed_everything
 from ..core.measure import bootstrap, evaluate
+from ..core.compat import renamed_kwargs
 from ..core.models import replace_module
 from ..core.train import fit, learner
 
@@ -33,24 +34,26 @@ class Block(nn.Module):
         return torch.relu(y + x if self.residual else y)
 
 
-def prunable_net(n_out: int, residual: bool = True, widths=(32, 64, 128, 256), depth: int = 2) -> nn.Sequential:
-    """A small ConvNet from a random init: a stride-2 stem, then per width a stride-2 conv and `depth` `Block`s, then
+@renamed_kwargs(depth="blocks")
+def prunable_net(n_out: int, residual: bool = True, widths=(32, 64, 128, 256), blocks: int = 2) -> nn.Sequential:
+    """A small ConvNet from a random init: a stride-2 stem, then per width a stride-2 conv and `blocks` `Block`s, then
     pooling and a linear head. `residual=False` is the same network without shortcuts (the same parameters)."""
     layers, c = [ConvLayer(3, widths[0], stride=2)], widths[0]
     for w in widths:
-        layers += [ConvLayer(c, w, stride=2)] + [Block(w, residual) for _ in range(depth)]
+        layers += [ConvLayer(c, w, stride=2)] + [Block(w, residual) for _ in range(blocks)]
         c = w
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_out))
 
 
-def train_from_scratch(dls, residual: bool, widths, depth: int, epochs: int, lrs=(3e-3,), seed: int = 0):
+@renamed_kwargs(depth="blocks")
+def train_from_scratch(dls, residual: bool, widths, blocks: int, epochs: int, lrs=(3e-3,), seed: int = 0):
     """A `prunable_net` trained from a random init with one-cycle (Adam) at each peak learning rate of `lrs`; the
     run with the best validation balanced accuracy is kept: its Learner, with `learn.lr` and `learn.lr_sweep`
     ({lr: balanced accuracy})."""
     runs = {}
     for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs):
         seed_everything(seed)                       # the same initial weights at every learning rate
-        learn = learner(dls, prunable_net(dls.c, residual, widths, depth), seed=seed)
+        learn = learner(dls, prunable_net(dls.c, residual, widths, blocks), seed=seed)
         fit(learn, epochs, lr)
         runs[float(lr)] = learn
     sweep = {lr: learn.history.rows[-1]["balanced_accuracy"] for lr, learn in runs.items()}

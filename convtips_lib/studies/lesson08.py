@@ -16,10 +16,17 @@ from ..topics.ensemble import average_probs
 from ..topics.imbalance import oversample_weights
 from ..topics.recipe import Recipe, fit_recipe, recipe_eval
 
-__all__ = ["TIPS", "ABLATION_TIPS", "capstone_frame", "recipe_dls", "train_on_elpv", "uses_tip", "without_tip",
+__all__ = ["capstone_recipes", "TIPS", "ABLATION_TIPS", "capstone_frame", "recipe_dls", "train_on_elpv", "uses_tip", "without_tip",
            "with_tip", "toggle_tip", "plain_recipe", "ablation_plan", "ablation_runs", "fastai_default",
            "ensemble_preds", "ablation_table", "compare_configs", "binary_from_4class", "valid_items", "accuracy_by",
            "confident_mistakes", "offline_arch", "inference_costs", "threshold_metrics", "PAPER", "paper_table"]
+
+
+def capstone_recipes(cfg) -> tuple:
+    """(full, small): lesson 08's recipe at full size (`cfg.cap`: image size, epochs) and at the ablation's budget
+    (`cfg.cap.abl_img_size`, `abl_epochs`), both with the profile's architecture and seed."""
+    full = Recipe(arch=cfg.arch, img_size=cfg.cap.img_size, epochs=cfg.cap.epochs, seed=cfg.seed)
+    return full, full.with_(img_size=cfg.cap.abl_img_size, epochs=cfg.cap.abl_epochs)
 
 
 def capstone_frame(valid_n: int = 0) -> pd.DataFrame:
@@ -35,10 +42,10 @@ def capstone_frame(valid_n: int = 0) -> pd.DataFrame:
 
 
 def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfms: list | None = None):
-    """ELPV DataLoaders for `recipe`: `frac` of the training split, the fixed validation split (`cfg.cap_valid_n`
+    """ELPV DataLoaders for `recipe`: `frac` of the training split, the fixed validation split (`cfg.cap.valid_n`
     cells of it, or all), the recipe's augmentation (or `tfms`), image size, batch size and (with balance
     'oversample') every class drawn equally often."""
-    df, weights = subsample(capstone_frame(cfg.cap_valid_n), frac, recipe.seed), None   # what elpv_dls draws
+    df, weights = subsample(capstone_frame(cfg.cap.valid_n), frac, recipe.seed), None   # what elpv_dls draws
     if recipe.balance == "oversample":
         weights = oversample_weights(df.loc[~df["is_valid"], TASKS[task]].astype(str))
     tfms = policy_tfms(recipe.policy, recipe.img_size) if tfms is None else tfms

@@ -35,10 +35,11 @@ def _train(learn, cfg, spec: dict) -> pd.DataFrame:
     return fit(learn, cfg.epochs, cfg.lr)
 
 
-def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str = "efficientnet_lite0",
+def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str | None = None,
                  task: str = "binary") -> tuple:
     """Train `arch` under one regime on `frac` of the training split: (per-epoch history, one summary row with
     the validation metrics and predictions: y_true, y_pred after the last epoch, y_pred_first after the first)."""
+    arch = arch or cfg.arch
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     spec = REGIMES[regime]

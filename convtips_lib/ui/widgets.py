@@ -119,7 +119,7 @@ def transfer_widget(model, cfg, folder=None):
 
     from ..core.surgery import n_groups
     n_body = n_groups(model)
-    frac = w.SelectionSlider(options=list(cfg.fractions), value=cfg.fractions[0], description="data fraction")
+    frac = w.SelectionSlider(options=list(cfg.transfer.fractions), value=cfg.transfer.fractions[0], description="data fraction")
     depth = w.IntSlider(n_body, max(1, n_body - 3), n_body, description="frozen groups")
     button, out, rows = w.Button(description="run"), w.Output(), []
 
