@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from convtips_lib.topics.ensemble import CROP_NAMES, ProbsRecorder, average_probs, crop_probs, disagreement, error_correlation, ten_crop, vote
+from convtips_lib.topics.ensemble import CROP_NAMES, average_probs, crop_probs, disagreement, error_correlation, ten_crop, vote
 from convtips_lib.studies.lesson06 import ensemble_curve, predict_seconds
 
 
@@ -66,14 +66,17 @@ def test_crop_probs_average_like_a_tta():
     assert p.shape == (5, 10, 2) and np.allclose(p.sum(-1), 1)
 
 
-def test_probs_recorder_keeps_one_array_per_epoch():
+def test_history_keeps_the_probabilities_of_every_epoch():
     from convtips_lib.core.data import tensor_dls
-    from convtips_lib.core.train import learner
+    from convtips_lib.core.train import learner, valid_probs
     x, y = torch.randn(32, 4), torch.arange(32) % 2
-    rec = ProbsRecorder()
-    learn = learner(tensor_dls(x, y, x[:12], y[:12], ["a", "b"], bs=8), nn.Linear(4, 2), cbs=[rec], seed=0)
+    learn = learner(tensor_dls(x, y, x[:12], y[:12], ["a", "b"], bs=8), nn.Linear(4, 2), seed=0)
     learn.fit(2, 1e-2)
-    assert len(rec.probs) == 2 and rec.probs[0].shape == (12, 2) and np.allclose(rec.probs[1].sum(1), 1)
+    probs = learn.history.probs
+    assert len(probs) == 2 and probs[0].shape == (12, 2) and np.allclose(probs[1].sum(1), 1)
+    with torch.no_grad():   # the same as a softmax of the model's outputs on the validation rows
+        assert np.allclose(valid_probs(learn), torch.softmax(learn.model(x[:12]), -1).numpy(), atol=1e-6)
+    assert np.array_equal(valid_probs(learn).argmax(1), learn.history.preds[-1])
 
 
 def test_predict_seconds_is_a_median_of_repeats():

@@ -160,12 +160,14 @@ def test_model_cost_fields():
 
 
 def test_train_from_scratch_keeps_the_best_learning_rate():
-    learn = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-4, 3e-2), seed=0)
-    assert set(learn.lr_sweep) == {1e-4, 3e-2} and learn.lr == max(learn.lr_sweep, key=learn.lr_sweep.get)
-    assert learn.history.rows[-1]["balanced_accuracy"] == learn.lr_sweep[learn.lr]
-    copy = fresh_learner(learn)
-    assert copy.model is not learn.model and copy.lr == learn.lr
-    assert all(torch.equal(a, b) for a, b in zip(copy.model.state_dict().values(), learn.model.state_dict().values()))
+    run = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-4, 3e-2), seed=0)
+    sweep, lr = run.extra["lr_sweep"], run.settings["lr"]
+    assert set(sweep) == {1e-4, 3e-2} and lr == max(sweep, key=sweep.get)
+    assert run.learn.history.rows[-1]["balanced_accuracy"] == sweep[lr] == run.metrics["balanced_accuracy"]
+    assert run.probs.shape == (len(run.y_true), 2) and np.array_equal(run.y_pred, run.learn.history.preds[-1])
+    copy = fresh_learner(run.learn)
+    assert copy.model is not run.learn.model
+    assert all(torch.equal(a, b) for a, b in zip(copy.model.state_dict().values(), run.learn.model.state_dict().values()))
 
 
 def test_first_reaching_picks_the_first_step_with_enough_savings():
@@ -189,4 +191,4 @@ def test_train_from_scratch_repeats_with_the_same_seed():
     a = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=3)
     torch.manual_seed(456)                        # whatever ran before, the seed decides the initial weights
     b = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=3)
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.learn.model.state_dict().values(), b.learn.model.state_dict().values()))

@@ -1,4 +1,5 @@
 """Tests for convtips_lib.core.train: the Learner factory, normalisation, freezing, fit's history, seeding."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -162,3 +163,49 @@ def test_constant_schedule_keeps_one_rate_and_unknown_schedules_are_refused(dls)
     assert max(learn.recorder.lrs) > 2 * min(learn.recorder.lrs)          # one-cycle warms up and anneals
     with pytest.raises(ValueError, match="one-cycle, constant"):
         fit(learn, 1, 1e-3, schedule="cosine")
+
+
+def _tiny_learn(seed=0):
+    from convtips_lib.core.data import tensor_dls
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return learner(tensor_dls(x[:28], y[:28], x[28:], y[28:], ["a", "b"], bs=8), torch.nn.Linear(4, 2), seed=seed)
+
+
+def test_run_of_a_learner_reads_its_history():
+    from convtips_lib.core.train import Run, fit, valid_probs
+    learn = _tiny_learn()
+    fit(learn, 2, 1e-2)
+    run = Run.of(learn, dict(lr=1e-2), 1.5, note="x")
+    assert run.probs.shape == (12, 2) and len(run.epoch_probs) == 2 and run.history.shape[0] == 2
+    assert np.array_equal(run.probs, valid_probs(learn)) and np.array_equal(run.y_pred, learn.history.preds[-1])
+    assert run.metrics == {m: learn.history.rows[-1][m] for m in ("accuracy", "balanced_accuracy", "f1_macro")}
+    row = run.row()
+    assert row["lr"] == 1e-2 and row["note"] == "x" and row["seconds"] == 1.5 and "learn" not in row
+    assert run.row(learn=True)["learn"] is learn
+
+
+def test_select_lr_picks_the_best_score_and_skips_a_single_rate():
+    from convtips_lib.core.train import select_lr
+    calls = []
+    best, scores = select_lr(lambda lr: calls.append(lr) or -abs(lr - 0.01), (0.001, 0.01, 0.1))
+    assert best == 0.01 and set(scores) == {0.001, 0.01, 0.1} and calls == [0.001, 0.01, 0.1]
+    assert select_lr(lambda lr: 1 / 0, [0.3]) == (0.3, {})   # nothing to choose: score is never called
+
+
+def test_run_grid_calls_every_setting_with_every_seed():
+    from convtips_lib.core.train import run_grid
+    out = run_grid(lambda a, seed: (a, seed), [dict(a=1), dict(a=2)], (7, 8))
+    assert out == [(1, 7), (1, 8), (2, 7), (2, 8)]
+
+
+def test_evaluate_gives_probabilities_whatever_the_loss():
+    from convtips_lib.core.measure import evaluate
+    from convtips_lib.core.train import fit
+    from convtips_lib.topics.imbalance import FocalLoss
+    learn = _tiny_learn()
+    learn.loss_func = FocalLoss()          # a loss without an activation: get_preds alone would return logits
+    fit(learn, 1, 1e-2)
+    ev = evaluate(learn)
+    assert np.allclose(ev.probs.sum(1), 1, atol=1e-5) and np.allclose(ev.probs, learn.history.probs[-1], atol=1e-6)

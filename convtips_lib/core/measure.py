@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from fastcore.basics import noop
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
@@ -212,9 +213,11 @@ class Evaluation:
 
 
 def evaluate(learn, dl=None) -> Evaluation:
-    """Evaluate a fastai Learner on `dl` (default: its validation set), without progress bars."""
+    """Evaluate a fastai Learner on `dl` (default: its validation set), without progress bars; the probabilities are
+    the softmax of the model's outputs whatever the loss (a focal or logit-adjusted loss has no activation)."""
     with learn.no_bar(), learn.no_logging():
-        probs, y = learn.get_preds(dl=dl)
+        logits, y = learn.get_preds(dl=dl, act=noop)
+    probs = torch.softmax(logits.float(), -1)
     return Evaluation.of(list(learn.dls.vocab), y.numpy(), probs.argmax(1).numpy(), probs.numpy())
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 from fastai.vision.all import (Callback, CrossEntropyLossFlat, Learner, LRFinder, Normalize, ProgressCallback,
                                Recorder, accuracy, noop, skm_to_fastai)
 from sklearn.metrics import balanced_accuracy_score, f1_score
@@ -19,7 +22,7 @@ from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
-           "last_metrics", "valid_preds"]
+           "last_metrics", "valid_preds", "valid_probs", "Run", "run_grid", "select_lr"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
 
@@ -31,14 +34,15 @@ def _metrics() -> list:
 
 
 class History(Callback):
-    """One row per epoch across every `fit` call (fastai's Recorder forgets earlier fits), and the predicted class
-    of every validation image after each epoch (`preds`: list of (N_valid,) int arrays; `y_true` the labels),
-    for paired statistics on the fixed validation set."""
+    """One row per epoch across every `fit` call (fastai's Recorder forgets earlier fits), and the softmax
+    probabilities and predicted class of every validation image after each epoch (`probs`: list of (N_valid, C)
+    float32 arrays, whatever the loss; `preds`: list of (N_valid,) int arrays; `y_true` the labels), for paired
+    statistics on the fixed validation set."""
     order = Recorder.order + 1
 
     def __init__(self):
-        self.rows, self.preds, self.y_true, self.phase, self.fitting = [], [], None, "fit", False
-        self._batch, self._y = [], []
+        self.rows, self.probs, self.preds, self.y_true, self.phase, self.fitting = [], [], [], None, "fit", False
+        self._batch, self._probs, self._y = [], [], []
 
     def before_epoch(self):
         self._t0 = time.perf_counter()
@@ -48,11 +52,13 @@ class History(Callback):
         self.fitting = not any(isinstance(cb, LRFinder) for cb in self.learn.cbs)
 
     def before_validate(self):
-        self._batch, self._y = [], []
+        self._batch, self._probs, self._y = [], [], []
 
     def after_batch(self):
         if not self.training and self.fitting:
-            self._batch.append(self.pred.detach().argmax(-1).cpu().numpy())
+            pred = self.pred.detach()
+            self._batch.append(pred.argmax(-1).cpu().numpy())
+            self._probs.append(torch.softmax(pred.float(), -1).cpu().numpy())
             self._y.append(self.y.detach().cpu().numpy())
 
     def after_epoch(self):
@@ -65,6 +71,7 @@ class History(Callback):
         row["seconds"] = time.perf_counter() - self._t0   # fastai's own epoch time is rounded to whole seconds
         self.rows.append(dict(epoch=len(self.rows) + 1, phase=self.phase, **row))
         self.preds.append(np.concatenate(self._batch) if self._batch else np.array([], dtype=int))
+        self.probs.append(np.concatenate(self._probs) if self._probs else np.zeros((0, 0), dtype=np.float32))
         self.y_true = np.concatenate(self._y) if self._y else self.y_true
 
 
@@ -162,6 +169,62 @@ def last_metrics(learn: Learner) -> dict:
     """`METRICS` on the validation set after the last epoch (no extra pass)."""
     row = learn.history.rows[-1]
     return {m: row[m] for m in METRICS}
+
+
+def valid_probs(learn: Learner, epoch: int = -1) -> np.ndarray:
+    """(N_valid, C) softmax probabilities of the validation images after `epoch` (default: the last), loader order."""
+    return learn.history.probs[epoch]
+
+
+@dataclass
+class Run:
+    """One experiment, the record every `train_*` returns: its `settings`, the per-epoch `history` (a DataFrame),
+    the validation labels `y_true` (N,) and probabilities `probs` (N, C) after the last epoch (`epoch_probs`: one
+    array per epoch), its `metrics` (`METRICS`), wall-clock `seconds`, the `learn`er, and what else the experiment
+    measured (`extra`)."""
+    settings: dict
+    history: pd.DataFrame
+    y_true: np.ndarray
+    probs: np.ndarray
+    metrics: dict
+    seconds: float
+    learn: Learner | None = None
+    epoch_probs: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        """(N,) predicted classes: the most probable one."""
+        return self.probs.argmax(-1)
+
+    @classmethod
+    def of(cls, learn: Learner, settings: dict, seconds: float, **extra) -> "Run":
+        """The record of a trained Learner: history, probabilities and metrics from its `History`."""
+        hist = learn.history
+        return cls(dict(settings), history(learn), np.asarray(hist.y_true), valid_probs(learn), last_metrics(learn),
+                   float(seconds), learn, list(hist.probs), dict(extra))
+
+    def row(self, learn: bool = False) -> dict:
+        """One flat row for a table of runs: settings, metrics, seconds, extra, y_true, y_pred and probs."""
+        out = dict(**self.settings, **self.metrics, seconds=self.seconds, **self.extra, y_true=self.y_true,
+                   y_pred=self.y_pred, probs=self.probs)
+        return dict(out, learn=self.learn) if learn else out
+
+
+def run_grid(train: Callable[..., Run], settings, seeds) -> list:
+    """`train(**s, seed=seed)` for every settings dict `s` of `settings` and every seed: a list of `Run`s."""
+    return [train(**s, seed=seed) for s in settings for seed in seeds]
+
+
+def select_lr(score: Callable[[float], float], lrs) -> tuple:
+    """(best lr, {lr: score}): the learning rate of `lrs` whose `score(lr)` is highest. `score` trains on the
+    training rows left after a tuning part is held out and scores on that part, never on the cells that judge a
+    claim; with one rate there is nothing to choose and `score` is not called."""
+    lrs = [float(lr) for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs)]
+    if len(lrs) == 1:
+        return lrs[0], {}
+    scores = {lr: float(score(lr)) for lr in lrs}
+    return max(scores, key=scores.get), scores
 
 
 def valid_preds(learn: Learner, epoch: int = -1) -> tuple:

@@ -8,12 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import noop
 from torch import nn
 
 from ..core.data import elpv_dls, subsample
-from ..core.measure import classification_metrics, metric_value
-from ..core.train import fit, make_learner
+from ..core.measure import classification_metrics, evaluate, metric_value
+from ..core.train import fit, make_learner, select_lr, valid_probs
 from ..topics.features import Features, fit_head
 from ..topics.imbalance import (
     FocalLoss,
@@ -102,12 +101,6 @@ def shrink_train(feats: Features, share: float, seed: int = 0) -> Features:
     return subset_train(feats, np.sort(np.concatenate(keep)))
 
 
-def _probs(learn, dl) -> np.ndarray:
-    """(N, k) softmax probabilities of `learn` on `dl`, whatever its loss."""
-    logits, _ = learn.get_preds(dl=dl, act=noop)
-    return torch.softmax(logits.float(), -1).numpy()
-
-
 def rarest(labels) -> str:
     """The class with the fewest items (the first such, in sorted order)."""
     counts = class_counts(labels)
@@ -128,12 +121,12 @@ def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int 
     run = fit_head(feats, epochs=epochs, lr=lr, bs=bs, seed=seed, loss_func=_loss_for(remedy, names, feats.vocab),
                    sampling_weights=weights)
     learn = run["learn"]
-    probs = _probs(learn, learn.dls.valid)
+    probs = valid_probs(learn)
     y_pred = probs.argmax(1)
     extra = {}
     if remedy == "threshold moving":
         train_dl = learn.dls.valid.new(learn.dls.train.dataset, shuffle=False, drop_last=False)
-        extra["threshold"] = tune_threshold(feats.y_train.numpy(), _probs(learn, train_dl)[:, minority], minority)
+        extra["threshold"] = tune_threshold(feats.y_train.numpy(), evaluate(learn, train_dl).probs[:, minority], minority)
         y_pred = threshold_preds(probs, extra["threshold"], minority)
     y_true = run["y_true"]
     return dict(remedy=remedy, seed=seed, n_train=len(feats.y_train), minority=feats.vocab[minority], **extra,
@@ -156,11 +149,8 @@ def tune_lr(feats: Features, remedy: str, lrs, epochs: int, seed: int = 0, bs: i
     """The learning rate of `lrs` with the best balanced accuracy of `remedy` on a held-out fifth of the training
     features (`holdout_split`); the only one when `lrs` has one."""
     lrs = list(lrs)
-    if len(lrs) == 1:
-        return float(lrs[0])
-    inner = holdout_split(feats, 0.2, seed)
-    scores = [head_remedy(inner, remedy, epochs, lr, seed, bs)["balanced_accuracy"] for lr in lrs]
-    return float(lrs[int(np.argmax(scores))])
+    inner = holdout_split(feats, 0.2, seed) if len(lrs) > 1 else None
+    return select_lr(lambda lr: head_remedy(inner, remedy, epochs, lr, seed, bs)["balanced_accuracy"], lrs)[0]
 
 
 def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int = 10, lrs=(1e-2,), bs: int = 64,
@@ -208,7 +198,7 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
                          loss_func=_loss_for(remedy, names, vocab), cbs=cbs)
     epochs = epochs_for_steps(steps, len(dls.train))
     fit(learn, epochs, lr)
-    probs = _probs(learn, dls.valid)
+    probs = valid_probs(learn)
     y_true = np.asarray(learn.history.y_true)
     k = vocab.index(minority)
     return dict(remedy=remedy, seed=seed, n_train=len(dls.train_ds), epochs=epochs, steps=epochs * len(dls.train),

@@ -10,9 +10,9 @@ from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
 
 from ..core.data import elpv_dls
 from ..core.measure import bootstrap, classification_metrics, timed_in_turns
-from ..core.train import fit, make_learner
+from ..core.train import Run, fit, history, make_learner
 from ..topics.augment import policy_tfms
-from ..topics.ensemble import ProbsRecorder, average_probs
+from ..topics.ensemble import average_probs
 
 __all__ = ["ensemble_curve", "ensemble_gain", "predict_seconds", "train_member", "snapshot_members"]
 
@@ -55,24 +55,24 @@ def predict_seconds(fn, reps: int = 3) -> float:
     return float(np.median(timed_in_turns({"fn": fn}, reps, warmup=1)["fn"])) / 1000
 
 
-def _member_row(learn, probs, arch: str, seed: int, kind: str, t: float) -> dict:
-    y_true = np.asarray(learn.history.y_true)
-    return dict(arch=arch, seed=seed, kind=kind, probs=probs, y_true=y_true, y_pred=probs.argmax(-1),
-                **classification_metrics(y_true, probs.argmax(-1)), seconds=time.perf_counter() - t, learn=learn)
+def _member(learn, epoch: int, arch: str, seed: int, kind: str, t: float) -> Run:
+    """The `Run` of one member: `learn`'s validation probabilities after `epoch` (a snapshot, or the last)."""
+    y_true, probs = np.asarray(learn.history.y_true), learn.history.probs[epoch]
+    return Run(dict(arch=arch, seed=seed, kind=kind), history(learn), y_true, probs,
+               classification_metrics(y_true, probs.argmax(-1)), time.perf_counter() - t, learn, list(learn.history.probs))
 
 
 def train_member(cfg, seed: int, arch: str | None = None, policy: str = "flips",
                  epochs: int | None = None) -> dict:
     """One ensemble member: the whole pretrained `arch` fine-tuned with its own `seed` (initial head, batch order,
-    augmentation draws) and lesson 03's augmentation `policy`, one-cycle at cfg.lr: dict(arch, seed, kind, probs
-    (N_valid, C), y_true, y_pred, metrics..., seconds, learn)."""
+    augmentation draws) and lesson 03's augmentation `policy`, one-cycle at cfg.lr: its `Run` (settings arch, seed,
+    kind)."""
     arch = arch or cfg.arch
     t = time.perf_counter()
     dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size))   # the same images for every member
-    rec = ProbsRecorder()
-    learn = make_learner(dls, arch, weights="imagenet", depth="none", cbs=[rec], seed=seed)
+    learn = make_learner(dls, arch, weights="imagenet", depth="none", seed=seed)
     fit(learn, epochs or cfg.epochs, cfg.lr)
-    return _member_row(learn, rec.probs[-1], arch, seed, "independent", t)
+    return _member(learn, -1, arch, seed, "independent", t)
 
 
 def snapshot_members(cfg, seed: int, n_cycles: int, cycle_len: int = 1, arch: str | None = None,
@@ -82,10 +82,9 @@ def snapshot_members(cfg, seed: int, n_cycles: int, cycle_len: int = 1, arch: st
     arch = arch or cfg.arch
     t = time.perf_counter()
     dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size))
-    rec = ProbsRecorder()
-    learn = make_learner(dls, arch, weights="imagenet", depth="none", cbs=[rec], seed=seed)
+    learn = make_learner(dls, arch, weights="imagenet", depth="none", seed=seed)
     # fastai's fit_sgdr needs cycle_mult > 1; equal cycles are n cosine pieces of fastai's own schedule
     cycles = combine_scheds([1 / n_cycles] * n_cycles, [SchedCos(cfg.lr, cfg.lr / 100)] * n_cycles)
     learn.fit(n_cycles * cycle_len, cfg.lr, cbs=[ParamScheduler({"lr": cycles})])
-    return [_member_row(learn, rec.probs[(k + 1) * cycle_len - 1], arch, seed, f"snapshot {k + 1}", t)
+    return [_member(learn, (k + 1) * cycle_len - 1, arch, seed, f"snapshot {k + 1}", t)
             for k in range(n_cycles)]

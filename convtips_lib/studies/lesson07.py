@@ -3,6 +3,7 @@ each (Veit et al. 2016), with the gap between them."""
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from ..core.env import seed_everything
 from ..core.measure import bootstrap, evaluate
 from ..core.compat import renamed_kwargs
 from ..core.models import replace_module
-from ..core.train import fit, learner
+from ..core.train import Run, fit, learner, select_lr
 
 __all__ = ["Block", "prunable_net", "removable_blocks", "without_block", "block_removal", "train_from_scratch",
            "fresh_learner", "first_reaching", "removal_gap"]
@@ -48,25 +49,27 @@ def prunable_net(n_out: int, residual: bool = True, widths=(32, 64, 128, 256), b
 @renamed_kwargs(depth="blocks")
 def train_from_scratch(dls, residual: bool, widths, blocks: int, epochs: int, lrs=(3e-3,), seed: int = 0):
     """A `prunable_net` trained from a random init with one-cycle (Adam) at each peak learning rate of `lrs`; the
-    run with the best validation balanced accuracy is kept: its Learner, with `learn.lr` and `learn.lr_sweep`
+    run with the best validation balanced accuracy is kept (`select_lr` over the validation cells: the protocol
+    issue moves this choice to a tuning split): its `Run`, with `settings['lr']` and `extra['lr_sweep']`
     ({lr: balanced accuracy})."""
-    runs = {}
-    for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs):
+    runs, t = {}, time.perf_counter()
+
+    def score(lr: float) -> float:
         seed_everything(seed)                       # the same initial weights at every learning rate
         learn = learner(dls, prunable_net(dls.c, residual, widths, blocks), seed=seed)
         fit(learn, epochs, lr)
-        runs[float(lr)] = learn
-    sweep = {lr: learn.history.rows[-1]["balanced_accuracy"] for lr, learn in runs.items()}
-    best = max(sweep, key=sweep.get)
-    runs[best].lr, runs[best].lr_sweep = best, sweep
-    return runs[best]
+        runs[lr] = learn
+        return learn.history.rows[-1]["balanced_accuracy"]
+    best, sweep = select_lr(score, lrs)
+    if not sweep:                                   # one rate: nothing to choose, train it once
+        sweep = {best: score(best)}
+    return Run.of(runs[best], dict(residual=residual, widths=tuple(widths), blocks=blocks, epochs=epochs, lr=best,
+                                   seed=seed), time.perf_counter() - t, lr_sweep=sweep)
 
 
 def fresh_learner(learn, seed: int = 0):
     """A new Learner on `learn`'s data with a deep copy of its model (to prune while keeping the original)."""
-    new = learner(learn.dls, copy.deepcopy(learn.model), seed=seed)
-    new.lr = getattr(learn, "lr", None)
-    return new
+    return learner(learn.dls, copy.deepcopy(learn.model), seed=seed)
 
 
 def removable_blocks(model: nn.Module) -> list:

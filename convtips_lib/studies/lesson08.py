@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_frame, subsample
 from ..core.measure import Evaluation, bootstrap, proportion, stack_preds
-from ..core.train import METRICS, learner
+from ..core.train import METRICS, Run, learner
 from ..topics.augment import policy_tfms
 from ..topics.ensemble import average_probs
 from ..topics.imbalance import oversample_weights
@@ -53,12 +53,12 @@ def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfm
                     sampling_weights=weights, df=df)
 
 
-def train_on_elpv(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary"):
-    """`recipe` trained on ELPV (`recipe_dls`): the Learner, with `learn.train_seconds` (wall-clock of training)."""
+def train_on_elpv(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary") -> Run:
+    """`recipe` trained on ELPV (`recipe_dls`): its `Run` (settings: the recipe's, `frac` and `task`; seconds: the
+    wall-clock of building the data and training)."""
     t0 = time.perf_counter()
     learn = fit_recipe(recipe_dls(recipe, cfg, frac, task), recipe)
-    learn.train_seconds = time.perf_counter() - t0
-    return learn
+    return Run.of(learn, dict(recipe.to_dict(), frac=frac, task=task), time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------ the ablation
@@ -156,8 +156,8 @@ def ablation_runs(plan: pd.DataFrame, cfg, frac: float, seeds) -> pd.DataFrame:
         for p in plan.itertuples():
             groups.setdefault(p.recipe.with_(tta=False, seed=int(seed)), []).append(p)
         for trained, members in groups.items():
-            learn = train_on_elpv(trained, cfg, frac)
-            rows += [_run_row(p.config, learn, p.recipe.with_(seed=int(seed)), learn.train_seconds, kind=p.kind,
+            run = train_on_elpv(trained, cfg, frac)
+            rows += [_run_row(p.config, run.learn, p.recipe.with_(seed=int(seed)), run.seconds, kind=p.kind,
                               tip=p.tip) for p in members]
     return pd.DataFrame(rows)
 

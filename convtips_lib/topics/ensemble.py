@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fastai.vision.all import Callback
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["ten_crop", "CROP_NAMES", "average_probs", "vote", "ProbsRecorder", "disagreement", "error_correlation",
+__all__ = ["ten_crop", "CROP_NAMES", "average_probs", "vote", "disagreement", "error_correlation",
            "crop_probs"]
 
 CROP_NAMES = ("centre", "top left", "top right", "bottom left", "bottom right",
@@ -41,25 +40,6 @@ def vote(probs) -> np.ndarray:
     votes = np.stack([(probs.argmax(-1) == c).sum(0) for c in range(k)], -1)          # (N, C)
     tied = votes == votes.max(-1, keepdims=True)
     return np.where(tied, average_probs(probs), -np.inf).argmax(-1)
-
-
-class ProbsRecorder(Callback):
-    """Softmax probabilities (N_valid, C) of the validation set after each epoch, in `probs` (a list per epoch)."""
-    order = 90
-
-    def before_fit(self):
-        self.probs, self._batch = [], []
-
-    def before_validate(self):
-        self._batch = []
-
-    def after_batch(self):
-        if not self.training:
-            self._batch.append(torch.softmax(self.pred.detach().float(), -1).cpu().numpy())
-
-    def after_validate(self):
-        if self._batch:
-            self.probs.append(np.concatenate(self._batch))
 
 
 def disagreement(preds) -> float:
