@@ -243,7 +243,7 @@ def run(tiny):
 
 
 def test_train_policy_row_and_timings(run, tiny):
-    hist, row, learn = run
+    hist, row = run.history, run.row()
     n_train = int((~subsample(elpv_frame(), 0.1, tiny.seed)["is_valid"]).sum())
     assert row["epochs"] == 2 == len(hist) and row["n_train"] == n_train
     assert row["steps"] == 2 * (n_train // tiny.bs)                 # drop-last batches
@@ -254,7 +254,7 @@ def test_train_policy_row_and_timings(run, tiny):
 
 
 def test_camera_eval_and_crop_probe(run):
-    _, row, learn = run
+    row, learn = run.row(), run.learn
     cams = study.camera_eval(learn)
     assert list(cams) == ["original", *study.CAMERAS] and all(len(p) == 656 for p in cams.values())
     assert np.array_equal(cams["original"], row["y_pred"])

@@ -212,13 +212,14 @@ def test_every_head_remedy_trains_and_reports(toy_feats):
 def test_remedies_raise_the_minority_recall_of_a_biased_head(toy_feats):
     plain = head_remedy(toy_feats, "plain", epochs=5, lr=1e-2, seed=0, bs=32)
     weighted = head_remedy(toy_feats, "class weights (inverse)", epochs=5, lr=1e-2, seed=0, bs=32)
-    assert plain["minority_recall"] < 0.5 < weighted["minority_recall"]
+    assert plain.metrics["minority_recall"] < 0.5 < weighted.metrics["minority_recall"]
+    assert weighted.settings == dict(remedy="class weights (inverse)", seed=0) and weighted.extra["minority"] == "rare"
 
 
 def test_same_seed_same_numbers(toy_feats):
     a = head_remedy(toy_feats, "over-sampling", epochs=2, lr=1e-2, seed=3, bs=32)
     b = head_remedy(toy_feats, "over-sampling", epochs=2, lr=1e-2, seed=3, bs=32)
-    assert np.array_equal(a["probs"], b["probs"])
+    assert np.array_equal(a.probs, b.probs)
 
 
 def test_relabel_and_subset_keep_the_features(toy_feats):

@@ -31,7 +31,7 @@ def _tiny(n_out):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_lowers_the_loss(dls, name):
     run = train_optimizer(dls, name, DEFAULT_LRS[name] / 10 if name == "sgd" else DEFAULT_LRS[name], 3, seed=0,
-                          net=_tiny)
+                          net=_tiny).row(history=True)
     assert run["finite"] and np.mean(run["losses"][-6:]) < np.mean(run["losses"][:6])
     assert len(run["history"]) == 3 and len(run["epoch_preds"]) == 3
 
@@ -62,7 +62,7 @@ def test_every_schedule_trains_and_ends_where_it_should(dls, schedule):
 
 def test_one_cycle_works_for_adadelta_which_has_no_momentum(dls):
     run = train_optimizer(dls, "adadelta", 1.0, 2, seed=0, net=_tiny)
-    assert run["finite"]
+    assert run.extra["finite"] and run.settings["optimizer"] == "adadelta"
 
 
 def test_bad_schedule_lists_the_known(dls):
@@ -141,7 +141,7 @@ def test_sensitivity_gap_has_an_interval_around_the_share_difference():
 
 
 def test_loss_curves_and_epoch_preds_shapes(dls):
-    runs = pd.DataFrame([train_optimizer(dls, "adam", 1e-3, 2, seed=s, net=_tiny) for s in (0, 1)])
+    runs = pd.DataFrame([train_optimizer(dls, "adam", 1e-3, 2, seed=s, net=_tiny).row(history=True) for s in (0, 1)])
     curve = loss_curves(runs, smooth=3)
     assert set(curve["seed"]) == {0, 1} and curve.groupby("seed")["step"].max().tolist() == [12, 12]
     assert epoch_preds(runs, 1)["adam"].shape == (2, 40)
@@ -155,4 +155,4 @@ def test_small_net_runs_on_small_images():
 def test_same_seed_same_run(dls):
     a = train_optimizer(dls, "sgd", 0.05, 1, seed=4, net=_tiny)
     b = train_optimizer(dls, "sgd", 0.05, 1, seed=4, net=_tiny)
-    assert a["losses"] == b["losses"]
+    assert a.extra["losses"] == b.extra["losses"]

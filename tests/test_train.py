@@ -182,8 +182,10 @@ def test_run_of_a_learner_reads_its_history():
     assert np.array_equal(run.probs, valid_probs(learn)) and np.array_equal(run.y_pred, learn.history.preds[-1])
     assert run.metrics == {m: learn.history.rows[-1][m] for m in ("accuracy", "balanced_accuracy", "f1_macro")}
     row = run.row()
-    assert row["lr"] == 1e-2 and row["note"] == "x" and row["seconds"] == 1.5 and "learn" not in row
-    assert run.row(learn=True)["learn"] is learn
+    assert row["lr"] == 1e-2 and row["note"] == "x" and row["seconds"] == 1.5
+    assert not {"learn", "probs", "history"} & set(row)
+    full = run.row(probs=True, history=True, learn=True)
+    assert full["learn"] is learn and full["probs"] is run.probs and full["history"] is run.history
 
 
 def test_select_lr_picks_the_best_score_and_skips_a_single_rate():

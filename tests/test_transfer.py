@@ -105,8 +105,9 @@ def test_gap_change_is_a_difference_of_differences():
 
 
 def test_train_regime_history_matches_its_row():
-    hist, row = train_regime(CFG, "from scratch", 0.04, seed=1)
-    assert list(hist["regime"].unique()) == ["from scratch"] and len(hist) == row["epochs"] == CFG.epochs
+    run = train_regime(CFG, "from scratch", 0.04, seed=1)
+    hist, row = run.history, run.row()
+    assert row["regime"] == "from scratch" and len(hist) == row["epochs"] == CFG.epochs
     assert hist["accuracy"].iloc[-1] == pytest.approx(row["accuracy"], abs=1e-6)
     assert len(row["y_pred"]) == len(row["y_true"]) == 656 and len(row["y_pred_first"]) == 656
 

@@ -179,12 +179,13 @@ def valid_probs(learn: Learner, epoch: int = -1) -> np.ndarray:
 @dataclass
 class Run:
     """One experiment, the record every `train_*` returns: its `settings`, the per-epoch `history` (a DataFrame),
-    the validation labels `y_true` (N,) and probabilities `probs` (N, C) after the last epoch (`epoch_probs`: one
-    array per epoch), its `metrics` (`METRICS`), wall-clock `seconds`, the `learn`er, and what else the experiment
-    measured (`extra`)."""
+    the validation labels `y_true`, classes `y_pred` (N,) and probabilities `probs` (N, C) after the last epoch
+    (`epoch_probs`: one array per epoch), its `metrics` (`METRICS`, or more), wall-clock `seconds`, the `learn`er,
+    and what else the experiment measured (`extra`)."""
     settings: dict
     history: pd.DataFrame
     y_true: np.ndarray
+    y_pred: np.ndarray
     probs: np.ndarray
     metrics: dict
     seconds: float
@@ -192,23 +193,27 @@ class Run:
     epoch_probs: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
-    @property
-    def y_pred(self) -> np.ndarray:
-        """(N,) predicted classes: the most probable one."""
-        return self.probs.argmax(-1)
-
     @classmethod
-    def of(cls, learn: Learner, settings: dict, seconds: float, **extra) -> "Run":
-        """The record of a trained Learner: history, probabilities and metrics from its `History`."""
+    def of(cls, learn: Learner, settings: dict, seconds: float, metrics: dict | None = None, **extra) -> "Run":
+        """The record of a trained Learner from its `History`: history, predictions after the last epoch and
+        (unless given) `last_metrics`."""
         hist = learn.history
-        return cls(dict(settings), history(learn), np.asarray(hist.y_true), valid_probs(learn), last_metrics(learn),
-                   float(seconds), learn, list(hist.probs), dict(extra))
+        return cls(dict(settings), history(learn), np.asarray(hist.y_true), hist.preds[-1], valid_probs(learn),
+                   dict(last_metrics(learn) if metrics is None else metrics), float(seconds), learn,
+                   list(hist.probs), dict(extra))
 
-    def row(self, learn: bool = False) -> dict:
-        """One flat row for a table of runs: settings, metrics, seconds, extra, y_true, y_pred and probs."""
+    def row(self, probs: bool = False, history: bool = False, learn: bool = False) -> dict:
+        """One flat row for a table of runs: settings, metrics, seconds, extra, y_true and y_pred (and, on request,
+        probs, the history DataFrame and the Learner)."""
         out = dict(**self.settings, **self.metrics, seconds=self.seconds, **self.extra, y_true=self.y_true,
-                   y_pred=self.y_pred, probs=self.probs)
-        return dict(out, learn=self.learn) if learn else out
+                   y_pred=self.y_pred)
+        if probs:
+            out["probs"] = self.probs
+        if history:
+            out["history"] = self.history
+        if learn:
+            out["learn"] = self.learn
+        return out
 
 
 def run_grid(train: Callable[..., Run], settings, seeds) -> list:

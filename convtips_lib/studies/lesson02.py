@@ -20,7 +20,7 @@ __all__ = ["run_regime", "freeze_grid", "best_regimes", "freeze_rule", "more_dat
 
 def run_regime(cfg, regime: str, frac: float, seed: int = 0, **kw) -> dict:
     """`train_regime`'s summary row: validation metrics, predictions, sizes and seconds."""
-    return train_regime(cfg, regime, frac, seed, **kw)[1]
+    return train_regime(cfg, regime, frac, seed, **kw).row()
 
 
 def freeze_grid(cfg, fractions=None, regimes=None, seeds=None, **kw) -> pd.DataFrame:

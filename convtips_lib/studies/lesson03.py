@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..core.data import elpv_dls
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
-from ..core.train import fit, make_learner, valid_preds
+from ..core.train import Run, fit, make_learner, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
 __all__ = ["policy_epochs", "StepTimer", "train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain",
@@ -68,9 +68,10 @@ class StepTimer(Callback):
 
 
 def train_policy(cfg, policy: str, frac: float, strength: float = 1.0, seed: int | None = None,
-                 epochs: int | None = None, arch: str | None = None) -> tuple:
+                 epochs: int | None = None, arch: str | None = None) -> Run:
     """Fine-tune the whole pretrained `arch` under one augmentation policy for `epochs` (default `policy_epochs`):
-    (history, summary row with validation predictions and step timings, learner)."""
+    its `Run` (settings policy, strength, frac, seed, epochs; extra n_train, steps, the last losses, and the step
+    timings: step_s, wait_s per batch and data_share, the share of a step spent waiting for data)."""
     arch = arch or cfg.arch
     seed = cfg.seed if seed is None else seed
     epochs = policy_epochs(cfg, frac) if epochs is None else epochs
@@ -78,17 +79,13 @@ def train_policy(cfg, policy: str, frac: float, strength: float = 1.0, seed: int
     dls = elpv_dls(cfg, frac=frac, seed=seed, tfms=policy_tfms(policy, cfg.img_size, strength))
     timer = StepTimer()
     learn = make_learner(dls, arch, weights="imagenet", depth="none", cbs=[timer], seed=seed)
-    hist = fit(learn, epochs, cfg.lr)
-    y_true, y_pred = valid_preds(learn)
-    last = hist.iloc[-1]
+    last = fit(learn, epochs, cfg.lr).iloc[-1]
     wait = float(np.median(timer.wait_s)) if timer.wait_s else float("nan")
-    row = dict(policy=policy, strength=strength, frac=frac, n_train=len(dls.train_ds), seed=seed, epochs=epochs,
-               steps=epochs * len(dls.train), train_loss=last["train_loss"], valid_loss=last["valid_loss"],
-               **{m: last[m] for m in ("accuracy", "balanced_accuracy", "f1_macro")},
-               seconds=time.perf_counter() - t, y_true=y_true, y_pred=y_pred,
-               data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
-               step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
-    return hist.assign(policy=policy, frac=frac, strength=strength), row, learn
+    return Run.of(learn, dict(policy=policy, strength=strength, frac=frac, seed=seed, epochs=epochs),
+                  time.perf_counter() - t, n_train=len(dls.train_ds), steps=epochs * len(dls.train),
+                  train_loss=last["train_loss"], valid_loss=last["valid_loss"],
+                  data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
+                  step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
 
 
 COMPARED = ("none", "flips", "flips+crop+rotation", "everything")   # the policies of the main comparison
@@ -102,10 +99,10 @@ def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
     for f in fracs or cfg.aug.fracs:
         for p in policies:
             for s in seeds:
-                h, r, learn = train_policy(cfg, p, f, seed=s)
-                learners.setdefault((p, f), learn)
-                hists.append(h)
-                rows.append(r)
+                run = train_policy(cfg, p, f, seed=s)
+                learners.setdefault((p, f), run.learn)
+                hists.append(run.history.assign(policy=p, frac=f, strength=1.0))
+                rows.append(run.row())
     return pd.DataFrame(rows), pd.concat(hists, ignore_index=True), learners
 
 
@@ -119,7 +116,7 @@ def strength_sweep(cfg, runs: pd.DataFrame, policy: str = "everything", strength
     for s in strengths or cfg.aug.strengths:
         done = at[(at["policy"] == ("none" if s == 0 else policy)) & (at["seed"] == cfg.seed)]
         done = done[done["strength"] == 1.0] if s in (0, 1) else done.iloc[:0]
-        rows.append(done.iloc[0].to_dict() if len(done) else train_policy(cfg, policy, frac, s)[1])
+        rows.append(done.iloc[0].to_dict() if len(done) else train_policy(cfg, policy, frac, s).row())
         rows[-1]["strength"] = s
     return pd.DataFrame(rows)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..core.data import elpv_dls, subsample
 from ..core.measure import classification_metrics, evaluate, metric_value
-from ..core.train import fit, make_learner, select_lr, valid_probs
+from ..core.train import Run, fit, make_learner, select_lr, valid_probs
 from ..topics.features import Features, fit_head
 from ..topics.imbalance import (
     FocalLoss,
@@ -107,9 +107,10 @@ def rarest(labels) -> str:
     return str(counts.idxmin())
 
 
-def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int = 0, bs: int = 64) -> dict:
-    """A linear head on cached features trained with `remedy` (`HEAD_REMEDIES`), one-cycle: dict(remedy, seed,
-    n_train, minority (the rarest training class), metrics..., y_true, y_pred, probs, seconds)."""
+def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int = 0, bs: int = 64) -> Run:
+    """A linear head on cached features trained with `remedy` (`HEAD_REMEDIES`), one-cycle: its `Run` (settings
+    remedy, seed; metrics `imbalance_metrics`; extra n_train, minority (the rarest training class) and, for
+    threshold moving, the threshold tuned on the training rows, which also decides y_pred)."""
     _known(remedy, HEAD_REMEDIES)
     t = time.perf_counter()
     names = np.array(feats.vocab)[feats.y_train.numpy()]
@@ -129,9 +130,9 @@ def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int 
         extra["threshold"] = tune_threshold(feats.y_train.numpy(), evaluate(learn, train_dl).probs[:, minority], minority)
         y_pred = threshold_preds(probs, extra["threshold"], minority)
     y_true = run["y_true"]
-    return dict(remedy=remedy, seed=seed, n_train=len(feats.y_train), minority=feats.vocab[minority], **extra,
-                **imbalance_metrics(y_true, probs, y_pred, minority), y_true=y_true, y_pred=y_pred, probs=probs,
-                seconds=time.perf_counter() - t)
+    return Run(dict(remedy=remedy, seed=seed), run["history"], y_true, y_pred, probs,
+               imbalance_metrics(y_true, probs, y_pred, minority), time.perf_counter() - t, learn,
+               list(learn.history.probs), dict(n_train=len(feats.y_train), minority=feats.vocab[minority], **extra))
 
 
 def holdout_split(feats: Features, share: float = 0.2, seed: int = 0) -> Features:
@@ -150,7 +151,7 @@ def tune_lr(feats: Features, remedy: str, lrs, epochs: int, seed: int = 0, bs: i
     features (`holdout_split`); the only one when `lrs` has one."""
     lrs = list(lrs)
     inner = holdout_split(feats, 0.2, seed) if len(lrs) > 1 else None
-    return select_lr(lambda lr: head_remedy(inner, remedy, epochs, lr, seed, bs)["balanced_accuracy"], lrs)[0]
+    return select_lr(lambda lr: head_remedy(inner, remedy, epochs, lr, seed, bs).metrics["balanced_accuracy"], lrs)[0]
 
 
 def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int = 10, lrs=(1e-2,), bs: int = 64,
@@ -160,7 +161,7 @@ def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int =
     rows = []
     for r in remedies:
         lr = tune_lr(feats, r, lrs, epochs, seeds[0], bs)
-        rows += [dict(head_remedy(feats, r, epochs, lr, s, bs), lr=lr) for s in seeds]
+        rows += [dict(head_remedy(feats, r, epochs, lr, s, bs).row(probs=True), lr=lr) for s in seeds]
     return pd.DataFrame(rows).assign(**labels)
 
 
@@ -171,10 +172,10 @@ def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
 
 def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1.0, lr: float | None = None,
                  seed: int | None = None, aug_tfms=None, arch: str | None = None,
-                 minority: str = "defective") -> dict:
+                 minority: str = "defective") -> Run:
     """Fine-tune the whole pretrained `arch` on the binary task of `frac` of `df`'s training rows (stratified) with
-    `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps: dict(remedy, seed, n_train, epochs, steps,
-    metrics..., y_true, y_pred, probs, seconds, learn). `aug_tfms`: batch transforms of 'minority augmentation'."""
+    `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps: its `Run` (settings remedy, seed; metrics
+    `imbalance_metrics`; extra n_train, epochs, steps). `aug_tfms`: batch transforms of 'minority augmentation'."""
     arch = arch or cfg.arch
     _known(remedy, NET_REMEDIES)
     t, seed = time.perf_counter(), cfg.seed if seed is None else seed
@@ -200,10 +201,11 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
     fit(learn, epochs, lr)
     probs = valid_probs(learn)
     y_true = np.asarray(learn.history.y_true)
-    k = vocab.index(minority)
-    return dict(remedy=remedy, seed=seed, n_train=len(dls.train_ds), epochs=epochs, steps=epochs * len(dls.train),
-                **imbalance_metrics(y_true, probs, None, k), y_true=y_true, y_pred=probs.argmax(1), probs=probs,
-                seconds=time.perf_counter() - t, learn=learn)
+    metrics = imbalance_metrics(y_true, probs, None, vocab.index(minority))
+    run = Run.of(learn, dict(remedy=remedy, seed=seed), time.perf_counter() - t, metrics, n_train=len(dls.train_ds),
+                 epochs=epochs, steps=epochs * len(dls.train))
+    run.y_pred = probs.argmax(1)   # as imbalance_metrics reads them
+    return run
 
 
 def always_predict(y_true, cls: int) -> dict:

@@ -11,7 +11,7 @@ from fastai.vision.all import ResBlock, XResNet
 
 from ..core.env import seed_everything
 from ..core.measure import classification_metrics
-from ..core.train import learner, valid_preds
+from ..core.train import Run, learner, valid_preds
 from ..topics.optim import SwitchOptimizer, fit_schedule, opt_func
 
 __all__ = ["small_net", "train_optimizer", "lr_sweep", "best_lrs", "lr_sensitivity", "sensitivity_gap",
@@ -28,10 +28,11 @@ def small_net(n_out: int, widen: float = 0.25) -> torch.nn.Module:
 
 
 def train_optimizer(dls, optimizer: str, lr: float, epochs: int, seed: int = 0, schedule: str = "one-cycle",
-                    switch_at: int | None = None, net=small_net, opt_kw: dict | None = None) -> dict:
-    """Train `net(dls.c)` from a random init with `optimizer` at peak `lr`: dict(optimizer, lr, schedule, seed,
-    history (per epoch), losses (per training batch), epoch_preds, metrics..., y_true, y_pred, seconds, finite). `switch_at`:
-    switch to SGD at that epoch (`SwitchOptimizer`); `opt_kw` overrides the optimizer's settings (e.g. momentum)."""
+                    switch_at: int | None = None, net=small_net, opt_kw: dict | None = None) -> Run:
+    """Train `net(dls.c)` from a random init with `optimizer` at peak `lr`: its `Run` (settings optimizer, lr,
+    schedule, seed; extra losses (per training batch), epoch_preds (validation classes after each epoch),
+    final_train_loss, finite, switch_scale). `switch_at`: switch to SGD at that epoch (`SwitchOptimizer`);
+    `opt_kw` overrides the optimizer's settings (e.g. momentum). A table of runs: `run.row(history=True)`."""
     t = time.perf_counter()
     seed_everything(seed)
     cbs = [SwitchOptimizer(switch_at)] if switch_at else []
@@ -41,16 +42,16 @@ def train_optimizer(dls, optimizer: str, lr: float, epochs: int, seed: int = 0, 
     y_true, y_pred = valid_preds(learn)
     finite = bool(np.isfinite(losses).all()) and bool(np.isfinite(hist["valid_loss"]).all())
     name = f"{optimizer} -> sgd at epoch {switch_at + 1}" if switch_at else optimizer
-    return dict(optimizer=name, lr=lr, schedule=schedule, seed=seed, history=hist, losses=losses,
-                epoch_preds=list(learn.history.preds),   # validation predictions after each epoch
-                **classification_metrics(y_true, y_pred), final_train_loss=float(np.mean(losses[-len(dls.train):])),
-                y_true=y_true, y_pred=y_pred, seconds=time.perf_counter() - t, finite=finite,
-                switch_scale=cbs[0].lr_scale if cbs else None)
+    return Run.of(learn, dict(optimizer=name, lr=lr, schedule=schedule, seed=seed), time.perf_counter() - t,
+                  classification_metrics(y_true, y_pred), losses=losses, epoch_preds=list(learn.history.preds),
+                  final_train_loss=float(np.mean(losses[-len(dls.train):])), finite=finite,
+                  switch_scale=cbs[0].lr_scale if cbs else None)
 
 
 def lr_sweep(dls, optimizers, lrs: dict, epochs: int, seed: int = 0) -> pd.DataFrame:
     """`train_optimizer` for every optimizer at each of its learning rates `lrs[optimizer]` (one seed)."""
-    return pd.DataFrame([train_optimizer(dls, o, lr, epochs, seed) for o in optimizers for lr in lrs[o]])
+    return pd.DataFrame([train_optimizer(dls, o, lr, epochs, seed).row(history=True) for o in optimizers
+                         for lr in lrs[o]])
 
 
 def best_lrs(sweep: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:

@@ -58,7 +58,7 @@ def predict_seconds(fn, reps: int = 3) -> float:
 def _member(learn, epoch: int, arch: str, seed: int, kind: str, t: float) -> Run:
     """The `Run` of one member: `learn`'s validation probabilities after `epoch` (a snapshot, or the last)."""
     y_true, probs = np.asarray(learn.history.y_true), learn.history.probs[epoch]
-    return Run(dict(arch=arch, seed=seed, kind=kind), history(learn), y_true, probs,
+    return Run(dict(arch=arch, seed=seed, kind=kind), history(learn), y_true, probs.argmax(-1), probs,
                classification_metrics(y_true, probs.argmax(-1)), time.perf_counter() - t, learn, list(learn.history.probs))
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..core.data import elpv_dls
 from ..core.surgery import DEPTHS
-from ..core.train import fit, fit_gradual, last_metrics, make_learner, valid_preds
+from ..core.train import Run, fit, fit_gradual, make_learner, valid_preds
 
 __all__ = ["REGIMES", "train_regime"]
 
@@ -36,9 +36,9 @@ def _train(learn, cfg, spec: dict) -> pd.DataFrame:
 
 
 def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str | None = None,
-                 task: str = "binary") -> tuple:
-    """Train `arch` under one regime on `frac` of the training split: (per-epoch history, one summary row with
-    the validation metrics and predictions: y_true, y_pred after the last epoch, y_pred_first after the first)."""
+                 task: str = "binary") -> Run:
+    """Train `arch` under one regime on `frac` of the training split: its `Run` (settings regime, frac, seed; extra
+    n_train, epochs and y_pred_first, the validation predictions after the first epoch)."""
     arch = arch or cfg.arch
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
@@ -47,9 +47,7 @@ def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str | None 
     dls = elpv_dls(cfg, task=task, frac=frac, seed=seed)
     learn = make_learner(dls, arch, weights=spec["weights"], depth=spec["depth"], seed=seed)
     hist = _train(learn, cfg, spec)
-    y_true, y_pred = valid_preds(learn)
-    row = dict(regime=regime, frac=frac, n_train=len(dls.train_ds), seed=seed, epochs=len(hist), **last_metrics(learn),
-               seconds=time.perf_counter() - t, y_true=y_true, y_pred=y_pred, y_pred_first=valid_preds(learn, 0)[1])
-    return hist.assign(regime=regime), row
+    return Run.of(learn, dict(regime=regime, frac=frac, seed=seed), time.perf_counter() - t, n_train=len(dls.train_ds),
+                  epochs=len(hist), y_pred_first=valid_preds(learn, 0)[1])
 
 

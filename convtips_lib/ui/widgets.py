@@ -191,7 +191,7 @@ def imbalance_demo(feats, ratio: float, remedy: str, epochs: int = 5, lr: float 
     from .plots import plot_confusion
     names = np.array(feats.vocab)[feats.y_train.numpy()]
     harsh = subset_train(feats, imbalanced_indices(names, ratio, rarest(names), seed))
-    row = head_remedy(harsh, remedy, epochs, lr, seed)
+    row = head_remedy(harsh, remedy, epochs, lr, seed).row(probs=True)
     table = pd.Series({k: row[k] for k in ("n_train", "accuracy", "balanced_accuracy", "f1_macro",
                                            "minority_recall", "roc_auc")}, name=remedy).to_frame()
     ev = Evaluation.of(feats.vocab, row["y_true"], row["y_pred"], row["probs"])
@@ -237,7 +237,7 @@ def optimizer_demo(dls, optimizer: str = "sgd", lr: float = 0.1, momentum: float
     from ..studies.lesson05 import loss_curves, train_optimizer
     from .plots import plot_lines
     kw = dict(momentum=momentum) if optimizer in ("sgd", "rmsprop") else {}
-    run = train_optimizer(dls, optimizer, lr, epochs, seed, schedule, opt_kw=kw)
+    run = train_optimizer(dls, optimizer, lr, epochs, seed, schedule, opt_kw=kw).row(history=True)
     curve = loss_curves(pd.DataFrame([run]))
     fig = plot_lines(curve, "step", "loss", title=f"{optimizer}, lr {lr:g}, {schedule}: balanced accuracy "
                      f"{run['balanced_accuracy']:.3f}" + ("" if run["finite"] else " (diverged)"))
