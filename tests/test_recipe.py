@@ -210,8 +210,8 @@ def test_accuracy_by_group_and_the_most_confident_mistakes():
 def test_threshold_metrics_trade_defects_found_for_false_alarms():
     ev, _ = _ev()
     low, high = threshold_metrics(ev, 0.05), threshold_metrics(ev, 0.85)
-    assert low["defects_found"] == 1.0 and low["false_alarms"] == 1.0
-    assert high["defects_found"] == pytest.approx(1 / 3) and high["false_alarms"] == pytest.approx(1 / 3)
+    assert low["minority_recall"] == 1.0 and low["false_alarms"] == 1.0
+    assert high["minority_recall"] == pytest.approx(1 / 3) and high["false_alarms"] == pytest.approx(1 / 3)
     assert threshold_metrics(ev, 0.5)["accuracy"] == pytest.approx(ev.metrics["accuracy"])
     with pytest.raises(ValueError, match="between 0 and 1"):
         threshold_metrics(ev, 1.0)
@@ -231,3 +231,14 @@ def test_paper_table_puts_the_published_figures_above_this_runs():
     assert list(table["model"]) == [*PAPER, "full", "plain"]
     assert table["accuracy"].iloc[:2].tolist() == list(PAPER.values()) and table["low"].iloc[:2].isna().all()
     assert table.set_index("model").loc["full", "accuracy"] > table.set_index("model").loc["plain", "accuracy"]
+
+
+def test_one_threshold_rule_a_probability_at_the_threshold_is_the_minority():
+    from convtips_lib.core.measure import Evaluation
+    from convtips_lib.topics.imbalance import threshold_preds
+    probs = np.array([[0.5, 0.5], [0.2, 0.8], [0.7, 0.3]])
+    ev = Evaluation.of(["defective", "functional"], [0, 1, 0], probs.argmax(1), probs)
+    assert threshold_metrics(ev, 0.5)["minority_recall"] == 1.0      # 0.5 >= 0.5: the first cell is called defective
+    assert threshold_preds(probs, 0.5, 0).tolist() == [0, 1, 0]
+    with pytest.deprecated_call():
+        assert threshold_metrics(ev, 0.5, positive="defective") == threshold_metrics(ev, 0.5)

@@ -289,7 +289,7 @@ def test_threshold_demo_shows_the_papers_threshold_beside_the_chosen_one():
     from convtips_lib.ui.widgets import threshold_demo
     table = threshold_demo(_capstone_eval(), 0.3)
     assert list(table.index) == [0.5, 0.3]
-    assert table.loc[0.5, "defects_found"] == 0.5 and table.loc[0.3, "defects_found"] == 1.0
+    assert table.loc[0.5, "minority_recall"] == 0.5 and table.loc[0.3, "minority_recall"] == 1.0
     assert table.loc[0.3, "false_alarms"] == pytest.approx(2 / 3)
     assert list(threshold_demo(_capstone_eval(), 0.5).index) == [0.5]    # the same threshold once
 

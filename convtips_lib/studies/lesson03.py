@@ -13,6 +13,7 @@ from fastai.vision.all import Callback, Pipeline
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
@@ -188,11 +189,13 @@ def robustness_gain(y_true, without: dict, with_: dict, metric: str = "balanced_
 
 
 # ------------------------------------------------------------------ a crop can cut the defect away
-def crop_probe(learn, scales=CROP_SCALES, seed: int = 0, positive: str = "defective") -> pd.DataFrame:
-    """Per crop scale (share of the area kept): of the validation cells of class `positive` that `learn` gets
-    right whole, the share whose random square crop it no longer calls `positive` (one crop per cell)."""
+@renamed_kwargs(positive="minority")
+def crop_probe(learn, scales=CROP_SCALES, seed: int = 0, minority: str = "defective") -> pd.DataFrame:
+    """Per crop scale (share of the area kept): of the validation cells of class `minority` that `learn` gets
+    right whole, the share whose random square crop it no longer calls `minority` (probability below 0.5; one crop
+    per cell)."""
     y_true, y_pred = valid_preds(learn)
-    k = list(learn.dls.vocab).index(positive)
+    k = list(learn.dls.vocab).index(minority)
     keep = np.flatnonzero((y_true == k) & (y_pred == k))
     items = learn.dls.valid_ds.items.iloc[keep]
     dl = learn.dls.test_dl(items, with_labels=True)

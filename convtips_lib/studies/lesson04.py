@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls, subsample
 from ..core.measure import classification_metrics, evaluate, metric_value
 from ..core.train import Run, fit, make_learner, select_lr, valid_probs
@@ -208,8 +209,10 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
     return run
 
 
-def always_predict(y_true, cls: int) -> dict:
-    """What a model that always answers class `cls` scores; a constant ranks nothing, so its ROC AUC is 0.5."""
-    y_pred = np.full(len(y_true), cls)
+@renamed_kwargs(cls="minority")
+def always_predict(y_true, minority: int) -> dict:
+    """What a model that always answers class `minority` (an index) scores; a constant ranks nothing, so its ROC AUC
+    is 0.5."""
+    y_pred = np.full(len(y_true), minority)
     return dict(classification_metrics(y_true, y_pred),
                 minority_recall=metric_value(y_true, y_pred, "minority_recall"), roc_auc=0.5)

@@ -11,9 +11,9 @@ import torch
 from fastai.layers import ConvLayer
 from torch import nn
 
+from ..core.compat import renamed_kwargs
 from ..core.env import seed_everything
 from ..core.measure import bootstrap, evaluate
-from ..core.compat import renamed_kwargs
 from ..core.models import replace_module
 from ..core.train import Run, fit, learner, select_lr
 

@@ -8,12 +8,13 @@ from fractions import Fraction
 import numpy as np
 import pandas as pd
 
+from ..core.compat import renamed_kwargs
 from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_frame, subsample
 from ..core.measure import Evaluation, bootstrap, proportion, stack_preds
 from ..core.train import METRICS, Run, learner
 from ..topics.augment import policy_tfms
 from ..topics.ensemble import average_probs
-from ..topics.imbalance import oversample_weights
+from ..topics.imbalance import oversample_weights, threshold_preds
 from ..topics.recipe import Recipe, fit_recipe, recipe_eval
 
 __all__ = ["capstone_recipes", "TIPS", "ABLATION_TIPS", "capstone_frame", "recipe_dls", "train_on_elpv", "uses_tip", "without_tip",
@@ -289,18 +290,20 @@ def inference_costs(models: dict, passes: dict, img_size: int, timings: dict, bs
     return pd.DataFrame(rows)
 
 
-def threshold_metrics(ev: Evaluation, threshold: float, positive: str = "defective") -> dict:
-    """Metrics of `ev` when a cell is called `positive` once its probability exceeds `threshold` (the paper: 0.5):
-    accuracy, balanced accuracy, recall of `positive` (defects found) and share of the other class flagged."""
+@renamed_kwargs(positive="minority")
+def threshold_metrics(ev: Evaluation, threshold: float, minority: str = "defective") -> dict:
+    """Metrics of `ev` when a cell is called `minority` once its probability reaches `threshold` (>=, as
+    `threshold_preds`; the paper: 0.5): accuracy, balanced accuracy, recall of `minority` (`minority_recall`: the
+    defects found) and the share of the other class flagged (`false_alarms`)."""
     from ..core.measure import classification_metrics
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
-    k = ev.vocab.index(positive)
-    pred = np.where(np.asarray(ev.probs)[:, k] > threshold, k, 1 - k)
+    k = ev.vocab.index(minority)
+    pred = threshold_preds(ev.probs, threshold, k)
     y = np.asarray(ev.y_true)
     m = classification_metrics(y, pred)
     return dict(threshold=threshold, accuracy=m["accuracy"], balanced_accuracy=m["balanced_accuracy"],
-                defects_found=float((pred[y == k] == k).mean()), false_alarms=float((pred[y != k] == k).mean()))
+                minority_recall=float((pred[y == k] == k).mean()), false_alarms=float((pred[y != k] == k).mean()))
 
 
 # ------------------------------------------------------------------ against the paper

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from ..core.compat import renamed_kwargs
+
 __all__ = ["ten_crop", "CROP_NAMES", "average_probs", "vote", "disagreement", "error_correlation",
            "crop_probs"]
 
@@ -15,14 +17,15 @@ CROP_NAMES = ("centre", "top left", "top right", "bottom left", "bottom right",
               "bottom right, mirrored")
 
 
-def ten_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The 10-crop of an image (C, H, W) or a batch (B, C, H, W): (10, C, size, size) or (B, 10, C, size, size) —
+@renamed_kwargs(size="img_size")
+def ten_crop(img: torch.Tensor, img_size: int) -> torch.Tensor:
+    """The 10-crop of an image (C, H, W) or a batch (B, C, H, W): (10, C, img_size, img_size) or (B, 10, C, ...) —
     the centre and the four corners (torchvision's five_crop), then the horizontal mirror of each, in that order."""
     h, w = img.shape[-2:]
-    if size > min(h, w) or size < 1:
-        raise ValueError(f"crop size {size} must be between 1 and the image's shorter side ({min(h, w)} px): "
+    if img_size > min(h, w) or img_size < 1:
+        raise ValueError(f"crop size {img_size} must be between 1 and the image's shorter side ({min(h, w)} px): "
                          "resize the image first or choose a smaller crop")
-    tl, tr, bl, br, centre = TF.five_crop(img, [size, size])
+    tl, tr, bl, br, centre = TF.five_crop(img, [img_size, img_size])
     five = torch.stack([centre, tl, tr, bl, br], dim=-4)
     return torch.cat([five, five.flip(-1)], dim=-4)
 
@@ -57,14 +60,15 @@ def error_correlation(preds, y_true) -> float:
     return float(np.nanmean(c[np.triu_indices(len(errors), 1)]))
 
 
-def crop_probs(model, x: torch.Tensor, size: int, bs: int = 8) -> np.ndarray:
+@renamed_kwargs(size="img_size")
+def crop_probs(model, x: torch.Tensor, img_size: int, bs: int = 8) -> np.ndarray:
     """(N, 10, C) softmax probabilities of `model` on the 10-crop of every image of the normalised batch x (N, C, H, W),
     the crops fed at their own size: the same pixel scale the model trained at, as AlexNet's 224 crops of 256."""
     model.eval()
     out = []
     with torch.no_grad():
         for xb in x.split(bs):
-            crops = ten_crop(xb, size).flatten(0, 1)                                  # (b * 10, C, size, size)
+            crops = ten_crop(xb, img_size).flatten(0, 1)                  # (b * 10, C, img_size, img_size)
             out.append(torch.softmax(model(crops), -1).view(len(xb), 10, -1).cpu().numpy())
     return np.concatenate(out)
 

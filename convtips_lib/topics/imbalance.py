@@ -1,7 +1,11 @@
 """Imbalanced data (lesson 04): how imbalanced the data is, a harsher imbalance made on purpose, the remedies as
 fastai pieces (a class-weighted or focal loss, logit adjustment, a weighted sampler, under-sampling, minority-only
 augmentation, threshold moving) and the metrics that do not lie about a rare class. The lesson's remedy comparisons
-are in `studies.lesson04`."""
+are in `studies.lesson04`.
+
+One word for the class of interest, everywhere in the library: `minority` — by name (str) where labels are names,
+by column index (int) where probabilities are an (N, k) array; its recall is `minority_recall`. A cell is called
+`minority` when that class's probability is at least the threshold (`>=`, `threshold_preds`)."""
 from __future__ import annotations
 
 import numpy as np

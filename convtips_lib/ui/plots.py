@@ -5,6 +5,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..core.compat import renamed_kwargs
+
 __all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines", "plot_cost",
            "plot_forest", "VERDICT_COLOURS"]
 
@@ -39,11 +41,12 @@ def plot_confusion(ev, title: str = "confusion matrix (rows: true, columns: pred
     return fig
 
 
-def show_images(images, titles=None, ncols: int = 6, size: float = 1.8, suptitle: str = ""):
-    """A grid of images (arrays or PIL images) with optional titles."""
+@renamed_kwargs(size="inches")
+def show_images(images, titles=None, ncols: int = 6, inches: float = 1.8, suptitle: str = ""):
+    """A grid of images (arrays or PIL images) with optional titles, `inches` wide and high each."""
     images = list(images)
     nrows = max(1, -(-len(images) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(inches * ncols, inches * nrows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):

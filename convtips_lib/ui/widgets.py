@@ -146,7 +146,7 @@ def show_augmented(img, name: str, magnitude: float | None = None, n: int = 8, s
     from ..topics.augment import AUGMENTS, augment_samples
     m = AUGMENTS[name].default if magnitude is None else magnitude
     x = augment_samples(img, name, m, n=n, seed=seed, img_size=img_size)
-    return show_images([i.permute(1, 2, 0).numpy() for i in x], ncols=min(n, 8), size=1.6,
+    return show_images([i.permute(1, 2, 0).numpy() for i in x], ncols=min(n, 8), inches=1.6,
                        suptitle=f"{name}, magnitude {m:g} ({AUGMENTS[name].unit}); seed {seed}")
 
 
@@ -285,7 +285,7 @@ def crop_demo(model, x, vocab, index: int = 0, size: int | None = None, cls: int
     lo, hi = crops.amin(), crops.amax()
     images = [((c - lo) / (hi - lo + 1e-8)).permute(1, 2, 0).numpy() for c in crops]
     fig = show_images(images, [f"{n}\nP({vocab[cls]}) {q:.2f}" for n, q in zip(CROP_NAMES, p[:, cls])], ncols=5,
-                      size=1.6, suptitle=f"image {index}: average P({vocab[cls]}) {p[:, cls].mean():.2f}")
+                      inches=1.6, suptitle=f"image {index}: average P({vocab[cls]}) {p[:, cls].mean():.2f}")
     table = pd.DataFrame(p, index=list(CROP_NAMES), columns=[str(v) for v in vocab])
     table.loc["average"] = p.mean(0)
     return table, fig
