@@ -17,9 +17,9 @@ from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock,
 from .compat import renamed_kwargs
 from .env import seed_everything
 
-__all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame", "subsample",
-           "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "check_images", "open_image", "rgb_image", "OpenResized",
-           "plain_train_dl", "preload_dls", "valid_labels"]
+__all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
+           "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
+           "OpenResized", "preload_dls"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed

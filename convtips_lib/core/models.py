@@ -22,8 +22,7 @@ from torch import nn
 from .compat import renamed_kwargs
 
 __all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "Classifier", "UnknownModelError", "HubUnreachableError",
-           "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
-           "lite_keys_to_timm", "reachable", "replace_module", "narrow_to"]
+           "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "list_archs"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -19,8 +19,7 @@ from .env import environment
 from .measure import Estimate
 from .store import atomic_write
 
-__all__ = ["VERDICTS", "PREDICTS", "SAME_WITHIN", "FAR_AHEAD", "Results", "results_dir", "verdict", "describe",
-           "signed", "interval_text", "read_records", "load_results", "ledger"]
+__all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-__all__ = ["StorageError", "writable_dir", "atomic_write", "cache_dir", "hash_key", "state_hash", "save_tensors", "load_tensors", "cached"]
+__all__ = ["StorageError"]
 
 
 def _umask() -> int:

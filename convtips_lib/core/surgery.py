@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DEPTHS", "param_groups", "n_groups", "n_frozen", "freeze", "unfreeze", "body_stages", "split_at",
-           "Frozen"]
+__all__ = ["DEPTHS", "n_groups", "freeze", "unfreeze"]
 
 DEPTHS = {"head": 1.0, "middle": 0.5, "none": 0.0}   # named freeze depths: the share of the body frozen
 

@@ -21,8 +21,8 @@ from .models import Classifier, model_stats, pretrained
 from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
-__all__ = ["METRICS", "FIT_SCHEDULES", "History", "learner", "make_learner", "set_norm", "fit", "fit_gradual", "history",
-           "last_metrics", "valid_preds", "valid_probs", "Run", "run_grid", "select_lr"]
+__all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "fit_gradual", "history", "Run", "run_grid",
+           "select_lr"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
 

@@ -14,8 +14,8 @@ from ..core.surgery import n_frozen, n_groups, split_at
 from ..topics.features import cached_features, fit_head
 from ..topics.transfer import FROZEN_SHARE, REGIMES, train_regime
 
-__all__ = ["run_regime", "freeze_grid", "best_regimes", "freeze_rule", "more_data_gain", "recipe_vs_best",
-           "fraction_masks", "linear_curve", "gap_change", "quick_transfer"]
+__all__ = ["freeze_grid", "best_regimes", "freeze_rule", "more_data_gain", "recipe_vs_best", "fraction_masks",
+           "linear_curve", "gap_change", "quick_transfer"]
 
 
 def run_regime(cfg, regime: str, frac: float, seed: int = 0, **kw) -> dict:

@@ -20,9 +20,9 @@ from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_pred
 from ..core.train import Run, fit, make_learner, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
-__all__ = ["policy_epochs", "StepTimer", "train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain",
-           "gain_change", "CAMERAS", "camera_shift", "camera_eval", "robustness_gain", "CROP_SCALES",
-           "MISLABEL_SHARE", "crop_probe", "item_policy", "PIPELINES", "pipeline_speed"]
+__all__ = ["train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain", "gain_change", "CAMERAS",
+           "camera_shift", "camera_eval", "robustness_gain", "CROP_SCALES", "MISLABEL_SHARE", "crop_probe",
+           "PIPELINES", "pipeline_speed"]
 
 
 MISLABEL_SHARE = 0.05        # "a crop can mislabel": more than 1 in 20 crops of a defective cell lose the defect

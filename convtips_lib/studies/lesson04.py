@@ -30,8 +30,7 @@ from ..topics.imbalance import (
 )
 
 __all__ = ["PAPER_AUC", "HARSH_RATIO", "REMEDIES", "HEAD_REMEDIES", "NET_REMEDIES", "with_labels", "subset_train",
-           "shrink_train", "rarest", "head_remedy", "holdout_split", "tune_lr", "head_grid", "train_remedy",
-           "epochs_for_steps", "always_predict"]
+           "shrink_train", "head_remedy", "tune_lr", "head_grid", "train_remedy", "always_predict"]
 
 
 PAPER_AUC = 0.9442    # ROC AUC of the ELPV paper's CNN (Deitsch et al. 2019), for comparison

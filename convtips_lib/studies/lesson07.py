@@ -17,8 +17,8 @@ from ..core.measure import bootstrap, evaluate
 from ..core.models import replace_module
 from ..core.train import Run, fit, learner, select_lr
 
-__all__ = ["Block", "prunable_net", "removable_blocks", "without_block", "block_removal", "train_from_scratch",
-           "fresh_learner", "first_reaching", "removal_gap"]
+__all__ = ["Block", "prunable_net", "block_removal", "train_from_scratch", "fresh_learner", "first_reaching",
+           "removal_gap"]
 
 
 class Block(nn.Module):

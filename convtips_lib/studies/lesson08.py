@@ -17,10 +17,10 @@ from ..topics.ensemble import average_probs
 from ..topics.imbalance import oversample_weights, threshold_preds
 from ..topics.recipe import Recipe, fit_recipe, recipe_eval
 
-__all__ = ["capstone_recipes", "TIPS", "ABLATION_TIPS", "capstone_frame", "recipe_dls", "train_on_elpv", "uses_tip", "without_tip",
-           "with_tip", "toggle_tip", "plain_recipe", "ablation_plan", "ablation_runs", "fastai_default",
-           "ensemble_preds", "ablation_table", "compare_configs", "binary_from_4class", "valid_items", "accuracy_by",
-           "confident_mistakes", "offline_arch", "inference_costs", "threshold_metrics", "PAPER", "paper_table"]
+__all__ = ["capstone_recipes", "TIPS", "ABLATION_TIPS", "train_on_elpv", "uses_tip", "ablation_plan",
+           "ablation_runs", "fastai_default", "ensemble_preds", "ablation_table", "compare_configs",
+           "binary_from_4class", "valid_items", "accuracy_by", "confident_mistakes", "inference_costs", "PAPER",
+           "paper_table"]
 
 
 def capstone_recipes(cfg) -> tuple:

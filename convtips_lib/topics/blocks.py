@@ -13,9 +13,8 @@ from torch import nn
 from ..core.measure import Estimate, count_params, exact
 from .imagenet import prediction_summary, preprocess
 
-__all__ = ["BasicBlock", "PadSame", "InvertedResidual", "rebuild", "copy_weights", "compare_blocks", "block_input",
-           "DETAILS", "detail_effects", "network_effects", "MATCH_TOL", "CHANGE_TOL", "twin_matches",
-           "details_that_matter", "lost_target"]
+__all__ = ["BasicBlock", "InvertedResidual", "rebuild", "compare_blocks", "block_input", "detail_effects",
+           "network_effects", "MATCH_TOL", "CHANGE_TOL", "twin_matches", "details_that_matter", "lost_target"]
 
 MATCH_TOL = 1e-5     # max |output difference| under which a re-implementation counts as identical (float32 noise)
 CHANGE_TOL = 0.01    # relative output change above which a wrong detail counts as changing the block

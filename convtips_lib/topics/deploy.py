@@ -16,8 +16,7 @@ from ..core.data import BadImageError, open_image
 from ..core.models import Classifier, load_weights, model_stats, narrow_to, pretrained, sha256sum
 from ..core.store import atomic_write, save_tensors
 
-__all__ = ["MODEL_FORMAT", "RESIZES", "ModelFolderError", "export_model", "load_model", "model_input",
-           "predict_files"]
+__all__ = ["RESIZES", "ModelFolderError", "export_model", "load_model", "predict_files"]
 
 MODEL_FORMAT = "convtips-model/1"
 RESIZES = ("squash", "crop")   # squash: the whole image to size x size (ELPV's square cells); crop: fastai's Resize

@@ -19,7 +19,7 @@ from ..core.store import cache_dir, cached, hash_key, state_hash
 from ..core.surgery import Frozen, split_at
 from ..core.train import fit, learner, set_norm, valid_preds
 
-__all__ = ["Features", "feature_key", "cached_features", "features_dls", "fit_head", "fit_head_live", "fit_logreg"]
+__all__ = ["Features", "cached_features", "fit_head", "fit_head_live", "fit_logreg"]
 
 
 @dataclass

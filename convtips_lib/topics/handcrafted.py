@@ -12,7 +12,7 @@ from ..core.data import OpenResized
 from ..core.measure import classification_metrics
 from ..core.store import cache_dir, cached, hash_key
 
-__all__ = ["KINDS", "gray_images", "hog_features", "lbp_features", "handcrafted_features", "svm_baseline"]
+__all__ = ["handcrafted_features", "svm_baseline"]
 
 KINDS = ("hog", "lbp", "hog+lbp")
 

@@ -13,8 +13,8 @@ from ..core.compat import renamed_kwargs
 from ..core.data import BadImageError, rgb_image
 from ..core.models import IMAGENET_STATS
 
-__all__ = ["imagenet_labels", "preprocess", "topk", "SAMPLE_PHOTOS", "prediction_summary",
-           "preprocessing_variants", "preprocessing_effects", "load_user_image", "sample_photo", "photo_top5"]
+__all__ = ["preprocess", "topk", "SAMPLE_PHOTOS", "preprocessing_variants", "preprocessing_effects",
+           "load_user_image", "sample_photo", "photo_top5"]
 
 SAMPLE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "hubble_deep_field")   # skimage.data, offline
 

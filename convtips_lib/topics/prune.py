@@ -18,9 +18,9 @@ from ..core.models import narrow_to
 from ..core.store import atomic_write, save_tensors
 from ..core.train import fit
 
-__all__ = ["l1_order", "filter_scores", "rank_agreement", "IMPORTANCES", "make_pruner", "check_ratio", "model_cost",
-           "prune_iteratively", "prune_once", "prune_copy", "pruning_row", "export_check",
-           "export_pruned", "load_pruned", "onnx_outputs", "onnx_latency", "RANKINGS"]
+__all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "make_pruner", "model_cost", "prune_iteratively",
+           "prune_once", "prune_copy", "pruning_row", "export_check", "export_pruned", "load_pruned", "onnx_latency",
+           "RANKINGS"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 

@@ -16,8 +16,7 @@ import torchvision
 from ..core.measure import Estimate, count_flops, count_params, latency
 from ..core.models import OFFLINE_WEIGHTS, UnknownModelError, pretrained, sha256sum
 
-__all__ = ["FAMILIES", "family", "arch_cost", "zoo_table", "latency_predictors", "arch_row", "zoo_counts", "weights_provenance",
-           "unsafe_pickle_demo"]
+__all__ = ["zoo_table", "latency_predictors", "arch_row", "zoo_counts", "weights_provenance", "unsafe_pickle_demo"]
 
 # longest prefix first: the first match names the family
 FAMILIES = ("efficientnetv2", "efficientnet_lite", "efficientnet", "mobilenetv2", "mobilenetv3", "mobilenet",

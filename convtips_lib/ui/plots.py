@@ -8,7 +8,7 @@ import pandas as pd
 from ..core.compat import renamed_kwargs
 
 __all__ = ["plot_history", "plot_confusion", "show_images", "plot_bars", "plot_heatmap", "plot_lines", "plot_cost",
-           "plot_forest", "VERDICT_COLOURS"]
+           "plot_forest", "plot_gallery", "plot_intervals", "plot_estimates", "plot_pr_curves", "plot_boxes"]
 
 VERDICT_COLOURS = {"supported": "tab:green", "refuted": "tab:red", "inconclusive": "tab:orange",
                    "undecided": "tab:gray"}
@@ -137,15 +137,16 @@ def plot_forest(claims: pd.DataFrame, title: str = "claims: effect and 95 % inte
 
 
 # ------------------------------------------------------------------ lesson 03: augmentation
-__all__ += ["plot_gallery", "plot_intervals"]
 
 
-def plot_gallery(rows: dict, size: float = 1.3, title: str = ""):
-    """One row of images per key of `rows` ({name: (n, 3, H, W) tensor or list of images}), the name on the left."""
+@renamed_kwargs(size="inches")
+def plot_gallery(rows: dict, inches: float = 1.3, title: str = ""):
+    """One row of images per key of `rows` ({name: (n, 3, H, W) tensor or list of images}), the name on the left;
+    each image `inches` wide and high."""
     rows = {k: [np.asarray(i.permute(1, 2, 0)) if hasattr(i, "permute") else np.asarray(i) for i in v]
             for k, v in rows.items()}
     ncols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols + 1.2, size * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(inches * ncols + 1.2, inches * len(rows) + 0.4), squeeze=False)
     for ax_row, (name, images) in zip(axes, rows.items()):
         for j, ax in enumerate(ax_row):
             ax.set(xticks=[], yticks=[])
@@ -178,7 +179,6 @@ def plot_intervals(df: pd.DataFrame, x: str, y: str, low: str = "low", high: str
 
 
 # ------------------------------------------------------------------ lesson 04: imbalanced data
-__all__ += ["plot_estimates", "plot_pr_curves"]
 
 
 def plot_estimates(df: pd.DataFrame, y: str, metrics, hue: str | None = None, low: str = "low", high: str = "high",
@@ -220,7 +220,6 @@ def plot_pr_curves(curves: dict, title: str = "precision-recall of the rare clas
 
 
 # ------------------------------------------------------------------ lesson 07: pruning
-__all__ += ["plot_boxes"]
 
 
 def plot_boxes(df: pd.DataFrame, x: str, y: str, title: str = "", logy: bool = False):
