@@ -11,6 +11,7 @@ from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls, elpv_frame, subsample
 from ..core.measure import Estimate, bootstrap, paired_bootstrap, stack_preds
 from ..core.surgery import n_frozen, n_groups, split_at
+from ..core.train import run_grid
 from ..topics.features import cached_features, fit_head
 from ..topics.transfer import FROZEN_SHARE, REGIMES, train_regime
 
@@ -26,9 +27,8 @@ def run_regime(cfg, regime: str, frac: float, seed: int = 0, **kw) -> dict:
 def freeze_grid(cfg, fractions=None, regimes=None, seeds=None, **kw) -> pd.DataFrame:
     """One `run_regime` row per (fraction, regime, seed); defaults from the profile and all of REGIMES."""
     seeds = cfg.seeds(cfg.n_seeds) if seeds is None else seeds
-    rows = [run_regime(cfg, r, f, s, **kw) for f in (fractions or cfg.transfer.fractions) for r in (regimes or REGIMES)
-            for s in seeds]
-    return pd.DataFrame(rows)
+    cells = [dict(regime=r, frac=f) for f in (fractions or cfg.transfer.fractions) for r in (regimes or REGIMES)]
+    return pd.DataFrame(run_grid(lambda regime, frac, seed: run_regime(cfg, regime, frac, seed, **kw), cells, seeds))
 
 
 def best_regimes(grid: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:

@@ -17,7 +17,7 @@ from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
-from ..core.train import Run, fit, make_learner, valid_preds
+from ..core.train import Run, fit, make_learner, run_grid, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
 __all__ = ["train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain", "gain_change", "CAMERAS",
@@ -96,15 +96,13 @@ def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
     """`train_policy` for every (fraction, policy, seed) (default: `cfg.aug.fracs`, `cfg.n_seeds` seeds):
     (runs table, histories, {(policy, frac): learner of the first seed})."""
     seeds = cfg.seeds(cfg.n_seeds) if seeds is None else seeds
-    hists, rows, learners = [], [], {}
-    for f in fracs or cfg.aug.fracs:
-        for p in policies:
-            for s in seeds:
-                run = train_policy(cfg, p, f, seed=s)
-                learners.setdefault((p, f), run.learn)
-                hists.append(run.history.assign(policy=p, frac=f, strength=1.0))
-                rows.append(run.row())
-    return pd.DataFrame(rows), pd.concat(hists, ignore_index=True), learners
+    cells = [dict(policy=p, frac=f) for f in fracs or cfg.aug.fracs for p in policies]
+    runs = run_grid(lambda policy, frac, seed: train_policy(cfg, policy, frac, seed=seed), cells, seeds)
+    learners = {}
+    for run in runs:
+        learners.setdefault((run.settings["policy"], run.settings["frac"]), run.learn)
+    hists = [r.history.assign(policy=r.settings["policy"], frac=r.settings["frac"], strength=1.0) for r in runs]
+    return pd.DataFrame([r.row() for r in runs]), pd.concat(hists, ignore_index=True), learners
 
 
 def strength_sweep(cfg, runs: pd.DataFrame, policy: str = "everything", strengths=None,
