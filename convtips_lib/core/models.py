@@ -62,7 +62,8 @@ class ModelCfg(Mapping):
         return self.mean, self.std
 
     def __getitem__(self, key: str):
-        name = "img_size" if key == "input_size" else key   # timm's name, a key of the meta dicts this replaces
+        """A field, `stats` or `input_size` (timm's name for img_size) by name, as the old meta dicts read."""
+        name = "img_size" if key == "input_size" else key
         if name not in (*self, "stats"):
             raise KeyError(f"{key!r}: a model record holds {', '.join(self)} (and 'stats', 'input_size')")
         return getattr(self, name)
