@@ -17,8 +17,8 @@ import fastai.data
 import pandas as pd
 from convtips_lib.core.data import (DEFECT_LEVELS, VALID_N, BadImageError, DataUnreachableError, _elpv_frame_cached,
                                     OpenResized, check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
-                                    preload_dls, resize_image, rgb_image, subsample, tensor_dls, untar_dls, valid_labels,
-                                    drop_normalize)
+                                    preload_dls, resize_image, rgb_image, subsample, tensor_dls, untar_dls,
+                                    valid_labels, drop_normalize)
 from convtips_lib.core.profiles import profile
 
 N_ELPV = 2624

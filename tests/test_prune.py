@@ -10,7 +10,9 @@ from torch import nn
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.measure import count_flops, count_params
 from convtips_lib.core.train import fit, learner
-from convtips_lib.topics.prune import ScoreImportance, check_ratio, export_check, export_pruned, filter_scores, l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs, prune_copy, prune_iteratively, prune_once, rank_agreement
+from convtips_lib.topics.prune import (ScoreImportance, check_ratio, export_check, export_pruned, filter_scores,
+                                      l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs,
+                                      prune_copy, prune_iteratively, prune_once, rank_agreement)
 from convtips_lib.studies.lesson07 import Block, block_removal, first_reaching, fresh_learner, prunable_net, removable_blocks, removal_gap, train_from_scratch, without_block
 
 TINY = dict(widths=(4, 8), depth=1)

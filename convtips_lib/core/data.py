@@ -29,7 +29,7 @@ _PROB_NAMES = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
 DEFECT_LEVELS = tuple(_PROB_NAMES.values())   # natural order: 0, 1/3, 2/3, 1
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,   # timm's names
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
-RESIZE_METHODS = ("squash", "crop")   # squash: the whole image to size x size (ELPV's square cells); crop: fastai's Resize
+RESIZE_METHODS = ("squash", "crop")   # the whole image to size x size (ELPV's square cells); crop: fastai's Resize
 DATA_INTERPOLATION = "bilinear"       # how the course's loaders resize (OpenResized, fastai's Resize)
 
 

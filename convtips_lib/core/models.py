@@ -25,8 +25,9 @@ from .compat import renamed_kwargs
 from .data import INTERPOLATIONS, RESIZE_METHODS
 
 __all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "ModelCfg", "ModelSource", "MODEL_SOURCES", "Classifier",
-           "UnknownModelError", "HubUnreachableError", "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "sha256sum", "load_weights", "list_archs",
-           "lite_keys_to_timm", "reachable", "replace_module", "narrow_to"]
+           "UnknownModelError", "HubUnreachableError", "WeightsChecksumError", "WeightsFileError", "pretrained",
+           "model_stats", "sha256sum", "load_weights", "list_archs", "lite_keys_to_timm", "reachable", "replace_module",
+           "narrow_to"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -41,7 +42,7 @@ class ModelCfg(Mapping):
     mean: tuple = IMAGENET_STATS[0]      # per RGB channel, of pixels scaled to [0, 1]
     std: tuple = IMAGENET_STATS[1]
     interpolation: str = "bicubic"       # how ImageNet preprocessing resizes (`INTERPOLATIONS`)
-    resize: str = "squash"               # the whole image to img_size x img_size, or its centre square (`RESIZE_METHODS`)
+    resize: str = "squash"               # the whole image to img_size x img_size, or its centre square first
     source: str = "random init"          # where the weights come from
     sha256: str | None = None            # of the weights file, when one was loaded
     timm_arch: str | None = None         # the timm architecture an offline model is built as
@@ -317,8 +318,8 @@ def _offline_names(pattern: str) -> list:
 
 MODEL_SOURCES = {   # a new registry is one more entry, e.g. MODEL_SOURCES["hf"] = ModelSource(..., claims=...)
     "offline": ModelSource(_offline_body, _offline_names, lambda a: a in OFFLINE_WEIGHTS),
-    "torchvision": ModelSource(_torchvision_body, lambda p: ["tv:" + n for n in torchvision.models.list_models(include=p)],
-                               lambda a: a.startswith("tv:")),
+    "torchvision": ModelSource(_torchvision_body, lambda p: ["tv:" + n for n in torchvision.models.list_models(
+        include=p)], lambda a: a.startswith("tv:")),
     "timm": ModelSource(_timm_body, lambda p: timm.list_models(p)),   # every other name
 }
 
