@@ -160,6 +160,13 @@ def test_image_batch_replicates_gray():
     assert x.shape == (1, 3, 16, 16) and torch.allclose(x, torch.full_like(x, 128 / 255))
 
 
+def test_image_batch_is_the_loaders_bilinear_squash():
+    from PIL import Image
+    px = (np.random.default_rng(0).random((30, 50, 3)) * 255).astype(np.uint8)
+    want = np.asarray(Image.fromarray(px).resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255
+    assert torch.equal(aug.image_batch([px], 16)[0], torch.from_numpy(want).permute(2, 0, 1))
+
+
 # ------------------------------------------------------------------ policies
 def test_policy_strength_scales_and_caps():
     assert aug.policy_tfms("everything", S, strength=0) == []

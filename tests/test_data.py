@@ -17,7 +17,8 @@ import fastai.data
 import pandas as pd
 from convtips_lib.core.data import (DEFECT_LEVELS, VALID_N, BadImageError, DataUnreachableError, _elpv_frame_cached,
                                     OpenResized, check_images, elpv_dls, elpv_frame, folder_dls, open_image, plain_train_dl,
-                                    preload_dls, rgb_image, subsample, tensor_dls, untar_dls, valid_labels)
+                                    preload_dls, resize_image, rgb_image, subsample, tensor_dls, untar_dls,
+                                    valid_labels, drop_normalize)
 from convtips_lib.core.profiles import profile
 
 N_ELPV = 2624
@@ -587,3 +588,48 @@ def test_preload_dls_holds_standardised_images_in_the_loader_order(small_cfg):
     assert torch.allclose(xt.mean((0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(xt.std((0, 2, 3)), torch.ones(3), atol=1e-3)
     assert np.array_equal(pre.valid.dataset.y.numpy(), valid_labels(dls)) and pre.vocab == list(dls.vocab)
+
+
+# ---------------------------------------------------------------- the one resize
+
+def _photo(w: int = 50, h: int = 70) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest", "lanczos"])
+def test_resize_image_squash_is_pil_resize_of_the_whole_image(interpolation):
+    img = _photo()
+    out = resize_image(img, 24, interpolation)
+    want = img.resize((24, 24), getattr(Image.Resampling, interpolation.upper()))
+    assert out.size == (24, 24) and np.array_equal(np.asarray(out), np.asarray(want))
+
+
+def test_resize_image_crop_is_fastais_validation_resize():
+    from fastai.vision.all import PILImage, Resize
+    img = PILImage.create(_photo())
+    want = Resize(24)(img, split_idx=1)
+    assert np.array_equal(np.asarray(resize_image(img, 24, method="crop")), np.asarray(want))
+    assert not np.array_equal(np.asarray(resize_image(img, 24, method="crop")), np.asarray(resize_image(img, 24)))
+
+
+def test_resize_image_takes_any_image_and_refuses_unknown_settings():
+    gray16 = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)
+    assert np.asarray(resize_image(gray16, 8)).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="bilinear"):
+        resize_image(_photo(), 8, "cubic")
+    with pytest.raises(ValueError, match="squash"):
+        resize_image(_photo(), 8, method="pad")
+
+
+def test_open_resized_is_the_bilinear_squash(tmp_path):
+    _photo().save(tmp_path / "a.png")
+    want = Image.open(tmp_path / "a.png").convert("RGB").resize((16, 16), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(OpenResized(16)(tmp_path / "a.png")), np.asarray(want))
+
+
+def test_drop_normalize_removes_every_normalize():
+    from fastai.vision.all import Normalize
+    dls = elpv_dls(profile("smoke"), task="binary")
+    dls.add_tfms([Normalize.from_stats((0.5,) * 3, (0.5,) * 3)], "after_batch")
+    drop_normalize(dls)
+    assert not any(isinstance(t, Normalize) for dl in dls.loaders for t in dl.after_batch.fs)

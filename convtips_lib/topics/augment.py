@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.vision.all import Brightness, Contrast, Flip, Pipeline, Rotate, TensorImage, Transform
-from PIL import Image
 from torchvision.transforms import v2
 
-from ..core.data import rgb_image
+from ..core.data import DATA_INTERPOLATION, resize_image
 from ..core.env import seed_everything
 
 __all__ = ["Augment", "AUGMENTS", "augment", "augment_table", "TorchAug", "PCAColor", "rgb_pca", "IMAGENET_PCA",
@@ -197,11 +196,11 @@ def augment_table() -> pd.DataFrame:
                               el_label=a.el_label, why=a.why) for n, a in AUGMENTS.items()]).set_index("transform")
 
 
-def image_batch(images, img_size: int) -> torch.Tensor:
+def image_batch(images, img_size: int, interpolation: str = DATA_INTERPOLATION) -> torch.Tensor:
     """Images (paths, PIL, or arrays H x W or H x W x 3; see `rgb_image`) -> float tensor (N, 3, img_size, img_size)
-    in [0, 1]."""
+    in [0, 1], squashed to size as the loaders do (`resize_image`)."""
     def one(img):
-        arr = np.asarray(rgb_image(img).resize((img_size, img_size), Image.BILINEAR), dtype=np.float32) / 255
+        arr = np.asarray(resize_image(img, img_size, interpolation), dtype=np.float32) / 255
         return torch.from_numpy(arr).permute(2, 0, 1)
     return torch.stack([one(i) for i in images])
 

@@ -287,7 +287,8 @@ def detail_effects(ref_block: nn.Module, x: torch.Tensor) -> pd.DataFrame:
 def network_effects(model: nn.Module, img, target: str | None = None, k: int = 5) -> pd.DataFrame:
     """Top-1 of a pretrained ImageNet `Classifier` on `img` as published, then with each detail gotten wrong."""
     model.eval()
-    x = preprocess(img, model.meta["input_size"], model.meta["stats"])
+    cfg = model.meta
+    x = preprocess(img, cfg.img_size, cfg.stats, interpolation=cfg.interpolation, resize=cfg.resize)
     rows = [dict(detail="as published", uses="", wrong="", **prediction_summary(model, x, target, k))]
     for detail, uses, wrong, changed in _variants(model):
         torch.manual_seed(0)

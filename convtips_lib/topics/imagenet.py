@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ..core.compat import renamed_kwargs
-from ..core.data import BadImageError, rgb_image
+from ..core.data import BadImageError, resize_image, rgb_image
 from ..core.models import IMAGENET_STATS
 
 __all__ = ["preprocess", "topk", "SAMPLE_PHOTOS", "preprocessing_variants", "preprocessing_effects",
@@ -32,10 +32,11 @@ def imagenet_labels() -> list:
 
 
 @renamed_kwargs(size="img_size")
-def preprocess(img, img_size: int, stats, bgr: bool = False, normalize: bool = True) -> torch.Tensor:
+def preprocess(img, img_size: int, stats, bgr: bool = False, normalize: bool = True,
+               interpolation: str = "bicubic", resize: str = "squash") -> torch.Tensor:
     """An image (path, file bytes, PIL, or array (H, W[, 3]) of 8-bit, 16-bit or [0, 1] floats; see `rgb_image`) ->
-    a (1, 3, img_size, img_size) float tensor, resized and normalised."""
-    img = rgb_image(img).resize((img_size, img_size), Image.BICUBIC)
+    a (1, 3, img_size, img_size) float tensor, resized (`resize_image`) and normalised with stats (mean, std)."""
+    img = resize_image(img, img_size, interpolation, resize)
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     if bgr:
         x = x.flip(0)
@@ -48,14 +49,18 @@ def preprocess(img, img_size: int, stats, bgr: bool = False, normalize: bool = T
 @renamed_kwargs(size="img_size")
 def topk(model, img, k: int = 5, img_size: int | None = None, **kw) -> list:
     """Top-`k` (label, probability) of an ImageNet classifier on one image, preprocessed per `model.meta`."""
-    meta = model.meta
-    x = preprocess(img, img_size or meta["input_size"], meta["stats"], **kw)
+    x = preprocess(img, img_size or model.meta.img_size, model.meta.stats, **{**_resizing(model.meta), **kw})
     model.eval()
     with torch.no_grad():
         p = model(x.to(next(model.parameters()).device)).softmax(1)[0].cpu()
     vals, idx = p.topk(k)
     labels = _labels()
     return [(labels[i], float(v)) for v, i in zip(vals, idx)]
+
+
+def _resizing(cfg) -> dict:
+    """The interpolation and resize of a model's record (`ModelCfg`), as `preprocess` keywords."""
+    return dict(interpolation=cfg.interpolation, resize=cfg.resize)
 
 
 def _target_ids(target: str) -> list:
@@ -105,8 +110,8 @@ def preprocessing_variants(model, img, target: str | None = None, k: int = 5) ->
     meta = model.meta
     model.eval()
     rows = []
-    for name, change, tfm, kw in _variants(meta["input_size"], meta["stats"]):
-        kw = dict(dict(stats=meta["stats"]), **kw)
+    for name, change, tfm, kw in _variants(meta.img_size, meta.stats):
+        kw = {"stats": meta.stats, **_resizing(meta), **kw}
         x = preprocess(tfm(img), kw.pop("size"), kw.pop("stats"), **kw)   # `size`: the variant's input side
         rows.append(dict(variant=name, change=change, **prediction_summary(model, x, target, k)))
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..core.measure import count_flops, count_params, evaluate, latency, timed_in_turns
@@ -18,9 +19,9 @@ from ..core.models import narrow_to
 from ..core.store import atomic_write, save_tensors
 from ..core.train import fit
 
-__all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "make_pruner", "model_cost", "prune_iteratively",
-           "prune_once", "prune_copy", "pruning_row", "export_check", "export_pruned", "load_pruned", "onnx_latency",
-           "RANKINGS"]
+__all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "ScoreImportance", "ActivationImportance", "make_pruner",
+           "model_cost", "prune_iteratively", "prune_once", "prune_copy", "pruning_row", "export_check", "export_pruned",
+           "load_pruned", "onnx_latency", "RANKINGS"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 
@@ -46,7 +47,7 @@ def filter_scores(model: nn.Module, batches, bs: int = 64) -> pd.DataFrame:
     (batches of (x, y)) or a tensor of images (N, C, H, W), fed `bs` at a time.
 
     torch-pruning's importances score whole coupled groups for its pruner; the per-filter statistics of one layer
-    are a few lines of forward hooks, written here."""
+    are a few lines of forward hooks, written here, and `ScoreImportance.of(scores, ranking)` hands them to it."""
     pairs, sums = _conv_bn_pairs(model), {}
 
     def hook(name):
@@ -93,32 +94,129 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def _importance(name: str):
-    import torch_pruning as tp
+class ScoreImportance(tp.importance.Importance):
+    """A torch-pruning importance from per-filter scores measured beforehand, {conv layer name: (out_channels,)
+    scores}, high keeps: e.g. `ScoreImportance.of(filter_scores(model, dls.valid), 'apoz')`. A group scores each
+    channel by the mean over its scored convs, divided by the group's mean (as torch-pruning's magnitude importance
+    normalises) so that the global ranking compares layers fairly; a group without a scored conv is not pruned."""
+
+    def __init__(self, scores: dict):
+        self.scores = {name: torch.tensor(np.asarray(s, dtype=np.float32)) for name, s in scores.items()}
+        self._names = {}
+
+    @classmethod
+    def of(cls, scores: pd.DataFrame, ranking: str) -> "ScoreImportance":
+        """From `filter_scores`' table and one of `RANKINGS`; APoZ enters as 1 - APoZ (many zeros = weak)."""
+        if ranking not in RANKINGS:
+            raise ValueError(f"unknown ranking {ranking!r}: choose one of {', '.join(RANKINGS)}")
+        col = 1 - scores["apoz"] if ranking == "apoz" else scores[ranking]
+        return cls({layer: col[idx].to_numpy() for layer, idx in scores.groupby("layer", sort=False).groups.items()})
+
+    def bind(self, model: nn.Module) -> "ScoreImportance":
+        """Tie the layer names to the modules of `model`, the network being pruned (`make_pruner` does it)."""
+        self._names = {m: name for name, m in model.named_modules()}
+        return self
+
+    def measure(self) -> None:
+        """Bring the scores up to date with the network (nothing to do: they were measured beforehand)."""
+
+    def layer_scores(self, name: str, conv: nn.Conv2d) -> torch.Tensor:
+        """(out_channels,) scores of the conv layer `name`; refused when the layer no longer has that many filters."""
+        s = self.scores[name]
+        if len(s) != conv.out_channels:
+            raise ValueError(f"{len(s)} scores for the {conv.out_channels} filters of {name}: the layer was pruned "
+                             "since they were measured. Measure again (filter_scores), or prune with "
+                             "ActivationImportance, which measures before every step")
+        return s
+
+    def _scored(self, item) -> str | None:
+        """The name of a group item's conv layer when its filters (output channels) are scored here."""
+        name = self._names.get(item.dep.layer)
+        roots = item.root_idxs
+        ok = item.dep.pruning_fn == tp.prune_conv_out_channels and roots is not None and None not in roots
+        return name if ok and name in self.scores else None
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        """(n,) importance of the n channels of `group` (its first item's), or None when no conv of it is scored."""
+        self.measure()
+        n = len(group[0].idxs)
+        total, count = torch.zeros(n), torch.zeros(n)
+        for item in group:
+            if (name := self._scored(item)) is not None:
+                root = torch.as_tensor(item.root_idxs, dtype=torch.long)
+                total.index_add_(0, root, self.layer_scores(name, item.dep.layer)[list(item.idxs)])
+                count.index_add_(0, root, torch.ones(len(root)))
+        if not count.any():
+            return None
+        imp = total / count.clamp(min=1)
+        return imp / imp.mean() if imp.mean() > 0 else imp
+
+
+class ActivationImportance(ScoreImportance):
+    """A `ScoreImportance` that `filter_scores` measures on `batches` (a DataLoader or images (N, 3, H, W)) by
+    `ranking` ('mean_activation', 'apoz', ...), again whenever the network's widths have changed: each step of
+    iterative pruning ranks the filters that are left."""
+
+    def __init__(self, batches, ranking: str = "mean_activation", bs: int = 64):
+        super().__init__({})
+        self.batches, self.ranking, self.bs, self._model, self._widths = batches, ranking, bs, None, None
+
+    def bind(self, model: nn.Module) -> "ActivationImportance":
+        """Measure on `model`, the network being pruned (`make_pruner` does it)."""
+        self._model, self._widths = model, None
+        return super().bind(model)
+
+    def measure(self) -> None:
+        """Measure the scores on the bound network again if any of its layers changed width since the last time."""
+        if self._model is None:
+            raise ValueError("ActivationImportance measures the network it prunes: bind(model) first (make_pruner "
+                             "does it)")
+        widths = tuple(m.out_channels for m in self._model.modules() if isinstance(m, nn.Conv2d))
+        if widths != self._widths:
+            was_training = self._model.training
+            self.scores = ScoreImportance.of(filter_scores(self._model, self.batches, self.bs), self.ranking).scores
+            self._model.train(was_training)
+            self._widths = widths
+
+
+IMPORTANCES = ("l1", "l2", "random", "mean_activation", "apoz")   # torch-pruning's magnitude (L1, L2) and random
+# importances, and `ActivationImportance` by a ranking measured on images
+
+
+def _importance(importance, model: nn.Module, batches):
+    """The torch-pruning importance `importance` names (or is), ready to prune `model`."""
+    if isinstance(importance, ScoreImportance):
+        return importance.bind(model)
+    if callable(importance):
+        return importance
     factories = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
                  "l2": lambda: tp.importance.MagnitudeImportance(p=2),
                  "random": lambda: tp.importance.RandomImportance()}
-    if name not in factories:
-        raise ValueError(f"unknown importance {name!r}: choose one of {', '.join(factories)}")
-    return factories[name]()
+    if importance in ("mean_activation", "apoz"):
+        if batches is None:
+            raise ValueError(f"importance {importance!r} is measured on images: pass batches= (a DataLoader such as "
+                             "dls.valid, or images (N, 3, H, W))")
+        return ActivationImportance(batches, importance).bind(model)
+    if importance not in factories:
+        raise ValueError(f"unknown importance {importance!r}: choose one of {', '.join(IMPORTANCES)}, or pass a "
+                         "tp.importance.Importance")
+    return factories[importance]()
 
 
-IMPORTANCES = ("l1", "l2", "random")   # torch-pruning's magnitude (L1, L2) and random importances
-
-
-def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, importance: str = "l1"):
-    """torch-pruning's MetaPruner for `model`: global ranking over all conv layers by `importance`, removing the
-    share `ratio` of channels in `steps` equal steps (one per `pruner.step()`); the classifier's outputs and at least
-    10 % of every layer are kept."""
-    import torch_pruning as tp
+def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, importance="l1", batches=None):
+    """torch-pruning's MetaPruner for `model`: global ranking over all conv layers by `importance` (a name of
+    `IMPORTANCES`, or a `tp.importance.Importance` such as `ScoreImportance`; 'mean_activation' and 'apoz' are
+    measured on `batches`), removing the share `ratio` of channels in `steps` equal steps (one per
+    `pruner.step()`); the classifier's outputs and at least 10 % of every layer are kept."""
     ratio = check_ratio(ratio)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     example = torch.randn(1, 3, img_size, img_size, device=next(model.parameters()).device)
-    return tp.pruner.MetaPruner(model, example, importance=_importance(importance), pruning_ratio=ratio,
-                                global_pruning=True, iterative_steps=steps, max_pruning_ratio=0.9,
-                                ignored_layers=head)
+    return tp.pruner.MetaPruner(model, example, importance=_importance(importance, model, batches),
+                                pruning_ratio=ratio, global_pruning=True, iterative_steps=steps,
+                                max_pruning_ratio=0.9, ignored_layers=head)
 
 
 def model_cost(model: nn.Module, img_size: int, bs: int = 32, reps: int = 5) -> dict:
@@ -150,12 +248,12 @@ def _prune_and_fine_tune(learn, pruner, epochs: int, lr: float) -> float:
 
 
 def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: int, lr: float, reps: int = 5,
-                      importance: str = "l1") -> pd.DataFrame:
+                      importance="l1") -> pd.DataFrame:
     """The recipe of Li et al.: prune the weakest channels globally, fine-tune `epochs` at `lr`, repeat `steps` times
     until the share `ratio` is gone. One row per step (step 0: the trained network): params, flops, ms_per_batch,
     times_ms, y_true, y_pred and metrics after fine-tuning, `pruned_ba` (balanced accuracy before it) and `model`
-    (a CPU copy of the network at that step)."""
-    pruner = make_pruner(learn.model, img_size, ratio, steps, importance)
+    (a CPU copy of the network at that step). `importance` as `make_pruner`'s, measured on the validation set."""
+    pruner = make_pruner(learn.model, img_size, ratio, steps, importance, learn.dls.valid)
     rows = [pruning_row(learn, img_size, reps, step=0, ratio=0.0, pruned_ba=np.nan,
                         model=copy.deepcopy(learn.model).cpu())]
     for k in range(1, steps + 1):
@@ -166,18 +264,20 @@ def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: in
 
 
 def prune_once(learn, img_size: int, ratio: float, epochs: int, lr: float, reps: int = 5,
-               importance: str = "l1") -> dict:
+               importance="l1") -> dict:
     """One-shot pruning: remove the share `ratio` in one step, then fine-tune `epochs` at `lr` (give it the
     iterative run's total fine-tuning for a fair comparison). A row like `prune_iteratively`'s."""
-    before = _prune_and_fine_tune(learn, make_pruner(learn.model, img_size, ratio, 1, importance), epochs, lr)
+    pruner = make_pruner(learn.model, img_size, ratio, 1, importance, learn.dls.valid)
+    before = _prune_and_fine_tune(learn, pruner, epochs, lr)
     return pruning_row(learn, img_size, reps, step=1, ratio=ratio, pruned_ba=before)
 
 
-def prune_copy(model: nn.Module, img_size: int, ratio: float, importance: str = "l1") -> nn.Module:
-    """A pruned copy of `model` (one step, no fine-tuning); `model` itself is left as it was."""
+def prune_copy(model: nn.Module, img_size: int, ratio: float, importance="l1", batches=None) -> nn.Module:
+    """A pruned copy of `model` (one step, no fine-tuning; `importance`, `batches` as `make_pruner`'s); `model`
+    itself is left as it was."""
     out = copy.deepcopy(model)
     if check_ratio(ratio) > 0:
-        make_pruner(out, img_size, ratio, 1, importance).step()
+        make_pruner(out, img_size, ratio, 1, importance, batches).step()
     return out
 
 

@@ -5,12 +5,14 @@ folder; the lesson's ablation, baseline and error analysis are in `studies.lesso
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from ..core.compat import renamed_kwargs
 from ..core.data import folder_dls
 from ..core.measure import Evaluation, evaluate
 from ..core.store import atomic_write
@@ -18,9 +20,10 @@ from ..core.train import FIT_SCHEDULES, fit, make_learner
 from .augment import POLICIES, policy_tfms
 from .imbalance import oversample_weights
 
-__all__ = ["Recipe", "BALANCES", "TTA_PASSES", "train_recipe", "fit_recipe", "recipe_eval"]
+__all__ = ["Recipe", "BALANCES", "WEIGHTS", "TTA_PASSES", "train_recipe", "fit_recipe", "recipe_eval"]
 
 BALANCES = ("none", "oversample")   # lesson 04: plain sampling, or every class drawn equally often
+WEIGHTS = ("imagenet", None)        # lesson 01: the published ImageNet weights, or a random initialisation
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Recipe:
     """Every choice of a training recipe. The defaults are lesson 08's cpu recipe (EfficientNet-Lite0 at 160 px,
     1 + 8 epochs; bench/results/ holds what it measured); the gpu profile trains it at 224 px for longer."""
     arch: str = "efficientnet_lite0"   # lesson 01: a published architecture ...
-    pretrained: bool = True            # ... with its ImageNet weights (False: a random initialisation)
+    weights: str | None = "imagenet"   # ... with its ImageNet weights (None: a random initialisation)
     img_size: int = 160                # px, square
     freeze_epochs: int = 1             # lesson 02: the new head alone first (fastai's fine_tune) ...
     epochs: int = 8                    # ... then the whole network (0 head epochs: the whole network throughout)
@@ -55,13 +58,30 @@ class Recipe:
             raise ValueError(f"recipe balance {self.balance!r} is unknown: choose one of {', '.join(BALANCES)}")
         if self.schedule not in FIT_SCHEDULES:
             raise ValueError(f"recipe schedule {self.schedule!r} is unknown: choose one of {', '.join(FIT_SCHEDULES)}")
-        for name in ("pretrained", "tta"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"recipe tta must be true or false, got {self.tta!r}")
+        self._check_weights()
+
+    def _check_weights(self) -> None:
+        if isinstance(self.weights, bool):   # the deprecated pretrained flag's values, as Recipe(pretrained=) passes
+            object.__setattr__(self, "weights", "imagenet" if self.weights else None)
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"recipe weights must be 'imagenet' (the published ImageNet weights) or None (JSON null: "
+                             f"a random initialisation), got {self.weights!r}")
+
+    @property
+    def pretrained(self) -> bool:
+        """Deprecated: whether the recipe starts from ImageNet weights; read `weights` instead."""
+        warnings.warn("Recipe.pretrained is deprecated: read recipe.weights ('imagenet' or None)", DeprecationWarning,
+                      stacklevel=2)
+        return self.weights is not None
 
     def with_(self, **kw) -> "Recipe":
         """A copy with some settings changed (checked like the original), e.g. `recipe.with_(epochs=2)`."""
-        return replace(self, **kw)
+        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in kw}
+        if "pretrained" in kw:    # the deprecated flag stands for weights (with a warning)
+            keep.pop("weights", None)
+        return type(self)(**keep, **kw)
 
     def to_dict(self) -> dict:
         """The recipe as a plain dict (JSON-ready)."""
@@ -69,9 +89,10 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        """A recipe from a dict such as `to_dict` gives; an unknown key is refused, naming the known ones."""
+        """A recipe from a dict such as `to_dict` gives (an older one's `pretrained` is read as `weights`, with a
+        warning); an unknown key is refused, naming the known ones."""
         known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
+        unknown = sorted(set(d) - set(known) - {"pretrained"})
         if unknown:
             raise ValueError(f"unknown recipe setting(s) {', '.join(unknown)}: the settings are {', '.join(known)}")
         return cls(**d)
@@ -93,6 +114,9 @@ class Recipe:
         return cls.from_dict(d)
 
 
+Recipe.__init__ = renamed_kwargs(pretrained="weights")(Recipe.__init__)   # older code and recipe files
+
+
 def _balance_weights(path, cfg, recipe: Recipe, valid_pct: float):
     if recipe.balance == "none":
         return None
@@ -105,8 +129,7 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
     """A Learner for `recipe.arch` on `dls`, trained as the recipe says: fastai's fine_tune (the head alone for
     `freeze_epochs`, then the whole network) or, with 0 head epochs, the whole network throughout; one-cycle or a
     constant rate. `distributed`: inside fastai's `distrib_ctx`, so `accelerate launch` spreads it over GPUs."""
-    learn = make_learner(dls, recipe.arch, weights="imagenet" if recipe.pretrained else None, depth="head",
-                         seed=recipe.seed)
+    learn = make_learner(dls, recipe.arch, weights=recipe.weights, depth="head", seed=recipe.seed)
     if distributed:
         import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs accelerate)
         import torch
