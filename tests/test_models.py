@@ -32,12 +32,6 @@ def lite0_state_dict():
     return load_weights(w.path(), w.sha256)
 
 
-@pytest.fixture
-def lite0():
-    """A fresh random-init lite0 Classifier with a 2-class head (freeze tests mutate it)."""
-    return pretrained(LITE0, 2, weights=None)
-
-
 @pytest.fixture(scope="module")
 def imagenet_info():
     return timm.data.ImageNetInfo()
