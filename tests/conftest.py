@@ -3,6 +3,8 @@
 One torch thread: the unit tests run tiny models, where threads gain little, and on a busy machine (CI, several
 jobs on two cores) OpenMP threads that wait for a free core make a forward pass 10-20x slower.
 """
+import sys
+
 import torch
 
 torch.set_num_threads(1)
@@ -56,3 +58,12 @@ def lite0_random_2class():
     from convtips_lib.core.models import pretrained
     return pretrained("efficientnet_lite0", 2, weights=None)
 
+
+# ---------------------------------------------------------------- figures
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every matplotlib figure after each test (pyplot warns past 20 open figures; each holds memory)."""
+    yield
+    plt = sys.modules.get("matplotlib.pyplot")   # only where a test used pyplot: no import for the others
+    if plt is not None:
+        plt.close("all")
