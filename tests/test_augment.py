@@ -242,6 +242,7 @@ def run(tiny):
     return study.train_policy(tiny, "everything", 0.1)
 
 
+@pytest.mark.slow
 def test_train_policy_row_and_timings(run, tiny):
     hist, row, learn = run
     n_train = int((~subsample(elpv_frame(), 0.1, tiny.seed)["is_valid"]).sum())
@@ -253,6 +254,7 @@ def test_train_policy_row_and_timings(run, tiny):
     assert 0 <= row["data_share"] <= 1
 
 
+@pytest.mark.slow
 def test_camera_eval_and_crop_probe(run):
     _, row, learn = run
     cams = study.camera_eval(learn)

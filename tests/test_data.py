@@ -578,6 +578,7 @@ def test_folder_too_small_for_a_validation_image_says_so(tmp_path, small_cfg):
         folder_dls(tmp_path, small_cfg, valid_pct=0.1)
 
 
+@pytest.mark.slow
 def test_preload_dls_holds_standardised_images_in_the_loader_order(small_cfg):
     import torch
     dls = elpv_dls(small_cfg, frac=0.05, img_size=16)

@@ -228,8 +228,13 @@ def test_list_archs_bad_source():
         list_archs("*", "keras")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16", "tv:resnet18",
-                                  "efficientnet_lite0"])
+def _vgg_is_slow(names) -> list:
+    """vgg16 (138 M parameters) takes seconds to build: marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16" else n for n in names]
+
+
+@pytest.mark.parametrize("name", _vgg_is_slow(["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16",
+                                               "tv:resnet18", "efficientnet_lite0"]))
 def test_new_head_fits_the_body_features(name):
     model = pretrained(name, 3, weights=None).eval()
     with torch.no_grad():
@@ -239,7 +244,7 @@ def test_new_head_fits_the_body_features(name):
 ZOO = sorted(set().union(*(p.zoo_archs for p in PROFILES.values())))
 
 
-@pytest.mark.parametrize("arch", ZOO)
+@pytest.mark.parametrize("arch", _vgg_is_slow(ZOO))
 def test_every_zoo_architecture_builds_with_a_new_head(arch):
     model = pretrained(arch, 3, weights=None).eval()
     with torch.no_grad():

@@ -155,6 +155,7 @@ def test_ensemble_preds_average_the_seeds_probabilities_and_compare_configs_read
     assert est.effect == pytest.approx(1.0 - 0.5)
 
 
+@pytest.mark.slow
 def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     cfg = profile("smoke")
     tiny = Recipe(img_size=32, epochs=1, bs=32, seed=0)
@@ -167,6 +168,7 @@ def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
 
 
+@pytest.mark.slow
 def test_fastai_default_trains_fastais_head_with_its_augmentation():
     row = fastai_default(Recipe(img_size=32, epochs=1, bs=32, seed=0), profile("smoke"), 0.03)
     assert row["config"] == "fastai defaults" and row["kind"] == "fastai"

@@ -104,6 +104,7 @@ def test_gap_change_is_a_difference_of_differences():
     assert est.low > 0 and est.effect == pytest.approx(0.2, abs=0.02)
 
 
+@pytest.mark.slow
 def test_train_regime_history_matches_its_row():
     hist, row = train_regime(CFG, "from scratch", 0.04, seed=1)
     assert list(hist["regime"].unique()) == ["from scratch"] and len(hist) == row["epochs"] == CFG.epochs
@@ -134,6 +135,7 @@ def test_linear_curve_fits_each_fraction():
     assert list(curve["n_train"]) == [50, 200] and (curve["accuracy"] > 0.7).all()
 
 
+@pytest.mark.slow
 def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0_pretrained_2class, tmp_path):
     import torch
     before = {k: v.clone() for k, v in lite0_pretrained_2class.state_dict().items()}
