@@ -1,9 +1,12 @@
 """Tests for convtips_lib.core.compat: a renamed keyword keeps working, with a DeprecationWarning naming the new one."""
 import warnings
 
+import numpy as np
 import pytest
+import torch
 
 from convtips_lib.core.compat import renamed_kwargs
+from convtips_lib.topics.imagenet import preprocess
 
 
 @renamed_kwargs(size="img_size", n="depth")
@@ -49,3 +52,38 @@ def test_wrapper_keeps_name_and_docstring():
 def test_unrelated_keywords_reach_the_function_untouched():
     with pytest.raises(TypeError, match="bogus"):
         _f(0, bogus=1)
+
+
+# ---------------------------------------------------------------- pyproject: the project's DeprecationWarnings fail its tests
+_IMG = np.full((8, 8, 3), 128, np.uint8)
+_STATS = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def test_a_test_that_uses_a_deprecated_name_by_accident_fails():
+    """The warning names the test as its module (stacklevel): the filter on the library's message makes it an error."""
+    with pytest.raises(DeprecationWarning, match=r"preprocess\(size=\.\.\.\) is deprecated: use img_size="):
+        preprocess(_IMG, size=4, stats=_STATS)
+
+
+def test_a_test_that_uses_a_deprecated_name_on_purpose_says_so():
+    with pytest.deprecated_call(match="img_size"):
+        old = preprocess(_IMG, size=4, stats=_STATS)
+    assert torch.equal(old, preprocess(_IMG, img_size=4, stats=_STATS))
+
+
+def _warn_from(module: str, category=DeprecationWarning, message: str = "something old"):
+    """Warn as code of `module` does (a warning's module is that of the frame it is attributed to)."""
+    exec(f"import warnings\nwarnings.warn({message!r}, {category.__name__})", {"__name__": module})
+
+
+def test_library_code_that_calls_something_deprecated_fails():
+    with pytest.raises(DeprecationWarning, match="something old"):
+        _warn_from("convtips_lib.topics.fake")
+
+
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
+def test_third_party_deprecations_stay_ignored(category):
+    with warnings.catch_warnings(record=True) as rec:   # keeps the configured filters, records what they let through
+        _warn_from("torch.fake", category)
+        _warn_from("test_compat", category)               # a test calling a third-party deprecated function directly
+    assert rec == []
