@@ -42,7 +42,13 @@ def test_unknown_settings_and_unreadable_files_are_refused(tmp_path):
     (tmp_path / "r.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         Recipe.load(tmp_path / "r.json")
-    assert BALANCES == ("none", "oversample")
+
+
+def test_every_balance_makes_a_recipe_and_an_unknown_one_lists_them():
+    assert [Recipe(balance=b).balance for b in BALANCES] == list(BALANCES)
+    with pytest.raises(ValueError) as info:
+        Recipe(balance="smote")
+    assert str(info.value).endswith(", ".join(BALANCES))
 
 
 def test_train_recipe_on_a_tiny_folder(tmp_path, image_folder):

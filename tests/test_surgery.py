@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from convtips_lib.core.models import OFFLINE_WEIGHTS, pretrained
-from convtips_lib.core.surgery import (DEPTHS, Frozen, body_stages, freeze, n_frozen, n_groups, param_groups,
+from convtips_lib.core.surgery import (Frozen, body_stages, freeze, n_frozen, n_groups, param_groups,
                                        split_at, unfreeze)
 
 LITE0 = "efficientnet_lite0"
@@ -84,8 +84,9 @@ def test_bad_depth_lists_the_choices(depth):
         n_frozen(8, depth)
 
 
-def test_depths_order_from_most_to_least_frozen():
-    assert DEPTHS["head"] > DEPTHS["middle"] > DEPTHS["none"]
+@pytest.mark.parametrize("n_body", [6, 8, 10])
+def test_named_depths_freeze_all_half_or_none_of_the_body(n_body):
+    assert [n_frozen(n_body, d) for d in ("head", "middle", "none")] == [n_body, n_body // 2, 0]
 
 
 def test_freeze_then_unfreeze_counts_trainable_parameters(model):
