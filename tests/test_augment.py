@@ -249,6 +249,7 @@ def run(tiny):
     return study.train_policy(tiny, "everything", 0.1)
 
 
+@pytest.mark.slow
 def test_train_policy_row_and_timings(run, tiny):
     hist, row = run.history, run.row()
     n_train = int((~subsample(elpv_frame(), 0.1, tiny.seed)["is_valid"]).sum())
@@ -260,6 +261,7 @@ def test_train_policy_row_and_timings(run, tiny):
     assert 0 <= row["data_share"] <= 1
 
 
+@pytest.mark.slow
 def test_camera_eval_and_crop_probe(run):
     row, learn = run.row(), run.learn
     cams = study.camera_eval(learn)

@@ -8,20 +8,13 @@ from torch import nn
 from convtips_lib.topics.blocks import (BasicBlock, InvertedResidual, PadSame, block_input, compare_blocks, copy_weights,
                                  detail_effects, network_effects, rebuild)
 from convtips_lib.topics.imagenet import preprocess
-from convtips_lib.core.models import pretrained
 
 LITE_BLOCKS = ["body.blocks.0.0", "body.blocks.1.0", "body.blocks.1.1", "body.blocks.2.0", "body.blocks.4.0"]
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    """EfficientNet-Lite0 with its shipped ImageNet weights (TF port: BN eps 1e-3, 'SAME' padding)."""
-    return pretrained("efficientnet_lite0").eval()
-
-
-@pytest.fixture(scope="module")
-def chelsea_x(lite0):
-    return preprocess(chelsea(), lite0.meta["input_size"], lite0.meta["stats"])
+def chelsea_x(lite0_imagenet):
+    return preprocess(chelsea(), lite0_imagenet.meta["input_size"], lite0_imagenet.meta["stats"])
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +57,9 @@ def test_pad_same_puts_the_extra_pixel_bottom_right():
 # ---------------------------------------------------------------- copy_weights and compare_blocks
 
 @pytest.mark.parametrize("path", LITE_BLOCKS)
-def test_rebuilt_lite0_block_equals_timm_on_real_features(lite0, chelsea_x, path):
-    ref = lite0.get_submodule(path)
-    x = block_input(lite0, path, chelsea_x)
+def test_rebuilt_lite0_block_equals_timm_on_real_features(lite0_imagenet, chelsea_x, path):
+    ref = lite0_imagenet.get_submodule(path)
+    x = block_input(lite0_imagenet, path, chelsea_x)
     r = compare_blocks(rebuild(ref), ref, x)
     assert r["same_shape"] and r["params_mine"] == r["params_ref"]
     assert r["max_abs_diff"] < 1e-5
@@ -114,9 +107,9 @@ def test_unsupported_block_lists_the_supported_ones():
 
 # ---------------------------------------------------------------- details that change the output
 
-def test_detail_effects_on_a_strided_lite0_block(lite0, chelsea_x):
+def test_detail_effects_on_a_strided_lite0_block(lite0_imagenet, chelsea_x):
     path = "body.blocks.1.0"
-    df = detail_effects(lite0.get_submodule(path), block_input(lite0, path, chelsea_x))
+    df = detail_effects(lite0_imagenet.get_submodule(path), block_input(lite0_imagenet, path, chelsea_x))
     assert list(df.columns) == ["detail", "uses", "wrong", "shape", "max_abs_diff", "rel_diff"]
     assert {"BatchNorm eps", "activation", "padding side", "stride placement", "eval mode"} <= set(df["detail"])
     assert "residual" not in set(df["detail"])   # no skip in a strided block
@@ -124,25 +117,25 @@ def test_detail_effects_on_a_strided_lite0_block(lite0, chelsea_x):
     assert df.set_index("detail").loc["BatchNorm eps", "uses"] == "BN eps 0.001"
 
 
-def test_detail_effects_on_a_residual_lite0_block(lite0, chelsea_x):
+def test_detail_effects_on_a_residual_lite0_block(lite0_imagenet, chelsea_x):
     path = "body.blocks.1.1"
-    df = detail_effects(lite0.get_submodule(path), block_input(lite0, path, chelsea_x))
+    df = detail_effects(lite0_imagenet.get_submodule(path), block_input(lite0_imagenet, path, chelsea_x))
     assert {"residual", "padding mode"} <= set(df["detail"]) and "padding side" not in set(df["detail"])
     assert (df["max_abs_diff"] > 0).all()
     assert df.set_index("detail").loc["residual", "rel_diff"] > 0.1
 
 
-def test_detail_effects_leave_the_reference_untouched(lite0, chelsea_x):
+def test_detail_effects_leave_the_reference_untouched(lite0_imagenet, chelsea_x):
     path = "body.blocks.1.0"
-    ref, x = lite0.get_submodule(path), block_input(lite0, path, chelsea_x)
+    ref, x = lite0_imagenet.get_submodule(path), block_input(lite0_imagenet, path, chelsea_x)
     before = ref(x).detach()
     detail_effects(ref, x)
     assert torch.equal(ref(x).detach(), before) and not ref.training
 
 
-def test_network_effects_wrong_details_break_the_prediction(lite0):
-    df = network_effects(lite0, chelsea(), target="cat").set_index("detail")
+def test_network_effects_wrong_details_break_the_prediction(lite0_imagenet):
+    df = network_effects(lite0_imagenet, chelsea(), target="cat").set_index("detail")
     assert df.loc["as published", "target_in_topk"] and "cat" in df.loc["as published", "label"]
     for broken in ("residual", "eval mode"):
         assert df.loc[broken, "target_prob"] < 0.5 * df.loc["as published", "target_prob"]
-    assert not lite0.training
+    assert not lite0_imagenet.training

@@ -114,6 +114,7 @@ def test_out_as_a_file_is_a_clear_error(lessons, tmp_path):
     assert rc == 2 and "which is a file" in err
 
 
+@pytest.mark.slow
 def test_failed_lesson_names_cell_line_and_exception(run):
     assert run["rc"] == 1
     assert "01_broken  failed" in run["stdout"]
@@ -123,6 +124,7 @@ def test_failed_lesson_names_cell_line_and_exception(run):
     assert "without encryption" not in run["stdout"] + run["stderr"]          # the kernel's chatter stays in logs/
 
 
+@pytest.mark.slow
 def test_run_json_lists_every_lesson_with_status_time_and_reason(run):
     rows = {r["lesson"]: r for r in json.loads((run["out"] / "run.json").read_text())}
     assert {k: r["status"] for k, r in rows.items()} == {"00_claim": "ok", "01_broken": "failed", "02_ok": "ok"}
@@ -132,6 +134,7 @@ def test_run_json_lists_every_lesson_with_status_time_and_reason(run):
     assert marked.metadata["convtips"]["status"] == "failed" and "Incomplete: failed" in marked.cells[0].source
 
 
+@pytest.mark.slow
 def test_report_opens_with_the_ledger_and_lists_failed_lessons_with_the_reason(run):
     page = run["report"]
     assert page.index("Claims ledger") < page.index("Lessons in this run") < page.index("<h2 class='lesson'>")
@@ -140,18 +143,21 @@ def test_report_opens_with_the_ledger_and_lists_failed_lessons_with_the_reason(r
     assert "<td>01_broken</td><td>failed</td>" in page and "ValueError: bad value 1" in page
 
 
+@pytest.mark.slow
 def test_stale_record_and_figures_are_removed_before_a_lesson_runs(run):
     results = run["out"] / "results"
     assert not (results / "01_broken.json").exists() and not (results / "01_broken_curve.png").exists()
     assert "0.9877" not in run["report"]
 
 
+@pytest.mark.slow
 def test_corrupt_and_foreign_json_are_skipped_with_a_warning(run):
     assert "warning: skipped" in run["stderr"] and "zz_half.json: not valid JSON" in run["stderr"]
     assert "yy_foreign.json: not a lesson record" in run["stderr"]
     assert "Files skipped" in run["report"]
 
 
+@pytest.mark.slow
 def test_the_cell_timeout_defaults_to_the_profiles(run, lessons, tmp_path):
     assert "cell timeout 600 s" in run["stdout"]                                 # smoke
     rc, out, _ = _run("run", "00", "--profile", "cpu", "--out", tmp_path / "out", "--lessons-dir", lessons)
@@ -159,11 +165,13 @@ def test_the_cell_timeout_defaults_to_the_profiles(run, lessons, tmp_path):
     assert profile("cpu").cell_timeout > 20 * 60 > profile("smoke").cell_timeout
 
 
+@pytest.mark.slow
 def test_seed_reaches_the_kernels(run):
     record = json.loads((run["out"] / "results" / "00_claim.json").read_text())
     assert record["metrics"]["seed_env"] == "7" and record["seed"] == 7
 
 
+@pytest.mark.slow
 def test_a_stalled_cell_times_out_naming_lesson_and_cell(tmp_path, monkeypatch):
     folder = tmp_path / "lessons"
     folder.mkdir()
@@ -181,6 +189,7 @@ def _alive(pid: int) -> bool:
     return status.exists() and "\tZ" not in status.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_a_marked_partial_notebook_and_leaves_no_kernel(tmp_path, monkeypatch):
     folder, out, pid_file = tmp_path / "lessons", tmp_path / "out", tmp_path / "kernel.pid"
     folder.mkdir()
@@ -240,6 +249,7 @@ def test_info_prints_profile_and_verified_weights():
 
 
 # ---------------------------------------------------------------- convtips train / predict (lesson 08)
+@pytest.mark.slow
 def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_folder):
     from convtips_lib.topics.recipe import Recipe
     data = image_folder(tmp_path / "data")
@@ -259,6 +269,7 @@ def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_
     assert capsys.readouterr().out.split("\t")[1] in ("bright", "dark")
 
 
+@pytest.mark.slow
 def test_train_distributed_in_one_process_writes_the_model(tmp_path, capsys, image_folder):
     pytest.importorskip("accelerate")
     from convtips_lib.topics.recipe import Recipe

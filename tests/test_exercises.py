@@ -41,10 +41,9 @@ def test_param_count(capsys):
 
 
 @pytest.fixture(scope="module")
-def lite0_and_cat():
+def lite0_and_cat(lite0_imagenet):
     from skimage.data import chelsea
-    from convtips_lib.core.models import pretrained
-    return pretrained("efficientnet_lite0").eval(), chelsea()
+    return lite0_imagenet, chelsea()
 
 
 @pytest.mark.parametrize("kw, hint", [(dict(bgr=True), "BGR"), (dict(size=64), "shape"),

@@ -84,9 +84,9 @@ def test_deprecated_size_still_works(paths):
 
 
 def test_unknown_kind_lists_the_choices(paths):
-    with pytest.raises(ValueError, match="hog\\+lbp"):
+    with pytest.raises(ValueError, match="hog\\+lbp") as info:
         handcrafted_features(paths[:1], kind="sift")
-    assert KINDS == ("hog", "lbp", "hog+lbp")
+    assert str(info.value).endswith(", ".join(KINDS))        # every kind the function accepts
 
 
 def test_corrupt_image_names_the_file(paths, tmp_path):

@@ -14,19 +14,13 @@ from skimage.data import chelsea  # noqa: E402
 from convtips_lib.core.data import BadImageError  # noqa: E402
 from convtips_lib.topics.imagenet import (SAMPLE_PHOTOS, load_user_image, photo_top5,  # noqa: E402
                                    prediction_summary, preprocess, preprocessing_variants, sample_photo, topk)
-from convtips_lib.core.models import pretrained  # noqa: E402
 
 CATS = ("tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat")
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    return pretrained("efficientnet_lite0").eval()
-
-
-@pytest.fixture(scope="module")
-def variants(lite0):
-    return preprocessing_variants(lite0, chelsea(), target="cat").set_index("variant")
+def variants(lite0_imagenet):
+    return preprocessing_variants(lite0_imagenet, chelsea(), target="cat").set_index("variant")
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -37,18 +31,18 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------- predictions and preprocessing variants
 
-def test_topk_on_chelsea_is_a_cat(lite0):
-    (label, p), *_ = topk(lite0, chelsea())
+def test_topk_on_chelsea_is_a_cat(lite0_imagenet):
+    (label, p), *_ = topk(lite0_imagenet, chelsea())
     assert label.startswith(CATS) and p > 0.5
 
 
-def test_prediction_summary_target(lite0):
-    x = preprocess(chelsea(), 224, lite0.meta["stats"])
-    s = prediction_summary(lite0, x, target="cat")
+def test_prediction_summary_target(lite0_imagenet):
+    x = preprocess(chelsea(), 224, lite0_imagenet.meta["stats"])
+    s = prediction_summary(lite0_imagenet, x, target="cat")
     assert s["target_in_topk"] and 0.5 < s["target_prob"] <= 1 and s["prob"] <= 1
-    assert set(prediction_summary(lite0, x)) == {"label", "prob"}
+    assert set(prediction_summary(lite0_imagenet, x)) == {"label", "prob"}
     with pytest.raises(ValueError, match="no ImageNet class.*'zzzq'"):
-        prediction_summary(lite0, x, target="zzzq")
+        prediction_summary(lite0_imagenet, x, target="zzzq")
 
 
 def test_preprocess_matches_torchvision():
@@ -72,27 +66,27 @@ def test_preprocess_resizes_as_told_and_bicubic_by_default():
     assert preprocess(chelsea(), 48, stats, resize="crop").shape == (1, 3, 48, 48)
 
 
-def test_topk_and_variants_preprocess_as_the_models_record_says(lite0):
+def test_topk_and_variants_preprocess_as_the_models_record_says(lite0_imagenet):
     import copy
     import dataclasses
-    assert lite0.meta.interpolation == "bicubic"
+    assert lite0_imagenet.meta.interpolation == "bicubic"
     cat = chelsea()
-    bicubic = prediction_summary(lite0, preprocess(cat, 224, lite0.meta.stats))
-    assert topk(lite0, cat, k=1)[0] == (bicubic["label"], bicubic["prob"])
-    other = copy.deepcopy(lite0)
-    other.meta = dataclasses.replace(lite0.meta, interpolation="nearest", img_size=160)
+    bicubic = prediction_summary(lite0_imagenet, preprocess(cat, 224, lite0_imagenet.meta.stats))
+    assert topk(lite0_imagenet, cat, k=1)[0] == (bicubic["label"], bicubic["prob"])
+    other = copy.deepcopy(lite0_imagenet)
+    other.meta = dataclasses.replace(lite0_imagenet.meta, interpolation="nearest", img_size=160)
     nearest = prediction_summary(other, preprocess(cat, 160, other.meta.stats, interpolation="nearest"))
     assert topk(other, cat, k=1)[0] == (nearest["label"], nearest["prob"])
     row = preprocessing_variants(other, cat).set_index("variant").loc["correct"]
     assert row["prob"] == nearest["prob"] and "160 px" in row["change"]
 
 
-def test_deprecated_size_still_works(lite0):
-    stats = lite0.meta["stats"]
+def test_deprecated_size_still_works(lite0_imagenet):
+    stats = lite0_imagenet.meta["stats"]
     with pytest.warns(DeprecationWarning, match="img_size"):
         assert torch.equal(preprocess(chelsea(), size=32, stats=stats), preprocess(chelsea(), 32, stats))
     with pytest.warns(DeprecationWarning, match="img_size"):
-        assert topk(lite0, chelsea(), k=2, size=64) == topk(lite0, chelsea(), k=2, img_size=64)
+        assert topk(lite0_imagenet, chelsea(), k=2, size=64) == topk(lite0_imagenet, chelsea(), k=2, img_size=64)
 
 
 def test_preprocessing_variants_table(variants):
@@ -149,23 +143,23 @@ def test_sample_photo_unknown_lists_choices():
         sample_photo("mona_lisa")
 
 
-def test_photo_top5_by_name_and_by_upload(lite0):
-    df = photo_top5(lite0, "chelsea")
+def test_photo_top5_by_name_and_by_upload(lite0_imagenet):
+    df = photo_top5(lite0_imagenet, "chelsea")
     assert list(df.columns) == ["rank", "label", "prob"] and list(df["rank"]) == [1, 2, 3, 4, 5]
     assert df["prob"].is_monotonic_decreasing and df["label"][0].startswith(CATS)
-    uploaded = photo_top5(lite0, _png_bytes(chelsea()))
+    uploaded = photo_top5(lite0_imagenet, _png_bytes(chelsea()))
     assert list(uploaded["label"]) == list(df["label"])
 
 
 # ---------------------------------------------------------------- hostile images reach topk as a clear error or a right answer
 
-def test_topk_reads_a_path_bytes_floats_and_16_bit_alike(lite0, tmp_path):
+def test_topk_reads_a_path_bytes_floats_and_16_bit_alike(lite0_imagenet, tmp_path):
     img = chelsea()
     Image.fromarray(img).save(tmp_path / "cat.png")
-    expected = topk(lite0, img)
+    expected = topk(lite0_imagenet, img)
     for src in (tmp_path / "cat.png", str(tmp_path / "cat.png"), _png_bytes(img), img / 255.0,
                 img.astype(np.uint16) * 257):
-        got = topk(lite0, src)
+        got = topk(lite0_imagenet, src)
         assert [lab for lab, _ in got] == [lab for lab, _ in expected]
         assert got[0][1] == pytest.approx(expected[0][1], abs=1e-4)
 
@@ -173,9 +167,9 @@ def test_topk_reads_a_path_bytes_floats_and_16_bit_alike(lite0, tmp_path):
 @pytest.mark.parametrize("bad, words", [(np.zeros((0, 0, 3), np.uint8), "empty"),
                                          (np.full((8, 8, 3), 2.0e3), "rescale it first"),
                                          (b"not an image", "cannot read image")])
-def test_topk_refuses_an_empty_or_unreadable_image(lite0, bad, words):
+def test_topk_refuses_an_empty_or_unreadable_image(lite0_imagenet, bad, words):
     with pytest.raises(BadImageError, match=words):
-        topk(lite0, bad)
+        topk(lite0_imagenet, bad)
 
 
 def test_load_user_image_scales_a_16_bit_upload():

@@ -33,12 +33,6 @@ def lite0_state_dict():
     return load_weights(w.path(), w.sha256)
 
 
-@pytest.fixture
-def lite0():
-    """A fresh random-init lite0 Classifier with a 2-class head (freeze tests mutate it)."""
-    return pretrained(LITE0, 2, weights=None)
-
-
 @pytest.fixture(scope="module")
 def imagenet_info():
     return timm.data.ImageNetInfo()
@@ -235,8 +229,13 @@ def test_list_archs_bad_source():
         list_archs("*", "keras")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16", "tv:resnet18",
-                                  "efficientnet_lite0"])
+def _vgg_is_slow(names) -> list:
+    """vgg16 (138 M parameters) takes seconds to build: marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16" else n for n in names]
+
+
+@pytest.mark.parametrize("name", _vgg_is_slow(["resnet18", "mobilenetv3_large_100", "convnext_tiny", "vgg16",
+                                               "tv:resnet18", "efficientnet_lite0"]))
 def test_new_head_fits_the_body_features(name):
     model = pretrained(name, 3, weights=None).eval()
     with torch.no_grad():
@@ -246,7 +245,7 @@ def test_new_head_fits_the_body_features(name):
 ZOO = sorted(set().union(*(p.zoo.archs for p in PROFILES.values())))
 
 
-@pytest.mark.parametrize("arch", ZOO)
+@pytest.mark.parametrize("arch", _vgg_is_slow(ZOO))
 def test_every_zoo_architecture_builds_with_a_new_head(arch):
     model = pretrained(arch, 3, weights=None).eval()
     with torch.no_grad():
@@ -359,7 +358,8 @@ def test_offline_record_holds_the_preprocessing_facts(offline_model):
     assert cfg.source == w.source
 
 
-def test_record_reads_as_the_meta_dict_it_replaces(lite0):
+def test_record_reads_as_the_meta_dict_it_replaces(lite0_random_2class):
+    lite0 = lite0_random_2class
     cfg = lite0.meta
     assert cfg["input_size"] == cfg.img_size == 224 and cfg["stats"] == ((0.5,) * 3, (0.5,) * 3)
     assert cfg["source"] == "random init" and cfg["sha256"] is None and cfg.get("nope", 1) == 1

@@ -66,7 +66,13 @@ def test_unknown_settings_and_unreadable_files_are_refused(tmp_path):
     (tmp_path / "r.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         Recipe.load(tmp_path / "r.json")
-    assert BALANCES == ("none", "oversample")
+
+
+def test_every_balance_makes_a_recipe_and_an_unknown_one_lists_them():
+    assert [Recipe(balance=b).balance for b in BALANCES] == list(BALANCES)
+    with pytest.raises(ValueError) as info:
+        Recipe(balance="smote")
+    assert str(info.value).endswith(", ".join(BALANCES))
 
 
 def test_train_recipe_on_a_tiny_folder(tmp_path, image_folder):
@@ -179,6 +185,7 @@ def test_ensemble_preds_average_the_seeds_probabilities_and_compare_configs_read
     assert est.effect == pytest.approx(1.0 - 0.5)
 
 
+@pytest.mark.slow
 def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     cfg = profile("smoke")
     tiny = Recipe(img_size=32, epochs=1, bs=32, seed=0)
@@ -191,6 +198,7 @@ def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
 
 
+@pytest.mark.slow
 def test_fastai_default_trains_fastais_head_with_its_augmentation():
     row = fastai_default(Recipe(img_size=32, epochs=1, bs=32, seed=0), profile("smoke"), 0.03)
     assert row["config"] == "fastai defaults" and row["kind"] == "fastai"

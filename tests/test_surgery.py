@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from convtips_lib.core.models import OFFLINE_WEIGHTS, pretrained
-from convtips_lib.core.surgery import (DEPTHS, Frozen, body_stages, freeze, n_frozen, n_groups, param_groups,
+from convtips_lib.core.surgery import (Frozen, body_stages, freeze, n_frozen, n_groups, param_groups,
                                        split_at, unfreeze)
 
 LITE0 = "efficientnet_lite0"
@@ -11,12 +11,6 @@ LITE0 = "efficientnet_lite0"
 
 def _trainable(params) -> list:
     return [p.requires_grad for p in params]
-
-
-@pytest.fixture
-def lite0():
-    """A fresh random-init lite0 Classifier with a 2-class head (freeze tests mutate it)."""
-    return pretrained(LITE0, 2, weights=None)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +84,9 @@ def test_bad_depth_lists_the_choices(depth):
         n_frozen(8, depth)
 
 
-def test_depths_order_from_most_to_least_frozen():
-    assert DEPTHS["head"] > DEPTHS["middle"] > DEPTHS["none"]
+@pytest.mark.parametrize("n_body", [6, 8, 10])
+def test_named_depths_freeze_all_half_or_none_of_the_body(n_body):
+    assert [n_frozen(n_body, d) for d in ("head", "middle", "none")] == [n_body, n_body // 2, 0]
 
 
 def test_freeze_then_unfreeze_counts_trainable_parameters(model):
@@ -113,16 +108,16 @@ def test_frozen_stays_in_eval_mode_and_passes_no_gradient(model):
 
 # ---------------------------------------------------------------- param_groups / freeze
 
-def test_lite0_has_nine_param_groups(lite0):
-    groups = param_groups(lite0)
+def test_lite0_has_nine_param_groups(lite0_random_2class):
+    groups = param_groups(lite0_random_2class)
     assert len(groups) == 9
-    assert groups[-1] == list(lite0.head.parameters())
+    assert groups[-1] == list(lite0_random_2class.head.parameters())
 
 
-def test_param_groups_cover_every_parameter_once(lite0):
-    ids = [id(p) for g in param_groups(lite0) for p in g]
+def test_param_groups_cover_every_parameter_once(lite0_random_2class):
+    ids = [id(p) for g in param_groups(lite0_random_2class) for p in g]
     assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in lite0.parameters()}
+    assert set(ids) == {id(p) for p in lite0_random_2class.parameters()}
 
 
 def test_param_groups_without_group_matcher_use_children():
@@ -133,41 +128,41 @@ def test_param_groups_without_group_matcher_use_children():
     assert all(groups)
 
 
-def test_freeze_head_leaves_only_head_trainable(lite0):
-    assert freeze(lite0, "head") == 8
-    head = {id(p) for p in lite0.head.parameters()}
-    for p in lite0.parameters():
+def test_freeze_head_leaves_only_head_trainable(lite0_random_2class):
+    assert freeze(lite0_random_2class, "head") == 8
+    head = {id(p) for p in lite0_random_2class.head.parameters()}
+    for p in lite0_random_2class.parameters():
         assert p.requires_grad == (id(p) in head)
 
 
-def test_freeze_middle_freezes_four_groups(lite0):
-    assert freeze(lite0, "middle") == 4
-    groups = param_groups(lite0)
+def test_freeze_middle_freezes_four_groups(lite0_random_2class):
+    assert freeze(lite0_random_2class, "middle") == 4
+    groups = param_groups(lite0_random_2class)
     for i, g in enumerate(groups):
         assert all(flag == (i >= 4) for flag in _trainable(g)), i
 
 
-def test_freeze_by_group_count(lite0):
-    assert freeze(lite0, 2) == 2
-    groups = param_groups(lite0)
+def test_freeze_by_group_count(lite0_random_2class):
+    assert freeze(lite0_random_2class, 2) == 2
+    groups = param_groups(lite0_random_2class)
     assert not any(_trainable(groups[1])) and all(_trainable(groups[2]))
 
 
-def test_freeze_none_makes_all_trainable(lite0):
-    freeze(lite0, "head")
-    assert freeze(lite0, "none") == 0
-    assert all(_trainable(lite0.parameters()))
+def test_freeze_none_makes_all_trainable(lite0_random_2class):
+    freeze(lite0_random_2class, "head")
+    assert freeze(lite0_random_2class, "none") == 0
+    assert all(_trainable(lite0_random_2class.parameters()))
 
 
-def test_unfreeze_makes_all_trainable(lite0):
-    freeze(lite0, "middle")
-    unfreeze(lite0)
-    assert all(_trainable(lite0.parameters()))
+def test_unfreeze_makes_all_trainable(lite0_random_2class):
+    freeze(lite0_random_2class, "middle")
+    unfreeze(lite0_random_2class)
+    assert all(_trainable(lite0_random_2class.parameters()))
 
 
 @pytest.mark.parametrize("depth", ["all", "body", 1.5, -1, 9, None])
-def test_freeze_bad_depth_raises(lite0, depth):
+def test_freeze_bad_depth_raises(lite0_random_2class, depth):
     with pytest.raises(ValueError, match="depth"):
-        freeze(lite0, depth)
+        freeze(lite0_random_2class, depth)
 
 

@@ -60,6 +60,7 @@ def test_quiet_mode_removes_progress_bars(dls, monkeypatch):
     assert not any(isinstance(cb, ProgressCallback) for cb in learn.cbs)
 
 
+@pytest.mark.slow
 def test_fit_returns_one_row_per_epoch(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     hist = fit(learn, 2, 1e-3)
@@ -69,6 +70,7 @@ def test_fit_returns_one_row_per_epoch(dls):
     assert hist["accuracy"].between(0, 1).all()
 
 
+@pytest.mark.slow
 def test_fine_tune_keeps_both_phases(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     hist = fit(learn, 1, 1e-3, fine_tune=True, freeze_epochs=1)
@@ -76,6 +78,7 @@ def test_fine_tune_keeps_both_phases(dls):
     assert all(p.requires_grad for p in learn.model.parameters())   # unfrozen at the end
 
 
+@pytest.mark.slow
 def test_history_ignores_evaluation_passes(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     fit(learn, 1, 1e-3)
@@ -84,6 +87,7 @@ def test_history_ignores_evaluation_passes(dls):
     assert len(history(learn)) == 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(dls):
     runs = [fit(make_learner(dls, "efficientnet_lite0", seed=7), 1, 1e-3).drop(columns="seconds") for _ in range(2)]
     pd.testing.assert_frame_equal(runs[0], runs[1])
@@ -95,6 +99,7 @@ def test_given_model_is_used(dls):
     assert learn.model is model
 
 
+@pytest.mark.slow
 def test_fit_gradual_unfreezes_stage_by_stage(dls):
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
     hist = fit_gradual(learn, 1e-3, epochs=1, depths=("head", "middle", "none"))
@@ -102,6 +107,7 @@ def test_fit_gradual_unfreezes_stage_by_stage(dls):
     assert all(p.requires_grad for p in learn.model.parameters())
 
 
+@pytest.mark.slow
 def test_last_metrics_equal_a_fresh_evaluation(dls):
     from convtips_lib.core.measure import evaluate
     learn = make_learner(dls, "efficientnet_lite0", seed=0)
@@ -111,6 +117,7 @@ def test_last_metrics_equal_a_fresh_evaluation(dls):
     assert all(got[k] == pytest.approx(want[k], abs=1e-6) for k in want)
 
 
+@pytest.mark.slow
 def test_valid_preds_are_the_epochs_predictions(dls):
     from convtips_lib.core.data import valid_labels
     from convtips_lib.core.measure import classification_metrics
@@ -124,6 +131,7 @@ def test_valid_preds_are_the_epochs_predictions(dls):
     assert first["accuracy"] == pytest.approx(history(learn)["accuracy"].iloc[0])
 
 
+@pytest.mark.slow
 def test_deprecated_names_still_work(dls):
     with pytest.warns(DeprecationWarning, match="weights"):
         learn = make_learner(dls, "efficientnet_lite0", pretrained_=False, seed=0)
@@ -151,6 +159,7 @@ def test_lr_find_leaves_the_history_empty_and_fit_still_records():
     assert len(learn.history.rows) == 1 and len(learn.history.preds[0]) == 16
 
 
+@pytest.mark.slow
 def test_constant_schedule_keeps_one_rate_and_unknown_schedules_are_refused(dls):
     from fastai.vision.all import ParamScheduler
     learn = make_learner(dls, "efficientnet_lite0", seed=0)

@@ -104,6 +104,7 @@ def test_gap_change_is_a_difference_of_differences():
     assert est.low > 0 and est.effect == pytest.approx(0.2, abs=0.02)
 
 
+@pytest.mark.slow
 def test_train_regime_history_matches_its_row():
     run = train_regime(CFG, "from scratch", 0.04, seed=1)
     hist, row = run.history, run.row()
@@ -135,28 +136,23 @@ def test_linear_curve_fits_each_fraction():
     assert list(curve["n_train"]) == [50, 200] and (curve["accuracy"] > 0.7).all()
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    from convtips_lib.core.models import pretrained
-    return pretrained("efficientnet_lite0", 2)
-
-
-def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0, tmp_path):
+@pytest.mark.slow
+def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0_pretrained_2class, tmp_path):
     import torch
-    before = {k: v.clone() for k, v in lite0.state_dict().items()}
-    first = quick_transfer(lite0, CFG, 0.04, depth=7, folder=tmp_path, seed=0)
-    again = quick_transfer(lite0, CFG, 0.04, depth=7, folder=tmp_path, seed=0)
+    before = {k: v.clone() for k, v in lite0_pretrained_2class.state_dict().items()}
+    first = quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth=7, folder=tmp_path, seed=0)
+    again = quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth=7, folder=tmp_path, seed=0)
     assert not first["cache_hit"] and again["cache_hit"]
     assert first["balanced_accuracy"] == again["balanced_accuracy"]
-    assert all(torch.equal(v, lite0.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, lite0_pretrained_2class.state_dict()[k]) for k, v in before.items())
     assert (first["depth"], first["trainable_groups"]) == (7, 1)
     with pytest.raises(ValueError, match="depth"):
-        quick_transfer(lite0, CFG, 0.04, depth=99, folder=tmp_path)
+        quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth=99, folder=tmp_path)
     with pytest.raises(ValueError, match="at least one"):
-        quick_transfer(lite0, CFG, 0.04, depth="none", folder=tmp_path)
+        quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth="none", folder=tmp_path)
     with pytest.warns(DeprecationWarning, match="trainable_stages"):
-        old = quick_transfer(lite0, CFG, 0.04, trainable_stages=1, folder=tmp_path, seed=0)
+        old = quick_transfer(lite0_pretrained_2class, CFG, 0.04, trainable_stages=1, folder=tmp_path, seed=0)
     assert old["cache_hit"] and old["balanced_accuracy"] == first["balanced_accuracy"]
     with pytest.warns(DeprecationWarning, match="folder"):
-        older = quick_transfer(lite0, CFG, 0.04, depth=7, cache_dir=tmp_path, seed=0)
+        older = quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth=7, cache_dir=tmp_path, seed=0)
     assert older["cache_hit"] and older["balanced_accuracy"] == first["balanced_accuracy"]

@@ -1,20 +1,100 @@
 """ipywidgets the lessons share, imported only when a widget is built. Each widget's callback is a plain function
-in the library (`show_cells`, `arch_row`, `photo_top5`, `quick_transfer`) that a notebook calls once and the unit
-tests drive."""
+in the library (`show_cells`, `arch_row`, `photo_top5`, `quick_transfer`, the `*_demo`s) that a notebook calls once
+and the unit tests drive.
+
+Every widget is one skeleton, `_control_panel`: controls -> an Output -> shown, each change of a control (or each
+click of the button) calling a plain `show(**values)` that returns what to display. ipywidgets swallows what a
+callback raises, so the panel keeps it: the returned box has `run()` (show the controls' current values; raises
+what `show` raises), `error` (the last exception a callback raised, else None; it is also shown in the Output),
+`shown` (what the last run displayed) and `out` (the Output)."""
 from __future__ import annotations
+
+import contextlib
+import traceback
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from ..core.compat import renamed_kwargs
 from ..core.data import BadImageError, open_image
 from ..topics.imagenet import SAMPLE_PHOTOS, load_user_image, photo_top5, sample_photo
 from ..studies.lesson02 import quick_transfer
 from ..topics.zoo import arch_row
 from .plots import plot_lines, show_images
 
-__all__ = ["filter_cells", "show_cells", "dataset_browser", "zoo_widget", "photo_widget", "transfer_widget"]
+__all__ = ["show_cells", "dataset_browser", "zoo_widget", "photo_widget", "transfer_widget", "show_augmented",
+           "augment_widget", "imbalance_demo", "imbalance_widget", "optimizer_demo", "optimizer_widget", "crop_demo",
+           "crop_widget", "prune_demo", "prune_widget", "threshold_demo", "threshold_widget"]
 
 ANY = "any"
+
+
+def _display(item) -> None:
+    """Text is printed, a Figure displayed and closed (so it is drawn once), anything else displayed."""
+    from IPython.display import display
+    from matplotlib.figure import Figure
+    if isinstance(item, str):
+        print(item)
+    elif isinstance(item, Figure):
+        import matplotlib.pyplot as plt
+        display(item)
+        plt.close(item)
+    else:
+        display(item)
+
+
+def _control_panel(controls: dict, show: Callable, button: str | None = None, rows: list | None = None):
+    """The one widget skeleton: `controls` (name -> widget), an Output, and `show(**values)` -> what to display (one
+    item or a tuple of them: text, Figures, tables) wired to every control's value (drawn once at the start) or,
+    with `button`, to a button's clicks only. `rows`: lists of control names, one HBox each (a single control
+    stands alone); the button ends the last row.
+
+    Returns (box, out, run). `run(**overrides)` shows the controls' current values (updated by `overrides`) in
+    `out` and returns what it displayed; what `show` raises is printed into `out`, kept in `box.error` and
+    re-raised. The wired callbacks call `run` and let the exception go (ipywidgets would only log it), so
+    `box.error` is how a test sees it."""
+    import ipywidgets as w
+    out = w.Output()
+    items = dict(controls)
+    rows = [list(controls)] if rows is None else [list(r) for r in rows]
+    if button is not None:
+        items["_button"] = w.Button(description=button)
+        rows[-1].append("_button")
+    lines = [items[r[0]] if len(r) == 1 else w.HBox([items[n] for n in r]) for r in rows]
+    box = w.VBox([*lines, out])
+
+    def run(**overrides):
+        values = {k: c.value for k, c in controls.items()} | overrides
+        error = None
+        with out:
+            out.clear_output(wait=True)
+            try:
+                shown = show(**values)
+                shown = shown if isinstance(shown, tuple) else (shown,)
+                for item in shown:
+                    _display(item)
+            except Exception as e:   # noqa: BLE001 - shown, kept and re-raised below, outside the Output
+                error = e
+                traceback.print_exception(e)
+        if error is not None:
+            box.error = error
+            raise error
+        box.shown = shown
+        return shown
+
+    def _wired(*_):
+        with contextlib.suppress(Exception):   # already shown in the Output and kept in box.error
+            run()
+
+    box.run, box.out, box.error, box.shown = run, out, None, ()
+    if button is None:
+        for c in controls.values():
+            c.observe(_wired, names="value")
+        _wired()
+    else:
+        items["_button"].on_click(_wired)
+    return box, out, run
 
 
 def filter_cells(df: pd.DataFrame, label: str = ANY, module_type: str = ANY, prob: str = ANY) -> pd.DataFrame:
@@ -54,90 +134,70 @@ def dataset_browser(df: pd.DataFrame):
                     n=w.IntSlider(12, 1, 24, description="cells"),
                     seed=w.IntSlider(0, 0, 99, description="shuffle"))
 
-    def _show(**kw):
-        import matplotlib.pyplot as plt
-        show_cells(df, **kw)
-        plt.show()
-
-    out = w.interactive_output(_show, controls)
-    return w.VBox([w.HBox(list(controls.values())[:3]), w.HBox(list(controls.values())[3:]), out])
+    box, _, _ = _control_panel(controls, lambda **kw: show_cells(df, **kw),
+                               rows=[["label", "module_type", "prob"], ["n", "seed"]])
+    return box
 
 
 def zoo_widget(df: pd.DataFrame):
     """A Dropdown of a `zoo_table`'s architectures that shows the chosen one's row (`arch_row`)."""
     import ipywidgets as w
-
-    def _show(arch):
-        from IPython.display import display
-        display(arch_row(df, arch).to_frame().T)
-
     pick = w.Dropdown(options=list(df["arch"]), description="arch")
-    return w.VBox([pick, w.interactive_output(_show, dict(arch=pick))])
+    box, _, _ = _control_panel(dict(arch=pick), lambda arch: arch_row(df, arch).to_frame().T)
+    return box
 
 
-def _show_photo(out, model, img, title: str) -> None:
-    """Draw `img` and its top-5 table (`photo_top5`) into the Output widget `out`."""
+def _photo_and_top5(model, img, title: str) -> tuple:
+    """A Figure of `img` titled `title`, and the model's top-5 table on it (`photo_top5`)."""
     import matplotlib.pyplot as plt
-    from IPython.display import display
-    with out:
-        out.clear_output(wait=True)
-        fig, ax = plt.subplots(figsize=(3, 3))
-        ax.imshow(img)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        plt.show()
-        display(photo_top5(model, img))
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(img)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    return fig, photo_top5(model, img)
 
 
 def photo_widget(model):
     """A Dropdown of sample photos and a FileUpload: shows the image and the model's top-5 table."""
     import ipywidgets as w
     pick, upload = w.Dropdown(options=SAMPLE_PHOTOS, description="photo"), w.FileUpload(accept="image/*")
-    out = w.Output()
+    seen = dict(upload=upload.value)
 
-    def _on_upload(change):
-        f = change["new"][-1]
+    def _show(photo, upload):
+        if upload is seen["upload"] or not upload:   # the photo changed (or a run): the chosen sample photo
+            return _photo_and_top5(model, sample_photo(photo), photo)
+        seen["upload"], f = upload, upload[-1]       # a new upload: the last file
         try:
-            _show_photo(out, model, load_user_image(f["content"], f["name"]), f["name"])
+            return _photo_and_top5(model, load_user_image(f["content"], f["name"]), f["name"])
         except BadImageError as e:
-            with out:
-                out.clear_output()
-                print(e)
+            return str(e)
 
-    pick.observe(lambda ch: _show_photo(out, model, sample_photo(ch["new"]), ch["new"]), names="value")
-    upload.observe(_on_upload, names="value")
-    _show_photo(out, model, sample_photo(pick.value), pick.value)
-    return w.VBox([w.HBox([pick, upload]), out])
+    box, _, _ = _control_panel(dict(photo=pick, upload=upload), _show)
+    return box
 
 
 def transfer_widget(model, cfg, folder=None):
     """Sliders for data fraction and freeze depth (body groups frozen); each run of `quick_transfer` adds a point
     to a plot of balanced accuracy."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     from ..core.surgery import n_groups
     n_body = n_groups(model)
     frac = w.SelectionSlider(options=list(cfg.transfer.fractions), value=cfg.transfer.fractions[0], description="data fraction")
     depth = w.IntSlider(n_body, max(1, n_body - 3), n_body, description="frozen groups")
-    button, out, rows = w.Button(description="run"), w.Output(), []
+    rows = []
 
-    def _run(_=None):
-        rows.append(quick_transfer(model, cfg, frac.value, depth.value, folder, seed=cfg.seed))
-        with out:
-            out.clear_output(wait=True)
-            df = pd.DataFrame(rows)
-            display(df.round(3))
-            plot_lines(df, "trainable_groups", "balanced_accuracy", hue="frac", title="quick experiments")
-            plt.show()
+    def _show(frac, depth):
+        rows.append(quick_transfer(model, cfg, frac, depth, folder, seed=cfg.seed))
+        df = pd.DataFrame(rows)
+        return df.round(3), plot_lines(df, "trainable_groups", "balanced_accuracy", hue="frac",
+                                       title="quick experiments")
 
-    button.on_click(_run)
-    return w.VBox([w.HBox([frac, depth, button]), out])
+    box, _, _ = _control_panel(dict(frac=frac, depth=depth), _show, button="run")
+    return box
 
 
 # ------------------------------------------------------------------ lesson 03: augmentation
-__all__ += ["show_augmented", "augment_widget"]
 
 
 def show_augmented(img, name: str, magnitude: float | None = None, n: int = 8, seed: int = 0, img_size: int = 128):
@@ -169,17 +229,15 @@ def augment_widget(images: dict, img_size: int = 128):
         mag.max, mag.value = a.hi, a.demo
 
     def _show(image, transform, magnitude, copies, seed):
-        import matplotlib.pyplot as plt
-        show_augmented(images[image], transform, magnitude, copies, seed, img_size)
-        plt.show()
+        return show_augmented(images[image], transform, magnitude, copies, seed, img_size)
 
-    name.observe(_range, names="value")
-    out = w.interactive_output(_show, dict(image=pick, transform=name, magnitude=mag, copies=n, seed=seed))
-    return w.VBox([w.HBox([pick, name, mag]), w.HBox([n, seed]), out])
+    name.observe(_range, names="value")   # before the panel's observers: in range before any redraw
+    box, _, _ = _control_panel(dict(image=pick, transform=name, magnitude=mag, copies=n, seed=seed), _show,
+                               rows=[["image", "transform", "magnitude"], ["copies", "seed"]])
+    return box
 
 
 # ------------------------------------------------------------------ lesson 04: imbalanced data
-__all__ += ["imbalance_demo", "imbalance_widget"]
 
 
 def imbalance_demo(feats, ratio: float, remedy: str, epochs: int = 5, lr: float = 1e-2, seed: int = 0):
@@ -202,32 +260,23 @@ def imbalance_widget(feats, epochs: int = 5, lr: float = 1e-2):
     """Pick how rare the rare class is in training and a remedy, press train: metrics and confusion matrix
     (`imbalance_demo`)."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
     from ..studies.lesson04 import HEAD_REMEDIES
     ratio = w.FloatLogSlider(value=1 / 20, base=10, min=-2, max=np.log10(0.4), step=0.05, description="rare/common",
                              readout_format=".3f")
     remedy = w.Dropdown(options=HEAD_REMEDIES, value="class weights (inverse)", description="remedy")
-    button, out = w.Button(description="train"), w.Output()
 
-    def _run(_=None):
-        with out:
-            out.clear_output(wait=True)
-            try:
-                _, table, fig = imbalance_demo(feats, ratio.value, remedy.value, epochs, lr)
-            except ValueError as e:   # e.g. a ratio above the data's own
-                print(e)
-                return
-            display(table.round(3))
-            display(fig)
-            plt.close(fig)
+    def _show(ratio, remedy):
+        try:
+            _, table, fig = imbalance_demo(feats, ratio, remedy, epochs, lr)
+        except ValueError as e:   # e.g. a ratio above the data's own: the message, not a traceback
+            return str(e)
+        return table.round(3), fig
 
-    button.on_click(_run)
-    return w.VBox([w.HBox([ratio, remedy, button]), out])
+    box, _, _ = _control_panel(dict(ratio=ratio, remedy=remedy), _show, button="train")
+    return box
 
 
 # ------------------------------------------------------------------ lesson 05: optimizers
-__all__ += ["optimizer_demo", "optimizer_widget"]
 
 
 def optimizer_demo(dls, optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9, schedule: str = "one-cycle",
@@ -248,40 +297,36 @@ def optimizer_widget(dls, epochs: int = 2):
     """Pick an optimizer, its learning rate, momentum and schedule, press train: the training loss of a quick run
     (`optimizer_demo`)."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
     from ..topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES
     opt = w.Dropdown(options=list(OPTIMIZERS), value="sgd", description="optimizer")
     lr = w.FloatLogSlider(value=DEFAULT_LRS["sgd"], base=10, min=-5, max=1, step=0.25, description="lr",
                           readout_format=".0e")
     mom = w.FloatSlider(value=0.9, min=0, max=0.99, step=0.01, description="momentum")
     sched = w.Dropdown(options=SCHEDULES, value="one-cycle", description="schedule")
-    button, out = w.Button(description="train"), w.Output()
     opt.observe(lambda ch: setattr(lr, "value", DEFAULT_LRS[ch["new"]]), names="value")   # start from the usual lr
 
-    def _run(_=None):
-        with out:
-            out.clear_output(wait=True)
-            _, fig = optimizer_demo(dls, opt.value, lr.value, mom.value, sched.value, epochs)
-            display(fig)
-            plt.close(fig)
+    def _show(optimizer, lr, momentum, schedule):
+        return optimizer_demo(dls, optimizer, lr, momentum, schedule, epochs)[1]
 
-    button.on_click(_run)
-    return w.VBox([w.HBox([opt, lr]), w.HBox([mom, sched, button]), out])
+    box, _, _ = _control_panel(dict(optimizer=opt, lr=lr, momentum=mom, schedule=sched), _show, button="train",
+                               rows=[["optimizer", "lr"], ["momentum", "schedule"]])
+    return box
 
 
 # ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
-__all__ += ["crop_demo", "crop_widget"]
 
 
-def crop_demo(model, x, vocab, index: int = 0, size: int | None = None, cls: int = 0):
-    """The 10 crops of validation image `index` of the normalised batch x (N, C, H, W), each titled with the model's
-    probability of class `cls`, and the average (the crop widget's callback): (table, Figure)."""
+@renamed_kwargs(size="img_size", cls="minority")
+def crop_demo(model, x, vocab, index: int = 0, img_size: int | None = None, minority: int = 0):
+    """The 10 crops (`img_size` px, default 7/8 of the image) of validation image `index` of the normalised batch
+    x (N, C, H, W), each titled with the model's probability of class `minority` (an index), and the average (the
+    crop widget's callback): (table, Figure)."""
     from ..topics.ensemble import CROP_NAMES, crop_probs, ten_crop
     from .plots import show_images
-    size = size or int(0.875 * x.shape[-1])
-    p = crop_probs(model, x[index:index + 1], size)[0]                               # (10, C)
-    crops = ten_crop(x[index], size)
+    cls = minority
+    img_size = img_size or int(0.875 * x.shape[-1])
+    p = crop_probs(model, x[index:index + 1], img_size)[0]                           # (10, C)
+    crops = ten_crop(x[index], img_size)
     lo, hi = crops.amin(), crops.amax()
     images = [((c - lo) / (hi - lo + 1e-8)).permute(1, 2, 0).numpy() for c in crops]
     fig = show_images(images, [f"{n}\nP({vocab[cls]}) {q:.2f}" for n, q in zip(CROP_NAMES, p[:, cls])], ncols=5,
@@ -291,28 +336,20 @@ def crop_demo(model, x, vocab, index: int = 0, size: int | None = None, cls: int
     return table, fig
 
 
-def crop_widget(model, x, vocab, cls: int = 0):
+@renamed_kwargs(cls="minority")
+def crop_widget(model, x, vocab, minority: int = 0):
     """Pick a validation image: its 10 crops with the model's probability on each, and their average (`crop_demo`)."""
     import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-    pick, out = w.IntSlider(0, 0, len(x) - 1, description="image"), w.Output()
 
-    def _show(change=None):
-        with out:
-            out.clear_output(wait=True)
-            table, fig = crop_demo(model, x, vocab, pick.value, cls=cls)
-            display(fig)
-            plt.close(fig)
-            display(table.round(3))
+    def _show(index):
+        table, fig = crop_demo(model, x, vocab, index, minority=minority)
+        return fig, table.round(3)
 
-    pick.observe(_show, names="value")
-    _show()
-    return w.VBox([pick, out])
+    box, _, _ = _control_panel(dict(index=w.IntSlider(0, 0, len(x) - 1, description="image")), _show)
+    return box
 
 
 # ------------------------------------------------------------------ lesson 07: pruning
-__all__ += ["prune_demo", "prune_widget"]
 
 
 def prune_demo(learn, img_size: int, ratio: float, reps: int = 3) -> pd.DataFrame:
@@ -333,22 +370,12 @@ def prune_demo(learn, img_size: int, ratio: float, reps: int = 3) -> pd.DataFram
 def prune_widget(learn, img_size: int, reps: int = 3):
     """A pruning-ratio slider: size, cost and accuracy of the pruned network beside the trained one (`prune_demo`)."""
     import ipywidgets as w
-    from IPython.display import display
-    ratio, out = w.FloatSlider(0.5, min=0.0, max=0.9, step=0.1, description="ratio", continuous_update=False), \
-        w.Output()
-
-    def _show(change=None):
-        with out:
-            out.clear_output(wait=True)
-            display(prune_demo(learn, img_size, ratio.value, reps).round(3))
-
-    ratio.observe(_show, names="value")
-    _show()
-    return w.VBox([ratio, out])
+    ratio = w.FloatSlider(0.5, min=0.0, max=0.9, step=0.1, description="ratio", continuous_update=False)
+    box, _, _ = _control_panel(dict(ratio=ratio), lambda ratio: prune_demo(learn, img_size, ratio, reps).round(3))
+    return box
 
 
 # ------------------------------------------------------------------ lesson 08: the capstone
-__all__ += ["threshold_demo", "threshold_widget"]
 
 
 def threshold_demo(ev, threshold: float) -> pd.DataFrame:
@@ -362,15 +389,6 @@ def threshold_widget(ev):
     """A slider on the defect-probability threshold: accuracy, balanced accuracy, defects found and false alarms
     (`threshold_demo`)."""
     import ipywidgets as w
-    from IPython.display import display
-    t, out = w.FloatSlider(0.5, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False), \
-        w.Output()
-
-    def _show(change=None):
-        with out:
-            out.clear_output(wait=True)
-            display(threshold_demo(ev, t.value).round(3))
-
-    t.observe(_show, names="value")
-    _show()
-    return w.VBox([t, out])
+    t = w.FloatSlider(0.5, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False)
+    box, _, _ = _control_panel(dict(threshold=t), lambda threshold: threshold_demo(ev, threshold).round(3))
+    return box
