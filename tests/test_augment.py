@@ -181,7 +181,7 @@ def test_policy_strength_scales_and_caps():
 
 
 def test_policy_epochs(tiny):
-    assert [study.policy_epochs(tiny, f) for f in tiny.aug_fracs] == [1, 2]
+    assert [study.policy_epochs(tiny, f) for f in tiny.aug.fracs] == [1, 2]
     with pytest.raises(ValueError, match="0.05, 0.1"):
         study.policy_epochs(tiny, 0.3)
 

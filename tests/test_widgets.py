@@ -374,7 +374,7 @@ def _tiny_pruning_learner():
     x = torch.randn(32, 3, 16, 16, generator=g)
     y = (x[:, 0].mean((1, 2)) > 0).long()
     dls = tensor_dls(x[:24], y[:24], x[24:], y[24:], ["a", "b"], bs=8)
-    return learner(dls, prunable_net(2, True, widths=(8, 16), depth=1), seed=0)
+    return learner(dls, prunable_net(2, True, widths=(8, 16), blocks=1), seed=0)
 
 
 def test_prune_demo_compares_the_pruned_copy_with_the_trained_network():

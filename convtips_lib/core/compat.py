@@ -4,7 +4,16 @@ from __future__ import annotations
 import functools
 import warnings
 
-__all__ = ["renamed_kwargs"]
+__all__ = ["renamed_kwargs", "ConvtipsDeprecationWarning", "warn_deprecated"]
+
+
+class ConvtipsDeprecationWarning(DeprecationWarning):
+    """A name of this library that still works but will go: the project's own tests turn it into an error."""
+
+
+def warn_deprecated(message: str, stacklevel: int = 3) -> None:
+    """Warn that an old name of this library was used (`message` names the new one), attributed to the caller's caller."""
+    warnings.warn(message, ConvtipsDeprecationWarning, stacklevel=stacklevel)
 
 
 def renamed_kwargs(**old_to_new: str):
@@ -19,8 +28,7 @@ def renamed_kwargs(**old_to_new: str):
                 if old in kw:
                     if new in kw:
                         raise TypeError(f"{name}() got both {old!r} (deprecated) and {new!r}: pass only {new!r}")
-                    warnings.warn(f"{name}({old}=...) is deprecated: use {new}=...", DeprecationWarning,
-                                  stacklevel=2)
+                    warn_deprecated(f"{name}({old}=...) is deprecated: use {new}=...")
                     kw[new] = kw.pop(old)
             return fn(*args, **kw)
         return wrapper

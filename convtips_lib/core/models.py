@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .compat import renamed_kwargs
+from .compat import renamed_kwargs, warn_deprecated
 from .data import INTERPOLATIONS, RESIZE_METHODS
 
 __all__ = ["OFFLINE_WEIGHTS", "IMAGENET_STATS", "ModelCfg", "ModelSource", "MODEL_SOURCES", "Classifier",
@@ -416,10 +416,8 @@ def _load_into(model: nn.Module, sd: dict, weights, arch: str) -> None:
 def _weights_from_legacy(weights, kw: dict):
     """Map the deprecated `pretrained=True/False` flag onto `weights` (with a warning)."""
     if "pretrained" in kw:
-        import warnings
         flag = kw.pop("pretrained")
-        warnings.warn("pretrained(..., pretrained=...) is deprecated: use weights='imagenet' or weights=None",
-                      DeprecationWarning, stacklevel=3)
+        warn_deprecated("pretrained(..., pretrained=...) is deprecated: use weights='imagenet' or weights=None", 4)
         weights = weights if flag else None
     if kw:
         raise TypeError(f"pretrained() got unexpected keyword argument(s) {', '.join(kw)}")

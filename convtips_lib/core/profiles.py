@@ -7,10 +7,11 @@ every field: there are no defaults that a profile would have to override.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
+
+from .compat import warn_deprecated
 
 __all__ = ["Profile", "PROFILES", "profile", "ProfileError", "DEFAULT_ARCH", "ZooCfg", "TransferCfg", "AugCfg",
            "ImbCfg", "OptCfg", "EnsCfg", "PruneCfg", "CapCfg"]
@@ -175,7 +176,7 @@ class Profile:
 
 def _old_name(name: str) -> tuple:
     s, f = _OLD[name]
-    warnings.warn(f"cfg.{name} is deprecated: use cfg.{s}.{f}", DeprecationWarning, stacklevel=3)
+    warn_deprecated(f"cfg.{name} is deprecated: use cfg.{s}.{f}", stacklevel=4)
     return s, f
 
 

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pandas as pd
 
-from ..core.compat import renamed_kwargs
+from ..core.compat import renamed_kwargs, warn_deprecated
 from ..core.data import elpv_dls, elpv_frame, subsample
 from ..core.measure import Estimate, bootstrap, paired_bootstrap, stack_preds
 from ..core.surgery import n_frozen, n_groups, split_at
@@ -114,9 +114,8 @@ def quick_transfer(model, cfg, frac: float, depth=None, folder=None, seed: int =
     `model` is not modified."""
     n_body = n_groups(model)
     if "trainable_stages" in kw:   # deprecated: counted from the output
-        import warnings
-        warnings.warn("quick_transfer(trainable_stages=k) is deprecated: use depth=n_groups(model) - k (groups "
-                      "frozen, counted from the input)", DeprecationWarning, stacklevel=3)
+        warn_deprecated("quick_transfer(trainable_stages=k) is deprecated: use depth=n_groups(model) - k (groups "
+                        "frozen, counted from the input)", 4)
         depth = n_body - kw.pop("trainable_stages")
     if kw:
         raise TypeError(f"quick_transfer() got unexpected keyword argument(s) {', '.join(kw)}")

@@ -5,14 +5,13 @@ folder; the lesson's ablation, baseline and error analysis are in `studies.lesso
 from __future__ import annotations
 
 import json
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from ..core.compat import renamed_kwargs
+from ..core.compat import renamed_kwargs, warn_deprecated
 from ..core.data import folder_dls
 from ..core.measure import Evaluation, evaluate
 from ..core.store import atomic_write
@@ -72,8 +71,7 @@ class Recipe:
     @property
     def pretrained(self) -> bool:
         """Deprecated: whether the recipe starts from ImageNet weights; read `weights` instead."""
-        warnings.warn("Recipe.pretrained is deprecated: read recipe.weights ('imagenet' or None)", DeprecationWarning,
-                      stacklevel=2)
+        warn_deprecated("Recipe.pretrained is deprecated: read recipe.weights ('imagenet' or None)")
         return self.weights is not None
 
     def with_(self, **kw) -> "Recipe":
