@@ -634,3 +634,25 @@ def test_drop_normalize_removes_every_normalize():
     dls.add_tfms([Normalize.from_stats((0.5,) * 3, (0.5,) * 3)], "after_batch")
     drop_normalize(dls)
     assert not any(isinstance(t, Normalize) for dl in dls.loaders for t in dl.after_batch.fs)
+
+
+def test_roles_split_the_cells_into_train_tune_and_test_the_same_every_time():
+    from convtips_lib.core.data import ROLES, TUNE_N, VALID_N, elpv_roles, tune_frame
+    df = elpv_roles()
+    counts = df["role"].value_counts()
+    assert set(df["role"]) == set(ROLES) and counts["test"] == VALID_N and counts["tune"] == TUNE_N
+    assert (df["role"] == "test").equals(df["is_valid"])                       # test is the benchmark's split
+    assert df["role"].equals(elpv_roles()["role"])                            # seeded: the same cells each time
+    train = df[~df["is_valid"]]
+    share = train.groupby(["label_4", "type"], observed=True)["role"].apply(lambda r: (r == "tune").mean())
+    assert share.between(TUNE_N / len(train) - 0.02, TUNE_N / len(train) + 0.02).all()   # stratified
+    tf = tune_frame()
+    assert len(tf) == len(train) and tf["is_valid"].sum() == TUNE_N and not tf["path"].isin(df[df["is_valid"]]["path"]).any()
+
+
+def test_dataloaders_on_the_tune_frame_never_see_a_test_cell():
+    from convtips_lib.core.data import TUNE_N, elpv_frame, tune_frame
+    dls = elpv_dls(profile("smoke"), frac=0.1, df=tune_frame())
+    test = set(elpv_frame().query("is_valid")["path"])
+    seen = set(dls.train_ds.items["path"]) | set(dls.valid_ds.items["path"])
+    assert len(dls.valid_ds) == TUNE_N and not seen & test

@@ -235,3 +235,26 @@ def test_save_failure_keeps_previous_record(saved, monkeypatch):
         r.save()
     assert path.read_text() == before
     assert _leftovers(out) == []
+
+
+def test_a_claim_records_what_its_experiment_could_detect():
+    res = Results("00_test", profile("cpu"))
+    row = res.claim("B beats A", Estimate(0.01, -0.02, 0.04, "balanced accuracy", "paired bootstrap"))
+    assert row["half_width"] == pytest.approx(0.03) and row["detectable"] == pytest.approx(0.03)
+    assert row["verdict"] == "inconclusive" and describe(row).endswith("this run cannot see effects below 0.030")
+    exact = res.claim("exact", Estimate(1.0, 1.0, 1.0, "x", "exact"))
+    assert exact["half_width"] == 0 and "cannot see" not in describe(exact)
+
+
+def test_says_picks_the_sentence_of_the_verdict():
+    from convtips_lib.core.results import says
+    res = Results("00_test", profile("cpu"))
+    sentences = dict(supported="It held.", refuted="It failed.", inconclusive="Cannot tell.")
+    up = res.claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
+    down = res.claim("down", Estimate(-0.05, -0.08, -0.02, "m", "paired bootstrap"))
+    flat = res.claim("flat", Estimate(0.0, -0.02, 0.02, "m", "paired bootstrap"))
+    assert says(up, **sentences) == "It held." and says(down, **sentences) == "It failed."
+    assert says(flat, **sentences).startswith("Cannot tell. (This run cannot see effects below 0.020")
+    smoke = Results("00_test", profile("smoke")).claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
+    assert says(smoke, **sentences).startswith("Not decided: this profile is too small")
+    assert says(smoke, **sentences, undecided="Smoke.") == "Smoke."

@@ -19,14 +19,17 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
-           "OpenResized", "preload_dls", "INTERPOLATIONS", "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image",
-           "drop_normalize"]
+           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "INTERPOLATIONS",
+           "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
 VALID_N = 656              # the ELPV benchmark paper's test set: 656 of 2,624 cells (1,968 for training)
 _PROB_NAMES = {0.0: "0", 1 / 3: "1/3", 2 / 3: "2/3", 1.0: "1"}
 DEFECT_LEVELS = tuple(_PROB_NAMES.values())   # natural order: 0, 1/3, 2/3, 1
+ROLES = ("train", "tune", "test")   # train on these, choose (lr, epochs, threshold ...) on these, judge on these
+TUNE_N = 394               # tune cells held out of the 1,968 training cells (a fifth), the same everywhere
+TUNE_SEED = SPLIT_SEED + 1
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,   # timm's names
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 RESIZE_METHODS = ("squash", "crop")   # the whole image to size x size (ELPV's square cells); crop: fastai's Resize
@@ -240,6 +243,29 @@ def _elpv_frame_cached(root: str) -> pd.DataFrame:
 def elpv_frame() -> pd.DataFrame:
     """ELPV as a table, one row per 300x300 grayscale cell image: path, prob, type (mono/poly), labels, is_valid."""
     return _elpv_frame_cached(str(_elpv_root())).copy()
+
+
+def elpv_roles() -> pd.DataFrame:
+    """`elpv_frame` with a `role` column (`ROLES`): 'test' for the fixed 656 validation cells that judge claims,
+    'tune' for `TUNE_N` training cells held out to make choices on (seeded, stratified by defect probability x
+    module type like the split itself, the same in every lesson, profile and seed), 'train' for the other 1,574."""
+    df = elpv_frame()
+    train = df[~df["is_valid"]]
+    tune = np.zeros(len(train), dtype=bool)
+    rng = np.random.default_rng(TUNE_SEED)
+    strata = list(train.groupby(["label_4", "type"], observed=True).indices.values())
+    for idx, q in zip(strata, _valid_quota(np.array([len(i) for i in strata]), TUNE_N)):
+        tune[rng.permutation(idx)[:q]] = True
+    df["role"] = "test"
+    df.loc[train.index, "role"] = np.where(tune, "tune", "train")
+    return df
+
+
+def tune_frame() -> pd.DataFrame:
+    """The table a choice is made on: the 'train' cells to train on and the 'tune' cells as the validation set
+    (`is_valid`), the 'test' cells left out, so no choice ever sees them. Pass it as `elpv_dls(..., df=)`."""
+    df = elpv_roles()
+    return df[df["role"] != "test"].assign(is_valid=lambda d: d["role"] == "tune")
 
 
 def subsample(df: pd.DataFrame, frac: float, seed: int = 0) -> pd.DataFrame:

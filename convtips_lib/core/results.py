@@ -19,7 +19,7 @@ from .env import environment
 from .measure import Estimate
 from .store import atomic_write
 
-__all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "load_results", "ledger"]
+__all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -68,11 +68,34 @@ def interval_text(low, high, effect) -> str:
     return f"[{signed(low)}, {signed(high)}]"
 
 
+def resolution(low: float, high: float) -> float | None:
+    """Half the width of a 95 % CI [low, high]: the smallest effect, beyond a claim's threshold, that an experiment
+    of this size can tell from none (an interval this wide around a smaller effect still straddles the threshold);
+    None when the interval is not finite."""
+    return (high - low) / 2 if math.isfinite(low) and math.isfinite(high) else None
+
+
 def describe(row: dict) -> str:
-    """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'."""
+    """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'; an inconclusive one
+    also says what the run could see ('...: inconclusive; this run cannot see effects below 0.030')."""
     unit = f" {row['unit']}" if row.get("unit") else ""
     ci = "exact" if str(row.get("method", "")).startswith("exact") else f"95 % CI {interval_text(*row['ci'], None)}"
-    return f"{signed(row['effect'])}{unit}, {ci}: {row['verdict']}"
+    text = f"{signed(row['effect'])}{unit}, {ci}: {row['verdict']}"
+    if row["verdict"] == "inconclusive" and row.get("detectable") is not None:
+        text += f"; this run cannot see effects below {row['detectable']:.3f}"
+    return text
+
+
+def says(row: dict, supported: str, refuted: str, inconclusive: str, undecided: str | None = None) -> str:
+    """The sentence for `row`'s verdict: every sentence of a lesson that states an outcome is chosen here, so prose
+    never states a conclusion the run did not reach. `undecided` defaults to a note that the profile is too small;
+    an inconclusive sentence is followed by what the run could detect."""
+    text = dict(supported=supported, refuted=refuted, inconclusive=inconclusive,
+                undecided=undecided or f"Not decided: {UNDECIDED_NOTE} ({describe(row)}).")[row["verdict"]]
+    if row["verdict"] == "inconclusive" and row.get("detectable") is not None and "cannot see" not in text:
+        text += f" (This run cannot see effects below {row['detectable']:.3f}: more seeds, cells or the gpu profile " \
+                "would.)"
+    return text
 
 
 def _finite(x):
@@ -104,8 +127,9 @@ class Results:
         """Record `claim` with its measured `est` (effect and 95 % CI) and the verdict; undecided where the profile
         is too small. `predicts`/`threshold` state what the claim expects, e.g. greater than 0.01 (one point)."""
         decidable = self.cfg.decides_claims if decidable is None else decidable
+        half = resolution(est.low, est.high)
         row = dict(claim=claim, effect=est.effect, ci=[est.low, est.high], unit=unit or est.metric,
-                   predicts=predicts, threshold=threshold, method=est.method,
+                   predicts=predicts, threshold=threshold, method=est.method, half_width=half, detectable=half,
                    verdict=verdict(est.low, est.high, predicts, threshold) if decidable else "undecided",
                    note="" if decidable else UNDECIDED_NOTE)
         self.data["claims"] = [c for c in self.data["claims"] if c["claim"] != claim] + [row]
