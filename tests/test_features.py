@@ -221,3 +221,34 @@ def test_cached_features_deprecated_names_still_work(model, dls, tmp_path):
     with pytest.warns(DeprecationWarning, match="folder"):
         b = cached_features(model, dls, depth=7, cache_dir=tmp_path)
     assert a.key == b.key and b.hit
+
+
+def _roles(small_df):
+    """`small_df` with roles: its 32 valid rows test, 8 of its training rows tune, the other 24 train."""
+    train = small_df.index[~small_df["is_valid"]]
+    role = np.where(small_df["is_valid"], "test", "train").astype(object)
+    role[small_df.index.get_indexer(train[:8])] = "tune"
+    return small_df.assign(role=role)
+
+
+def test_tune_cells_are_cached_keyed_and_reach_the_head(model, cfg, small_df, dls, tmp_path):
+    df = _roles(small_df)
+    tuned = elpv_dls(cfg, df=df, frac=1.0, img_size=SIZE, tune=True)
+    feats = cached_features(model, tuned, folder=tmp_path)
+    assert feats.x_tune.shape == (8, feats.x_train.shape[1]) and len(feats.x_train) == 24
+    assert feature_key(model, "head", tuned) != feature_key(model, "head", dls)
+    again = cached_features(model, tuned, folder=tmp_path)
+    assert again.hit and torch.equal(again.x_tune, feats.x_tune)
+    run = fit_head(feats, epochs=1, seed=0)
+    assert len(run["learn"].history.tune_probs) == 1
+
+
+def test_the_tune_loader_is_normalised_like_the_valid_loader(model, cfg, small_df):
+    from fastai.vision.all import Normalize
+    df = _roles(small_df)
+    tuned = elpv_dls(cfg, df=df, frac=1.0, img_size=SIZE, tune=True)
+    make_learner(tuned, LITE0, model=copy.deepcopy(model))
+    norms = [[t for t in dl.after_batch.fs if isinstance(t, Normalize)] for dl in (tuned.valid, tuned.tune)]
+    assert len(norms[0]) == len(norms[1]) == 1 and torch.equal(norms[0][0].mean, norms[1][0].mean)
+    xb_valid, xb_tune = tuned.valid.one_batch()[0], tuned.tune.one_batch()[0]
+    assert abs(float(xb_valid.mean()) - float(xb_tune.mean())) < 0.5   # both standardised, not raw [0, 1]

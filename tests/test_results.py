@@ -258,3 +258,21 @@ def test_says_picks_the_sentence_of_the_verdict():
     smoke = Results("00_test", profile("smoke")).claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
     assert says(smoke, **sentences).startswith("Not decided: this profile is too small")
     assert says(smoke, **sentences, undecided="Smoke.") == "Smoke."
+
+
+def test_the_closing_cell_groups_claims_by_verdict_and_says_what_would_settle_the_rest():
+    from convtips_lib.core.results import settle_factor
+    res = Results("00_test", profile("cpu"))
+    res.claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
+    flat = res.claim("flat", Estimate(0.01, -0.02, 0.04, "m", "paired bootstrap"))
+    zero = res.claim("zero", Estimate(0.0, -0.02, 0.02, "m", "paired bootstrap"))
+    assert settle_factor(flat) == pytest.approx(9.0) and settle_factor(zero) is None
+    text = res.showed(why={"up": dict(supported="Because of X.", refuted="Not X.")})
+    assert text.index("**Held** (1)") < text.index("**Not decided by this run** (2)")
+    assert "- up: +0.050 m, 95 % CI [+0.020, +0.080]: supported. Because of X." in text and "Not X." not in text
+    assert "About 9x this run's predictions would settle" in text and "no affordable run" in text
+    with pytest.raises(ValueError, match="did not record"):
+        res.showed(why={"nope": {}})
+    smoke = Results("00_test", profile("smoke"))
+    smoke.claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
+    assert "Not decided in this profile" in smoke.showed() and "CONVTIPS_PROFILE=cpu" in smoke.showed()

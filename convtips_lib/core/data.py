@@ -19,7 +19,7 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
-           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "INTERPOLATIONS",
+           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "INTERPOLATIONS",
            "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
@@ -291,20 +291,47 @@ def _image_block(opener=open_image) -> TransformBlock:
     return TransformBlock(type_tfms=opener, batch_tfms=IntToFloatTensor)
 
 
+def _split_roles(df: pd.DataFrame) -> tuple:
+    """(train + test rows with is_valid marking test, tune rows) of a table with a `role` column (`elpv_roles`)."""
+    if "role" not in df:
+        raise ValueError("tune=True needs a table with a 'role' column: pass elpv_roles() (or a subset of it) as df")
+    bad = sorted(set(df["role"]) - set(ROLES))
+    if bad:
+        raise ValueError(f"unknown role(s) {bad}: every row's role is one of {', '.join(ROLES)}")
+    tune = df[df["role"] == "tune"]
+    if tune.empty:
+        raise ValueError("tune=True but the table has no 'tune' rows to choose on: use elpv_roles()")
+    return df[df["role"] != "tune"].assign(is_valid=lambda d: d["role"] == "test"), tune
+
+
+def attach_tune(dls: DataLoaders, items) -> DataLoaders:
+    """Give image `dls` a third loader, `dls.tune`: `items` (rows like the training ones) through the validation
+    transforms, in order. `History` predicts it after every epoch, so choices read it and never the test cells."""
+    dls.tune = dls.test_dl(items, with_labels=True)
+    return dls
+
+
 @renamed_kwargs(size="img_size")
 def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | None = None,
              tfms: list | None = None, img_size: int | None = None, bs: int | None = None,
              df: pd.DataFrame | None = None, item_tfms: list | None = None,
-             sampling_weights: dict | None = None) -> DataLoaders:
+             sampling_weights: dict | None = None, tune: bool = False) -> DataLoaders:
     """fastai DataLoaders on ELPV: `task` 'binary' or '4class', `frac` of the training split (of `df`, default the
     whole dataset), the fixed valid set; `tfms` batch transforms, `item_tfms` per-image transforms (run in the
     loader's worker processes); `sampling_weights` {class: weight}: training items drawn with replacement,
-    each with probability proportional to its class's weight (fastai's WeightedDL: over-sampling)."""
+    each with probability proportional to its class's weight (fastai's WeightedDL: over-sampling).
+
+    `tune=True`: the three roles (`elpv_roles`): train on the 'train' cells only (`frac` of them), validate on the
+    656 'test' cells that judge claims, and predict the 394 'tune' cells as `dls.tune`, the only cells a choice
+    (learning rate, epochs, threshold, member) may read."""
     col = _task_column(task)
     _check_size("bs", bs, "images per batch")
     _check_size("img_size", img_size, "side of the square input in px")
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
+    tune_rows = None
+    if tune:
+        df, tune_rows = _split_roles(elpv_roles() if df is None else df)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
     img_size = img_size or cfg.img_size
     labels = df[col]   # an ordered column (label_4: 0, 1/3, 2/3, 1) keeps its order as the vocab
@@ -314,8 +341,10 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
                        item_tfms=list(item_tfms or []), batch_tfms=list(tfms or []))
     df, kw = df.reset_index(drop=True), dict(bs=bs or cfg.bs, num_workers=cfg.num_workers, seed=seed, shuffle=True)
     if sampling_weights is None:
-        return dblock.dataloaders(df, **kw)
-    return dblock.weighted_dataloaders(df, _item_weights(df[col].astype(str), sampling_weights), **kw)
+        dls = dblock.dataloaders(df, **kw)
+    else:
+        dls = dblock.weighted_dataloaders(df, _item_weights(df[col].astype(str), sampling_weights), **kw)
+    return dls if tune_rows is None else attach_tune(dls, tune_rows.reset_index(drop=True))
 
 
 def _item_weights(labels, sampling_weights: dict) -> np.ndarray:
@@ -425,10 +454,11 @@ class TensorPairs:
 
 
 def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0,
-               sampling_weights: dict | None = None) -> DataLoaders:
+               sampling_weights: dict | None = None, tune: tuple | None = None) -> DataLoaders:
     """fastai DataLoaders over tensors (e.g. cached features): shuffled train batches, the last partial one dropped
     as an image loader does (unless it is the only one); the validation set in order. `dls.vocab`, `dls.c` as for
-    images. `sampling_weights` {class name: weight}: over-sampling, as in `elpv_dls`."""
+    images. `sampling_weights` {class name: weight}: over-sampling, as in `elpv_dls`. `tune` (x, y): the cells to
+    choose on, as `dls.tune` (see `attach_tune`)."""
     from fastai.callback.data import WeightedDL
     from fastai.data.load import DataLoader
     train_kw = dict(bs=bs, shuffle=True, drop_last=len(y_train) > bs, num_workers=num_workers)
@@ -438,7 +468,10 @@ def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_work
     else:
         train = WeightedDL(pairs, wgts=_item_weights([vocab[int(i)] for i in y_train], sampling_weights), **train_kw)
     valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=bs, shuffle=False, num_workers=num_workers)
-    return DataLoaders(train, valid)
+    dls = DataLoaders(train, valid)
+    if tune is not None:
+        dls.tune = DataLoader(TensorPairs(*tune, vocab), bs=bs, shuffle=False, num_workers=num_workers)
+    return dls
 
 
 def plain_train_dl(dls, bs: int | None = None, shuffle: bool = False):
@@ -461,13 +494,17 @@ def preload_dls(dls, bs: int | None = None) -> DataLoaders:
     drop_normalize(dls)   # standardise below, from the training images, not with another dataset's stats
     (xt, yt), (xv, yv) = grab(plain_train_dl(dls)), grab(dls.valid)
     mean, std = xt.mean((0, 2, 3), keepdim=True), xt.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
-    return tensor_dls((xt - mean) / std, yt, (xv - mean) / std, yv, list(dls.vocab), bs=bs or dls.bs)
+    tune = None
+    if getattr(dls, "tune", None) is not None:
+        xu, yu = grab(dls.tune)
+        tune = ((xu - mean) / std, yu)
+    return tensor_dls((xt - mean) / std, yt, (xv - mean) / std, yv, list(dls.vocab), bs=bs or dls.bs, tune=tune)
 
 
 def drop_normalize(dls) -> None:
     """Remove every fastai Normalize from the batch transforms of `dls`' loaders (in place)."""
     from fastai.vision.all import Normalize
-    for dl in dls.loaders:
+    for dl in [*dls.loaders, *([dls.tune] if getattr(dls, "tune", None) is not None else [])]:
         dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
 
 

@@ -19,7 +19,8 @@ from .env import environment
 from .measure import Estimate
 from .store import atomic_write
 
-__all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "load_results", "ledger"]
+__all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "settle_factor", "showed",
+           "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -98,6 +99,53 @@ def says(row: dict, supported: str, refuted: str, inconclusive: str, undecided: 
     return text
 
 
+def settle_factor(row: dict) -> float | None:
+    """How many times this run's predictions (cells x seeds) an inconclusive claim would need for an interval that
+    excludes its threshold, if the measured effect is the true one: intervals narrow as 1 / sqrt(n), so
+    (half-width / distance of the effect from the threshold)^2. None when the effect sits on the threshold or is
+    not finite (no size would settle it)."""
+    half, effect = row.get("half_width"), row.get("effect")
+    if half is None or not isinstance(effect, (int, float)) or not math.isfinite(effect):
+        return None
+    t = abs(row.get("threshold") or 0.0)
+    gap = t - abs(effect) if row.get("predicts") == "within" else abs(effect - (row.get("threshold") or 0.0))
+    return (half / abs(gap)) ** 2 if abs(gap) > 1e-9 else None
+
+
+_HEADINGS = dict(supported="Held", refuted="Did not hold", inconclusive="Not decided by this run",
+                 undecided="Not decided in this profile")
+
+
+def showed(claims: list, why: dict | None = None, profile: str = "") -> str:
+    """A lesson's closing markdown, 'What this run showed': every claim under the heading of its verdict with
+    `describe`, an inconclusive one with what would settle it (`settle_factor`), and the lesson's reason for a
+    claim where `why` has one: {claim text: {verdict: sentence}}, chosen by the verdict as `says` does, so nothing
+    is asserted that the run did not reach."""
+    why = why or {}
+    unknown = sorted(set(why) - {c["claim"] for c in claims})
+    if unknown:
+        raise ValueError(f"why names claims this run did not record: {unknown}")
+    lines = [f"### What this run showed{f' (profile `{profile}`)' if profile else ''}"]
+    for verdict in VERDICTS:
+        rows = [c for c in claims if c["verdict"] == verdict]
+        if not rows:
+            continue
+        lines.append(f"\n**{_HEADINGS[verdict]}** ({len(rows)}):\n")
+        for c in rows:
+            text = f"- {c['claim']}: {describe(c)}."
+            if verdict == "inconclusive":
+                k = settle_factor(c)
+                text += (f" About {k:.0f}x this run's predictions would settle an effect this size." if k and k < 1e3
+                         else " The effect sits at the claim's threshold: no affordable run would settle it.")
+            reason = why.get(c["claim"], {}).get(verdict)   # the lesson's sentence for this verdict, if any
+            if reason:
+                text += f" {reason}"
+            lines.append(text.rstrip())
+    if all(c["verdict"] == "undecided" for c in claims):
+        lines.append(f"\n{UNDECIDED_NOTE[0].upper()}{UNDECIDED_NOTE[1:]}.")
+    return "\n".join(lines)
+
+
 def _finite(x):
     """A float, or None for NaN/infinity (strict JSON has neither)."""
     x = float(x)
@@ -134,6 +182,10 @@ class Results:
                    note="" if decidable else UNDECIDED_NOTE)
         self.data["claims"] = [c for c in self.data["claims"] if c["claim"] != claim] + [row]
         return row
+
+    def showed(self, why: dict | None = None) -> str:
+        """The closing 'What this run showed' markdown of this lesson's claims (see `showed`)."""
+        return showed(self.data["claims"], why, self.cfg.name)
 
     def claims(self) -> pd.DataFrame:
         """The claims so far as a table: claim, effect, interval, verdict."""

@@ -17,12 +17,13 @@ from torch import nn
 
 from .compat import renamed_kwargs
 from .env import is_quiet, seed_everything
+from .measure import classification_metrics as _classification
 from .models import Classifier, model_stats, pretrained
 from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "fit_gradual", "history", "Run", "run_grid",
-           "select_lr"]
+           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
 
@@ -33,15 +34,39 @@ def _metrics() -> list:
             skm_to_fastai(f1_score, average="macro", name="f1_macro")]
 
 
+def tune_loader(dls):
+    """The loader of the cells choices are made on (`dls.tune`, see `core.data.attach_tune`), or None."""
+    return getattr(dls, "tune", None)
+
+
+def predict_loader(model: nn.Module, dl) -> tuple:
+    """((N, C) float32 softmax probabilities, (N,) labels) of `model` in eval mode on every batch of `dl`, in
+    order; the model's mode is restored afterwards. Used for the tune cells, outside fastai's validation pass."""
+    was_training, device = model.training, next(model.parameters()).device
+    probs, ys = [], []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for xb, yb in dl:
+                out = model(torch.as_tensor(xb).as_subclass(torch.Tensor).to(device))
+                probs.append(torch.softmax(out.float(), -1).cpu().numpy())
+                ys.append(torch.as_tensor(yb).as_subclass(torch.Tensor).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(probs), np.concatenate(ys)
+
+
 class History(Callback):
     """One row per epoch across every `fit` call (fastai's Recorder forgets earlier fits), and the softmax
     probabilities and predicted class of every validation image after each epoch (`probs`: list of (N_valid, C)
     float32 arrays, whatever the loss; `preds`: list of (N_valid,) int arrays; `y_true` the labels), for paired
-    statistics on the fixed validation set."""
+    statistics on the fixed validation set. When the DataLoaders carry tune cells (`dls.tune`), their
+    probabilities after each epoch too (`tune_probs`, labels `tune_y`): the only predictions a choice may read."""
     order = Recorder.order + 1
 
     def __init__(self):
         self.rows, self.probs, self.preds, self.y_true, self.phase, self.fitting = [], [], [], None, "fit", False
+        self.tune_probs, self.tune_y = [], None
         self._batch, self._probs, self._y = [], [], []
 
     def before_epoch(self):
@@ -73,13 +98,20 @@ class History(Callback):
         self.preds.append(np.concatenate(self._batch) if self._batch else np.array([], dtype=int))
         self.probs.append(np.concatenate(self._probs) if self._probs else np.zeros((0, 0), dtype=np.float32))
         self.y_true = np.concatenate(self._y) if self._y else self.y_true
+        tune = tune_loader(self.learn.dls)
+        if tune is not None:
+            probs, self.tune_y = predict_loader(self.learn.model, tune)
+            self.tune_probs.append(probs)
+            row = self.rows[-1]
+            row.update({f"tune_{k}": v for k, v in _classification(self.tune_y, probs.argmax(1)).items()})
 
 
 def set_norm(dls, stats) -> None:
     """Make image DataLoaders normalise with `stats` (mean, std), replacing any other Normalize."""
-    for dl in dls.loaders:
+    norm = Normalize.from_stats(*stats)
+    for dl in [*dls.loaders, *([dls.tune] if getattr(dls, "tune", None) is not None else [])]:
         dl.after_batch.fs = dl.after_batch.fs.filter(lambda t: not isinstance(t, Normalize))
-    dls.add_tfms([Normalize.from_stats(*stats)], "after_batch")
+        dl.after_batch.add([norm])
 
 
 def _seed_loaders(dls, seed: int) -> None:
@@ -192,20 +224,35 @@ class Run:
     learn: Learner | None = None
     epoch_probs: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    tune_y: np.ndarray | None = None                       # (N_tune,) labels of the tune cells, if any
+    tune_epoch_probs: list = field(default_factory=list)   # (N_tune, C) probabilities after each epoch
 
     @classmethod
     def of(cls, learn: Learner, settings: dict, seconds: float, metrics: dict | None = None, **extra) -> "Run":
         """The record of a trained Learner from its `History`: history, predictions after the last epoch and
-        (unless given) `last_metrics`."""
+        (unless given) `last_metrics`; the tune cells' predictions when the DataLoaders have them."""
         hist = learn.history
         return cls(dict(settings), history(learn), np.asarray(hist.y_true), hist.preds[-1], valid_probs(learn),
                    dict(last_metrics(learn) if metrics is None else metrics), float(seconds), learn,
-                   list(hist.probs), dict(extra))
+                   list(hist.probs), dict(extra), hist.tune_y, list(hist.tune_probs))
+
+    @property
+    def has_tune(self) -> bool:
+        return self.tune_y is not None and len(self.tune_epoch_probs) > 0
+
+    def tune_metrics(self, epoch: int = -1) -> dict:
+        """`METRICS` on the tune cells after `epoch` (0-based index, default the last): what a choice reads."""
+        if not self.has_tune:
+            raise NoTuneCells("this run has no tune cells to choose on: build its DataLoaders with "
+                              "elpv_dls(..., tune=True) (or tensor_dls(..., tune=(x, y)))")
+        return _classification(self.tune_y, self.tune_epoch_probs[epoch].argmax(1))
 
     def row(self, probs: bool = False, history: bool = False, learn: bool = False) -> dict:
-        """One flat row for a table of runs: settings, metrics, seconds, extra, y_true and y_pred (and, on request,
-        probs, the history DataFrame and the Learner)."""
-        out = dict(**self.settings, **self.metrics, seconds=self.seconds, **self.extra, y_true=self.y_true,
+        """One flat row for a table of runs: settings, metrics, seconds, extra, y_true and y_pred, the tune cells'
+        metrics as `tune_<metric>` when the run has them (and, on request, probs, the history DataFrame and the
+        Learner)."""
+        tune = {f"tune_{k}": v for k, v in self.tune_metrics().items()} if self.has_tune else {}
+        out = dict(**self.settings, **self.metrics, **tune, seconds=self.seconds, **self.extra, y_true=self.y_true,
                    y_pred=self.y_pred)
         if probs:
             out["probs"] = self.probs
@@ -219,6 +266,36 @@ class Run:
 def run_grid(train: Callable[..., Run], settings, seeds) -> list:
     """`train(**s, seed=seed)` for every settings dict `s` of `settings` and every seed: a list of `Run`s."""
     return [train(**s, seed=seed) for s in settings for seed in seeds]
+
+
+class NoTuneCells(ValueError):
+    """A choice was asked of runs that have no tune cells: it would have to read the test cells."""
+
+
+def best_on_tune(runs: pd.DataFrame, by=None, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """The row of `runs` (a table of `Run.row()`s) with the best `tune_<metric>`, one per group of `by` (a column
+    or list of columns; None: one row overall), ties to the first. Reads only the tune cells' score: the test
+    columns never enter a choice. A run that diverged (`finite` False) never wins."""
+    col = f"tune_{metric}"
+    if col not in runs:
+        raise NoTuneCells(f"the runs have no {col!r} column to choose on: build their DataLoaders with "
+                          "elpv_dls(..., tune=True), so the choice reads the tune cells and never the test cells")
+    ok = runs[runs["finite"].astype(bool)] if "finite" in runs else runs
+    if ok.empty:
+        raise ValueError("every run diverged (finite is False): there is nothing to choose")
+    score = ok[col].fillna(-np.inf)
+    if by is None:
+        return ok.loc[[score.idxmax()]]
+    return ok.loc[score.groupby([ok[b] for b in ([by] if isinstance(by, str) else by)], sort=False).idxmax()]
+
+
+def best_epoch(run: Run, metric: str = "balanced_accuracy") -> int:
+    """The epoch (1-based) after which `run`'s tune cells scored best on `metric` (ties to the earliest): choosing
+    how long to train without looking at the test cells."""
+    scores = [run.tune_metrics(e)[metric] for e in range(len(run.tune_epoch_probs))] if run.has_tune else None
+    if scores is None:
+        run.tune_metrics()   # raises NoTuneCells with the fix
+    return int(np.argmax(scores)) + 1
 
 
 def select_lr(score: Callable[[float], float], lrs) -> tuple:

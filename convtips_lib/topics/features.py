@@ -34,6 +34,8 @@ class Features:
     path: Path | None
     hit: bool
     seconds: float           # time to build (miss) or load (hit)
+    x_tune: torch.Tensor | None = None   # the tune cells (`dls.tune`), when the DataLoaders had them
+    y_tune: torch.Tensor | None = None
 
 
 def _item_paths(items) -> list:
@@ -64,7 +66,13 @@ def feature_key(model: nn.Module, depth, dls) -> str:
     return hash_key(getattr(model, "meta", {}).get("arch"), state_hash(frozen), len(frozen), model_stats(model),
                     _opened_size(dls), _tfms_repr(dls.valid), repr(dls.train_ds.tls[-1].tfms),
                     _item_paths(dls.train_ds.items), _labels(dls.train_ds),
-                    _item_paths(dls.valid_ds.items), _labels(dls.valid_ds))
+                    _item_paths(dls.valid_ds.items), _labels(dls.valid_ds), *_tune_key(dls))
+
+
+def _tune_key(dls) -> tuple:
+    """What the tune cells add to a feature key: their items and labels (nothing without tune cells)."""
+    tune = getattr(dls, "tune", None)
+    return () if tune is None else ("tune", _item_paths(tune.dataset.items), _labels(tune.dataset))
 
 
 def _plain(t) -> torch.Tensor:
@@ -94,21 +102,28 @@ def cached_features(model: nn.Module, dls, depth="head", folder: Path | str | No
     path = Path(folder or cache_dir("features")) / f"{key[:16]}.pt"
     frozen, _ = split_at(model, depth)
 
+    tune = getattr(dls, "tune", None)
+
     def build():
         dev = next(model.parameters()).device
         (xt, yt), (xv, yv) = _extract(frozen, plain_train_dl(dls), dev), _extract(frozen, dls.valid, dev)
-        return dict(x_train=xt, y_train=yt, x_valid=xv, y_valid=yv, vocab=[str(v) for v in dls.vocab])
+        out = dict(x_train=xt, y_train=yt, x_valid=xv, y_valid=yv, vocab=[str(v) for v in dls.vocab])
+        if tune is not None:
+            out["x_tune"], out["y_tune"] = _extract(frozen, tune, dev)
+        return out
 
-    fields = ("x_train", "y_train", "x_valid", "y_valid", "vocab")
+    fields = ("x_train", "y_train", "x_valid", "y_valid", "vocab") + (("x_tune", "y_tune") if tune is not None else ())
     p, hit, seconds = cached(path, key, fields, build)
-    return Features(*(p[f] for f in fields), key=key, path=path, hit=hit, seconds=seconds)
+    return Features(*(p[f] for f in fields[:5]), key=key, path=path, hit=hit, seconds=seconds,
+                    x_tune=p.get("x_tune"), y_tune=p.get("y_tune"))
 
 
 def features_dls(feats: Features, bs: int = 64, sampling_weights: dict | None = None):
     """fastai DataLoaders over cached features: the same batches a Learner would draw from the images
     (`sampling_weights` {class: weight}: over-sampling, see `tensor_dls`)."""
+    tune = None if feats.x_tune is None else (feats.x_tune, feats.y_tune)
     return tensor_dls(feats.x_train, feats.y_train, feats.x_valid, feats.y_valid, feats.vocab, bs=bs,
-                      sampling_weights=sampling_weights)
+                      sampling_weights=sampling_weights, tune=tune)
 
 
 def _linear_head(n_in: int, n_out: int, flatten: bool) -> nn.Module:
