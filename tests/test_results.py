@@ -276,3 +276,13 @@ def test_the_closing_cell_groups_claims_by_verdict_and_says_what_would_settle_th
     smoke = Results("00_test", profile("smoke"))
     smoke.claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
     assert "Not decided in this profile" in smoke.showed() and "CONVTIPS_PROFILE=cpu" in smoke.showed()
+
+
+def test_each_claim_says_what_kind_of_thing_it_measures():
+    res = Results("00_test", profile("cpu"))
+    assert res.claim("a", Estimate(0.02, 0.01, 0.03, "balanced_accuracy", "paired bootstrap"))["kind"] == "training effect"
+    assert res.claim("b", Estimate(0.02, 0.01, 0.03, "m", "paired bootstrap"),
+                     unit="minority recall, remedy minus plain")["kind"] == "training effect"
+    assert res.claim("c", Estimate(3.0, 2.0, 4.0, "x faster per batch (CPU)", "ratio of medians"))["kind"] == "speed"
+    assert res.claim("d", Estimate(1.0, 1.0, 1.0, "refused (1 = yes)", "exact (one load)"))["kind"] == "mechanism"
+    assert res.claim("e", Estimate(0.3, 0.1, 0.5, "Spearman difference", "paired bootstrap"))["kind"] == "other"

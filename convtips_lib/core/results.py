@@ -20,7 +20,7 @@ from .measure import Estimate
 from .store import atomic_write
 
 __all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "settle_factor", "showed",
-           "load_results", "ledger"]
+           "claim_kind", "KINDS", "load_results", "ledger"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -74,6 +74,22 @@ def resolution(low: float, high: float) -> float | None:
     of this size can tell from none (an interval this wide around a smaller effect still straddles the threshold);
     None when the interval is not finite."""
     return (high - low) / 2 if math.isfinite(low) and math.isfinite(high) else None
+
+
+KINDS = ("training effect", "speed", "mechanism", "other")
+_SCORES = ("accuracy", "recall", "f1", "auc", "precision")
+
+
+def claim_kind(row: dict) -> str:
+    """What a claim measures, from its method and unit: 'mechanism' (an exact, deterministic check), 'speed' (a
+    ratio of times or costs), 'training effect' (a score such as accuracy of trained models: what power is about),
+    else 'other'."""
+    unit, method = str(row.get("unit", "")).lower(), str(row.get("method", "")).lower()
+    if method.startswith("exact") or row.get("half_width") == 0:
+        return "mechanism"
+    if "faster" in unit or "fewer" in unit or "x (" in unit:
+        return "speed"
+    return "training effect" if any(s in unit.replace("-", "_") for s in _SCORES) else "other"
 
 
 def describe(row: dict) -> str:
@@ -180,6 +196,7 @@ class Results:
                    predicts=predicts, threshold=threshold, method=est.method, half_width=half, detectable=half,
                    verdict=verdict(est.low, est.high, predicts, threshold) if decidable else "undecided",
                    note="" if decidable else UNDECIDED_NOTE)
+        row["kind"] = claim_kind(row)
         self.data["claims"] = [c for c in self.data["claims"] if c["claim"] != claim] + [row]
         return row
 
