@@ -87,3 +87,14 @@ def test_ledger_text_is_a_fixed_width_table_with_wrapped_claims_and_counts(tmp_p
 def test_empty_results_folder_gives_a_page(tmp_path):
     page = write_report(tmp_path, tmp_path / "report.html").read_text()
     assert "<h1>" in page and "No claims recorded" in page and "<h2 class='lesson'>" not in page
+
+
+def test_the_ledger_says_what_each_training_effect_could_resolve(tmp_path):
+    _record(tmp_path, "00_start_here", decides=True, low=0.01, high=0.05)
+    page = write_report(tmp_path, tmp_path / "report.html").read_text()
+    assert "<td>±0.020</td>" in page and "median half-width of their 95 % intervals is 0.020" in page
+    old = json.loads((tmp_path / "00_start_here.json").read_text())
+    for c in old["claims"]:            # a record written before claims kept their kind and half-width
+        c.pop("kind"), c.pop("half_width")
+    (tmp_path / "00_start_here.json").write_text(json.dumps(old))
+    assert "<td>±0.020</td>" in write_report(tmp_path, tmp_path / "report.html").read_text()

@@ -20,7 +20,7 @@ from .measure import Estimate
 from .store import atomic_write
 
 __all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "settle_factor", "showed",
-           "claim_kind", "KINDS", "load_results", "ledger"]
+           "claim_kind", "KINDS", "load_results", "ledger", "power_summary"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -307,9 +307,28 @@ def load_results(folder=None) -> list:
     return records
 
 
+def _power_columns(claims: list) -> dict:
+    """Each claim's kind and interval half-width (read, or worked out for records written before they were kept)."""
+    halves = [c.get("half_width") if "half_width" in c else
+              resolution(*(float("nan") if v is None else float(v) for v in c["ci"])) for c in claims]
+    return dict(kind=[c.get("kind") or claim_kind(dict(c, half_width=h)) for c, h in zip(claims, halves)],
+                half_width=pd.array([h for h in halves], dtype="Float64").astype(float))
+
+
 def ledger(records: list) -> pd.DataFrame:
-    """Every claim of every lesson record: lesson, claim, effect, ci_low, ci_high, unit, verdict, profile."""
-    frames = [_claims_frame(r.get("claims", [])).assign(lesson=r["lesson"], profile=r["profile"]["name"])
+    """Every claim of every lesson record: lesson, claim, effect, ci_low, ci_high, unit, verdict, profile, kind
+    (`claim_kind`) and half_width (of the interval: what the experiment could resolve)."""
+    frames = [_claims_frame(r.get("claims", [])).assign(lesson=r["lesson"], profile=r["profile"]["name"],
+                                                        **_power_columns(r.get("claims", [])))
               for r in records]
-    cols = ["lesson", "claim", "effect", "ci_low", "ci_high", "unit", "verdict", "profile"]
+    cols = ["lesson", "claim", "effect", "ci_low", "ci_high", "unit", "verdict", "profile", "kind", "half_width"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def power_summary(table: pd.DataFrame) -> str:
+    """One sentence on how much a ledger could decide: its training-effect claims and their median half-width."""
+    hw = table.loc[table["kind"] == "training effect", "half_width"].dropna() if len(table) else pd.Series([])
+    if hw.empty:
+        return "No claim here measures a training effect."
+    return (f"{len(hw)} claims measure a training effect; the median half-width of their 95 % intervals is "
+            f"{hw.median():.3f} (an effect smaller than about that cannot be told from none).")

@@ -11,7 +11,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-from ..core.results import VERDICTS, atomic_write, interval_text, ledger, read_records, signed
+from ..core.results import VERDICTS, atomic_write, interval_text, ledger, power_summary, read_records, signed
 
 __all__ = ["ledger_text", "verdict_summary", "write_report"]
 
@@ -99,11 +99,18 @@ def _ledger_html(records) -> str:
     if table.empty:
         return "<h2 id='ledger'>Claims ledger</h2><p>No claims recorded in this run.</p>"
     rows = "".join(f"<tr class='{_esc(r['verdict'])}'><td>{_esc(r['lesson'])}</td><td>{_esc(r['claim'])}</td>"
-                   f"<td>{signed(r['effect'])} {_esc(r['unit'])}</td><td>{_ci(r)}</td>"
+                   f"<td>{signed(r['effect'])} {_esc(r['unit'])}</td><td>{_ci(r)}</td><td>{_resolves(r)}</td>"
                    f"<td>{_esc(r['verdict'])}</td><td>{_esc(r['profile'])}</td></tr>" for _, r in table.iterrows())
-    return (f"<h2 id='ledger'>Claims ledger</h2><p>{_esc(verdict_summary(table['verdict']))}</p>"
+    return (f"<h2 id='ledger'>Claims ledger</h2><p>{_esc(verdict_summary(table['verdict']))}. "
+            f"{_esc(power_summary(table))}</p>"
             "<table class='ledger'><tr><th>lesson</th><th>claim</th><th>effect</th><th>95 % interval</th>"
-            f"<th>verdict</th><th>profile</th></tr>{rows}</table>{_forest_png(table)}")
+            f"<th>resolves</th><th>verdict</th><th>profile</th></tr>{rows}</table>{_forest_png(table)}")
+
+
+def _resolves(row) -> str:
+    """The smallest effect a training-effect claim could tell from none ('±0.031'); '' for other kinds."""
+    h = row.get("half_width")
+    return f"±{h:.3f}" if row.get("kind") == "training effect" and h == h and h is not None else ""
 
 
 def _why(o: dict) -> str:
