@@ -252,3 +252,18 @@ def test_the_tune_loader_is_normalised_like_the_valid_loader(model, cfg, small_d
     assert len(norms[0]) == len(norms[1]) == 1 and torch.equal(norms[0][0].mean, norms[1][0].mean)
     xb_valid, xb_tune = tuned.valid.one_batch()[0], tuned.tune.one_batch()[0]
     assert abs(float(xb_valid.mean()) - float(xb_tune.mean())) < 0.5   # both standardised, not raw [0, 1]
+
+
+@pytest.mark.slow   # features of all 2,624 cells
+def test_cross_validated_heads_cut_each_fold_from_one_feature_table(model, cfg, tmp_path):
+    from convtips_lib.core.data import elpv_folds
+    from convtips_lib.topics.features import cell_features, fold_features
+    x, y, paths, vocab = cell_features(model, cfg, img_size=SIZE, folder=tmp_path)
+    assert x.shape == (2624, 1280) and len(set(paths)) == 2624
+    fold = elpv_folds()[0]
+    feats = fold_features(x, y, paths, fold, vocab)
+    n = fold["role"].value_counts()
+    assert (len(feats.y_train), len(feats.y_valid), len(feats.y_tune)) == (n["train"], n["test"], n["tune"])
+    first_test = paths.index(str(fold.loc[fold["role"] == "test", "path"].iloc[0]))
+    assert torch.equal(feats.x_valid[0], x[first_test])
+    assert cell_features(model, cfg, img_size=SIZE, folder=tmp_path)[0].equal(x)   # from the cache

@@ -85,3 +85,57 @@ def test_preloaded_dls_keep_the_tune_cells():
     dls = preload_dls(elpv_dls(profile("smoke"), frac=0.02, img_size=16, tune=True))
     assert len(dls.tune.dataset) == TUNE_N and dls.tune.dataset.x.shape[1:] == (3, 16, 16)
     assert abs(float(dls.train.dataset.x.mean())) < 0.05   # standardised with the training images' statistics
+
+
+# ---------------------------------------------------------------- cross-validation over all 2,624 cells
+from convtips_lib.core.data import CV_FOLDS, elpv_folds, fold_tensor_dls, preload_cells, split_cells  # noqa: E402
+from convtips_lib.core.train import cross_validate, pool_folds  # noqa: E402
+
+
+def test_folds_judge_every_cell_once_and_keep_roles_apart():
+    folds = elpv_folds()
+    assert len(folds) == CV_FOLDS
+    test = np.concatenate([f.index[f["role"] == "test"] for f in folds])
+    assert len(test) == 2624 and len(set(test)) == 2624                        # each cell a test cell exactly once
+    for f in folds:
+        n = f["role"].value_counts()
+        assert 520 <= n["test"] <= 530 and abs(n["tune"] - (2624 - n["test"]) / 5) <= 6
+        share = f.groupby("role")["defective"].mean()
+        assert share.max() - share.min() < 0.02                                # stratified
+    assert all(a["role"].equals(b["role"]) for a, b in zip(folds, elpv_folds()))   # seeded
+    with pytest.raises(ValueError, match="k must"):
+        elpv_folds(1)
+
+
+def test_split_cells_follows_the_role_table_and_names_a_missing_cell():
+    folds = elpv_folds()
+    paths = list(folds[0]["path"].astype(str))
+    x, y = torch.arange(len(paths)).float()[:, None], torch.zeros(len(paths), dtype=torch.long)
+    parts = split_cells(x, y, paths, folds[0])
+    order = folds[0].index[folds[0]["role"] == "test"]
+    assert torch.equal(parts["test"][0][:, 0].long(), torch.as_tensor(np.asarray(order)))
+    with pytest.raises(ValueError, match="have no row here"):
+        split_cells(x[:10], y[:10], paths[:10], folds[0])
+
+
+@pytest.mark.slow   # decodes all 2,624 cells
+def test_cross_validation_pools_each_fold_s_test_cells_with_choices_inside_the_folds():
+    x, y, paths, vocab = preload_cells(profile("smoke"), img_size=8)
+    assert x.shape == (2624, 3, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
+    folds = elpv_folds(3)
+
+    def train_fold(roles, lr):
+        dls = fold_tensor_dls(x, y, paths, roles, vocab, bs=256)
+        learn = learner(dls, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2)), seed=0)
+        fit(learn, 1, lr)
+        return Run.of(learn, dict(lr=lr), 0.0)
+
+    run = cross_validate(train_fold, folds, lr=1e-2)
+    order = np.concatenate([f.index[f["role"] == "test"] for f in folds])
+    want = np.asarray([vocab.index(v) for v in elpv_roles().loc[order, "label_bin"]])
+    assert np.array_equal(run.y_true, want) and run.probs.shape == (2624, 2)
+    assert run.settings == dict(lr=1e-2) and len(run.extra["folds"]) == 3
+    assert "tune_balanced_accuracy" in run.extra["folds"][0] and not run.has_tune
+    assert set(run.history["fold"]) == {0, 1, 2} and len(run.epoch_probs) == 1
+    with pytest.raises(ValueError, match="at least one"):
+        pool_folds([])

@@ -19,7 +19,8 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
-           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "INTERPOLATIONS",
+           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "CV_FOLDS", "elpv_folds",
+           "split_cells", "fold_tensor_dls", "preload_cells", "INTERPOLATIONS",
            "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
@@ -30,6 +31,8 @@ DEFECT_LEVELS = tuple(_PROB_NAMES.values())   # natural order: 0, 1/3, 2/3, 1
 ROLES = ("train", "tune", "test")   # train on these, choose (lr, epochs, threshold ...) on these, judge on these
 TUNE_N = 394               # tune cells held out of the 1,968 training cells (a fifth), the same everywhere
 TUNE_SEED = SPLIT_SEED + 1
+CV_FOLDS = 5               # k-fold cross-validation over all 2,624 cells: each cell judged once, by a model that never saw it
+CV_SEED = SPLIT_SEED + 2
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,   # timm's names
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 RESIZE_METHODS = ("squash", "crop")   # the whole image to size x size (ELPV's square cells); crop: fastai's Resize
@@ -261,6 +264,68 @@ def elpv_roles() -> pd.DataFrame:
     return df
 
 
+def _stratified_parts(df: pd.DataFrame, k: int, rng) -> np.ndarray:
+    """(N,) part 0..k-1 of each row: every stratum (defect probability x module type) dealt round-robin over the
+    parts after a seeded shuffle, so each part has about 1/k of every stratum."""
+    part = np.zeros(len(df), dtype=int)
+    offset = 0
+    for idx in df.groupby(["label_4", "type"], observed=True).indices.values():
+        part[rng.permutation(idx)] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)      # the next stratum starts where this one stopped: parts stay equal in size
+    return part
+
+
+def elpv_folds(k: int = CV_FOLDS, seed: int = CV_SEED) -> list:
+    """k role tables (`elpv_roles`' columns) over all 2,624 cells for k-fold cross-validation: in fold i the i-th
+    stratified part is 'test', a stratified fifth of the other cells is 'tune' (as `TUNE_N` is of the fixed
+    split's training cells) and the rest 'train'. Every cell is a test cell in exactly one fold, so pooled over the
+    folds there are 2,624 judged predictions instead of 656; choices stay nested inside each fold (its tune cells).
+    Seeded: the same folds in every lesson, profile and seed."""
+    if not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be a whole number >= 2 (folds), got {k!r}")
+    df = elpv_frame()
+    rng = np.random.default_rng(seed)
+    part = _stratified_parts(df, k, rng)
+    folds = []
+    for i in range(k):
+        rest = df[part != i]
+        tune = _stratified_parts(rest, 5, rng) == 0
+        role = pd.Series("test", index=df.index)
+        role[rest.index] = np.where(tune, "tune", "train")
+        folds.append(df.assign(role=role, is_valid=role == "test", fold=i))
+    return folds
+
+
+def split_cells(x, y, paths, roles: pd.DataFrame) -> dict:
+    """{role: (x, y)} of tensors over cells (x (N, ...), y (N,), `paths` (N,) naming each row) for one role table
+    (`elpv_roles` or a fold of `elpv_folds`), each role's rows in the order of the table, so pooled test
+    predictions line up across experiments."""
+    import torch
+    where = {str(p): i for i, p in enumerate(paths)}
+    missing = [p for p in roles["path"].astype(str) if p not in where]
+    if missing:
+        raise ValueError(f"{len(missing)} cells of the role table have no row here, e.g. {missing[0]}: build the "
+                         "tensors over every cell the table names")
+    out = {}
+    for r in ROLES:
+        idx = torch.as_tensor([where[str(p)] for p in roles.loc[roles["role"] == r, "path"]], dtype=torch.long)
+        out[r] = (x[idx], y[idx])
+    return out
+
+
+def fold_tensor_dls(x, y, paths, roles: pd.DataFrame, vocab, bs: int = 64, standardise: bool = True) -> DataLoaders:
+    """`tensor_dls` for one role table over preloaded cells (see `split_cells`): train on its train cells, validate
+    on its test cells, `dls.tune` its tune cells; images standardised per channel with the train cells' own mean
+    and std (`standardise`), as `preload_dls` does."""
+    parts = split_cells(x, y, paths, roles)
+    (xt, yt), (xv, yv), (xu, yu) = parts["train"], parts["test"], parts["tune"]
+    if standardise:
+        dims = (0, 2, 3) if xt.ndim == 4 else (0,)
+        mean, std = xt.mean(dims, keepdim=True), xt.std(dims, keepdim=True).clamp(min=1e-6)
+        xt, xv, xu = (xt - mean) / std, (xv - mean) / std, (xu - mean) / std
+    return tensor_dls(xt, yt, xv, yv, vocab, bs=bs, tune=(xu, yu))
+
+
 def tune_frame() -> pd.DataFrame:
     """The table a choice is made on: the 'train' cells to train on and the 'tune' cells as the validation set
     (`is_valid`), the 'test' cells left out, so no choice ever sees them. Pass it as `elpv_dls(..., df=)`."""
@@ -485,12 +550,7 @@ def preload_dls(dls, bs: int | None = None) -> DataLoaders:
     """Every image of `dls` decoded, resized and batch-transformed once (no augmentation), held in memory as
     tensors and standardised per channel with the training images' mean and std: `tensor_dls` for many short
     runs on small images, where fastai's per-image pipeline would cost more than the model."""
-    import torch
-
-    def grab(dl):
-        xs, ys = zip(*[(xb.as_subclass(torch.Tensor).float().cpu(), yb.as_subclass(torch.Tensor).cpu()) for xb, yb in dl])
-        return torch.cat(xs), torch.cat(ys)
-
+    grab = _grab
     drop_normalize(dls)   # standardise below, from the training images, not with another dataset's stats
     (xt, yt), (xv, yv) = grab(plain_train_dl(dls)), grab(dls.valid)
     mean, std = xt.mean((0, 2, 3), keepdim=True), xt.std((0, 2, 3), keepdim=True).clamp(min=1e-6)
@@ -499,6 +559,24 @@ def preload_dls(dls, bs: int | None = None) -> DataLoaders:
         xu, yu = grab(dls.tune)
         tune = ((xu - mean) / std, yu)
     return tensor_dls((xt - mean) / std, yt, (xv - mean) / std, yv, list(dls.vocab), bs=bs or dls.bs, tune=tune)
+
+
+def _grab(dl) -> tuple:
+    """(x, y) float32 / int64 CPU tensors of every batch of `dl`, in order."""
+    import torch
+    xs, ys = zip(*[(xb.as_subclass(torch.Tensor).float().cpu(), yb.as_subclass(torch.Tensor).cpu()) for xb, yb in dl])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def preload_cells(cfg, img_size: int | None = None, task: str = "binary") -> tuple:
+    """(x (2624, 3, s, s) float32 in [0, 1], y (2624,), paths (2624,), vocab): every ELPV cell decoded and resized
+    once (no augmentation, not standardised), for cross-validation over preloaded images (`fold_tensor_dls`)."""
+    dls = elpv_dls(cfg, task=task, frac=1.0, img_size=img_size)
+    drop_normalize(dls)
+    (xt, yt), (xv, yv) = _grab(plain_train_dl(dls)), _grab(dls.valid)
+    import torch
+    paths = [str(p) for p in dls.train_ds.items["path"]] + [str(p) for p in dls.valid_ds.items["path"]]
+    return torch.cat([xt, xv]), torch.cat([yt, yv]), paths, list(dls.vocab)
 
 
 def drop_normalize(dls) -> None:

@@ -23,7 +23,7 @@ from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "fit_gradual", "history", "Run", "run_grid",
-           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells"]
+           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
 
@@ -266,6 +266,34 @@ class Run:
 def run_grid(train: Callable[..., Run], settings, seeds) -> list:
     """`train(**s, seed=seed)` for every settings dict `s` of `settings` and every seed: a list of `Run`s."""
     return [train(**s, seed=seed) for s in settings for seed in seeds]
+
+
+def pool_folds(runs: list, settings: dict | None = None) -> Run:
+    """One `Run` from the k fold `Run`s of a cross-validation (`core.data.elpv_folds`): every fold's test
+    predictions concatenated in fold order (each cell predicted once, by a model that never saw it; the same order
+    for every experiment on the same folds), metrics over the pooled cells, seconds summed, the fold histories in
+    one table (column `fold`), per-epoch probabilities pooled when every fold ran the same epochs. Choices stay
+    inside the folds: `extra['folds']` keeps each fold's settings and tune metrics; the pooled run has no tune
+    cells of its own."""
+    if not runs:
+        raise ValueError("pool_folds needs at least one fold's Run")
+    cat = lambda xs: np.concatenate([np.asarray(x) for x in xs])  # noqa: E731
+    y_true, probs = cat(r.y_true for r in runs), cat(r.probs for r in runs)
+    y_pred = cat(r.y_pred for r in runs)
+    epochs = {len(r.epoch_probs) for r in runs}
+    epoch_probs = ([cat(r.epoch_probs[e] for r in runs) for e in range(epochs.pop())] if len(epochs) == 1 else [])
+    hist = pd.concat([r.history.assign(fold=i) for i, r in enumerate(runs)], ignore_index=True)
+    folds = [dict(fold=i, **r.settings, **({f"tune_{k}": v for k, v in r.tune_metrics().items()} if r.has_tune else {}))
+             for i, r in enumerate(runs)]
+    return Run(dict(settings if settings is not None else runs[0].settings), hist, y_true, y_pred, probs,
+               _classification(y_true, y_pred), float(sum(r.seconds for r in runs)), None, epoch_probs,
+               dict(folds=folds, n_folds=len(runs)))
+
+
+def cross_validate(train_fold: Callable[..., Run], folds: list, **settings) -> Run:
+    """`train_fold(roles, **settings)` on every fold's role table (`elpv_folds`), pooled by `pool_folds`: an
+    experiment judged on all 2,624 cells instead of 656, every choice made on its fold's tune cells."""
+    return pool_folds([train_fold(roles, **settings) for roles in folds], settings or None)
 
 
 class NoTuneCells(ValueError):

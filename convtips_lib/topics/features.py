@@ -19,7 +19,7 @@ from ..core.store import cache_dir, cached, hash_key, state_hash
 from ..core.surgery import Frozen, split_at
 from ..core.train import fit, learner, set_norm, valid_preds
 
-__all__ = ["Features", "cached_features", "fit_head", "fit_head_live", "fit_logreg"]
+__all__ = ["Features", "cached_features", "cell_features", "fold_features", "fit_head", "fit_head_live", "fit_logreg"]
 
 
 @dataclass
@@ -116,6 +116,27 @@ def cached_features(model: nn.Module, dls, depth="head", folder: Path | str | No
     p, hit, seconds = cached(path, key, fields, build)
     return Features(*(p[f] for f in fields[:5]), key=key, path=path, hit=hit, seconds=seconds,
                     x_tune=p.get("x_tune"), y_tune=p.get("y_tune"))
+
+
+def cell_features(model: nn.Module, cfg, depth="head", img_size: int | None = None, task: str = "binary",
+                  folder: Path | str | None = None) -> tuple:
+    """(x (2624, ...), y (2624,), paths, vocab): `cached_features` of every ELPV cell (the fixed split's train and
+    valid cells together, through the validation transforms), for cross-validated heads (`fold_features`)."""
+    from ..core.data import elpv_dls
+    dls = elpv_dls(cfg, task=task, frac=1.0, img_size=img_size)
+    feats = cached_features(model, dls, depth, folder)
+    paths = _item_paths(dls.train_ds.items) + _item_paths(dls.valid_ds.items)   # the features' row order
+    return torch.cat([feats.x_train, feats.x_valid]), torch.cat([feats.y_train, feats.y_valid]), paths, feats.vocab
+
+
+def fold_features(x, y, paths, roles, vocab) -> Features:
+    """`Features` for one role table (`elpv_roles` or a fold of `core.data.elpv_folds`) cut from features of every
+    cell (`cell_features`): its train cells to fit on, its test cells as the validation set, its tune cells as
+    x_tune / y_tune (the only ones a choice may read)."""
+    from ..core.data import split_cells
+    parts = split_cells(x, y, paths, roles)
+    (xt, yt), (xv, yv), (xu, yu) = parts["train"], parts["test"], parts["tune"]
+    return Features(xt, yt, xv, yv, list(vocab), key="fold", path=None, hit=True, seconds=0.0, x_tune=xu, y_tune=yu)
 
 
 def features_dls(feats: Features, bs: int = 64, sampling_weights: dict | None = None):
