@@ -32,7 +32,7 @@ def _half(c: dict):
 def power(records: list) -> dict:
     """Per lesson: verdict counts, and for its training-effect claims the half-widths and their median; the
     course's median; every inconclusive training-effect claim with what it could detect."""
-    lessons, halves, blind = {}, [], []
+    lessons, halves, blind, margins = {}, [], [], []
     for rec in records:
         claims = rec["claims"]
         effects = [c for c in claims if c.get("kind", ctl.claim_kind(c)) == "training effect"]
@@ -40,13 +40,16 @@ def power(records: list) -> dict:
         halves += hw
         blind += [dict(lesson=rec["lesson"], claim=c["claim"], effect=c["effect"], half_width=_half(c))
                   for c in effects if c["verdict"] == "inconclusive"]
+        margins += [dict(lesson=rec["lesson"], claim=c["claim"], margin=c["margin"], half_width=_half(c))
+                    for c in claims if c.get("margin") is not None and c.get("margin_resolvable") is False]
         lessons[rec["lesson"]] = dict(
             claims=len(claims), verdicts={v: sum(c["verdict"] == v for c in claims) for v in
                                           ("supported", "refuted", "inconclusive", "undecided")},
             training_effects=len(effects), median_half_width=statistics.median(hw) if hw else None)
     median = statistics.median(halves) if halves else None
     return dict(target=TARGET, median_half_width=median, meets_target=median is not None and median <= TARGET,
-                training_effects=len(halves), lessons=lessons, inconclusive_training_effects=blind)
+                training_effects=len(halves), lessons=lessons, inconclusive_training_effects=blind,
+                margins_below_resolution=margins)
 
 
 def main(argv=None) -> Path:

@@ -286,3 +286,15 @@ def test_each_claim_says_what_kind_of_thing_it_measures():
     assert res.claim("c", Estimate(3.0, 2.0, 4.0, "x faster per batch (CPU)", "ratio of medians"))["kind"] == "speed"
     assert res.claim("d", Estimate(1.0, 1.0, 1.0, "refused (1 = yes)", "exact (one load)"))["kind"] == "mechanism"
     assert res.claim("e", Estimate(0.3, 0.1, 0.5, "Spearman difference", "paired bootstrap"))["kind"] == "other"
+
+
+def test_a_within_m_claim_records_m_and_whether_the_run_could_resolve_it():
+    res = Results("00_test", profile("cpu"))
+    wide = res.claim("same", Estimate(0.0, -0.03, 0.03, "m", "paired bootstrap"), predicts="within", threshold=0.02)
+    assert wide["margin"] == 0.02 and wide["margin_resolvable"] is False
+    assert "wider than the claim's margin of 0.020, so it could not have been supported" in describe(wide)
+    narrow = res.claim("same2", Estimate(0.0, -0.01, 0.01, "m", "paired bootstrap"), predicts="within", threshold=0.02)
+    assert narrow["margin_resolvable"] is True and narrow["verdict"] == "supported"
+    worse = res.claim("no worse", Estimate(0.0, -0.03, 0.03, "m", "paired bootstrap"), threshold=-0.01)
+    assert worse["margin"] == 0.01 and worse["margin_resolvable"] is False
+    assert res.claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))["margin"] is None

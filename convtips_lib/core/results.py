@@ -20,7 +20,7 @@ from .measure import Estimate
 from .store import atomic_write
 
 __all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "settle_factor", "showed",
-           "claim_kind", "KINDS", "load_results", "ledger", "power_summary"]
+           "claim_kind", "claim_margin", "KINDS", "load_results", "ledger", "power_summary"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold
@@ -92,6 +92,13 @@ def claim_kind(row: dict) -> str:
     return "training effect" if any(s in unit.replace("-", "_") for s in _SCORES) else "other"
 
 
+def claim_margin(predicts: str, threshold: float) -> float | None:
+    """The m of a claim of the form 'within m' or 'no worse than m' (greater than -m, less than +m), else None."""
+    if predicts == "within" or (predicts == "greater" and threshold < 0) or (predicts == "less" and threshold > 0):
+        return abs(threshold)
+    return None
+
+
 def describe(row: dict) -> str:
     """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'; an inconclusive one
     also says what the run could see ('...: inconclusive; this run cannot see effects below 0.030')."""
@@ -100,6 +107,9 @@ def describe(row: dict) -> str:
     text = f"{signed(row['effect'])}{unit}, {ci}: {row['verdict']}"
     if row["verdict"] == "inconclusive" and row.get("detectable") is not None:
         text += f"; this run cannot see effects below {row['detectable']:.3f}"
+        if row.get("margin_resolvable") is False and row.get("predicts") == "within":
+            text += (f", wider than the claim's margin of {row['margin']:.3f}, so it could not have been supported "
+                     "at this size")
     return text
 
 
@@ -197,6 +207,8 @@ class Results:
                    verdict=verdict(est.low, est.high, predicts, threshold) if decidable else "undecided",
                    note="" if decidable else UNDECIDED_NOTE)
         row["kind"] = claim_kind(row)
+        row["margin"] = claim_margin(predicts, threshold)
+        row["margin_resolvable"] = None if row["margin"] is None or half is None else bool(row["margin"] >= half)
         self.data["claims"] = [c for c in self.data["claims"] if c["claim"] != claim] + [row]
         return row
 
