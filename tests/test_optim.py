@@ -1,5 +1,5 @@
 """Tests for convtips_lib.topics.optim: every optimizer trains, schedules, the Adam -> SGD switch, the sweep's
-best rates and sensitivity, on tiny tensor data."""
+best rates (chosen on the tune cells only) and sensitivity, on tiny tensor data."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from convtips_lib.core.data import tensor_dls
-from convtips_lib.core.train import learner
+from convtips_lib.core.train import NoTuneCells, learner
 from convtips_lib.topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, fit_schedule, lr_grid, opt_func, sgd_lr_from_adam
-from convtips_lib.studies.lesson05 import best_lrs, epoch_preds, loss_curves, lr_sensitivity, sensitivity_gap, small_net, train_optimizer
+from convtips_lib.studies.lesson05 import (best_lrs, epoch_preds, loss_curves, lr_sensitivity, lr_sweep,
+                                          sensitivity_gap, small_net, train_optimizer)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,18 @@ def dls():
         return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
     (xt, yt), (xv, yv) = draw(96), draw(40)
     return tensor_dls(xt, yt, xv, yv, ["a", "b"], bs=16)
+
+
+@pytest.fixture(scope="module")
+def tune_dls():
+    """The same kind of data with 30 tune cells beside the 40 test cells (`dls.tune`)."""
+    g = torch.Generator().manual_seed(1)
+
+    def draw(n):
+        y = torch.arange(n) % 2
+        return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
+    (xt, yt), (xv, yv), tune = draw(96), draw(40), draw(30)
+    return tensor_dls(xt, yt, xv, yv, ["a", "b"], bs=16, tune=tune)
 
 
 def _tiny(n_out):
@@ -116,28 +129,66 @@ def test_sgd_lr_from_adam_matches_a_hand_computation():
 
 
 def _sweep():
+    """A sweep whose test columns (balanced_accuracy, y_pred) and tune columns disagree on the best rate: on test
+    Adam is best at 1e-3 and SGD at 0.1 (1.0 diverged, 0.99 on test); on tune Adam is best at 1e-2, SGD at 0.01,
+    and SGD's diverged run scores best of all."""
     y = np.array([0, 1] * 50)
     right = lambda k: np.where(np.arange(100) < k, y, 1 - y)  # noqa: E731 - predictions right on the first k images
-    rows = [dict(optimizer="adam", lr=lr, balanced_accuracy=acc, finite=True, y_true=y, y_pred=right(int(acc * 100)))
-            for lr, acc in ((1e-4, 0.80), (1e-3, 0.81), (1e-2, 0.805))]
-    rows += [dict(optimizer="sgd", lr=lr, balanced_accuracy=acc, finite=f, y_true=y, y_pred=right(int(acc * 100)))
-             for lr, acc, f in ((0.01, 0.60, True), (0.1, 0.84, True), (1.0, 0.99, False))]
+    rows = [dict(optimizer="adam", lr=lr, balanced_accuracy=acc, tune_balanced_accuracy=tune, finite=True, y_true=y,
+                 y_pred=right(int(acc * 100)))
+            for lr, acc, tune in ((1e-4, 0.80, 0.70), (1e-3, 0.81, 0.71), (1e-2, 0.805, 0.75))]
+    rows += [dict(optimizer="sgd", lr=lr, balanced_accuracy=acc, tune_balanced_accuracy=tune, finite=f, y_true=y,
+                  y_pred=right(int(acc * 100)))
+             for lr, acc, tune, f in ((0.01, 0.60, 0.80, True), (0.1, 0.84, 0.62, True), (1.0, 0.99, 0.99, False))]
     return pd.DataFrame(rows)
 
 
-def test_best_lrs_never_pick_a_diverged_run():
-    assert best_lrs(_sweep()) == {"adam": 1e-3, "sgd": 0.1}
+def test_best_lrs_follow_the_tune_cells_and_never_pick_a_diverged_run():
+    assert best_lrs(_sweep()) == {"adam": 1e-2, "sgd": 0.01}   # on test it would be {adam: 1e-3, sgd: 0.1}
+
+
+def test_best_lrs_never_read_the_test_columns():
+    sweep = _sweep()
+    poisoned = sweep.assign(balanced_accuracy=np.random.default_rng(0).permutation(sweep["balanced_accuracy"]),
+                            accuracy=-1.0, y_pred=[np.zeros(100, int)] * len(sweep))
+    poisoned.loc[poisoned["lr"] == 1e-4, "balanced_accuracy"] = 10.0    # a test score no choice may follow
+    assert best_lrs(poisoned) == best_lrs(sweep) == {"adam": 1e-2, "sgd": 0.01}
+    worse = sweep.assign(tune_balanced_accuracy=sweep["tune_balanced_accuracy"].where(sweep["lr"] != 1e-2, 0.0))
+    assert best_lrs(worse)["adam"] == 1e-3                # the tune column alone moves the choice
+
+
+def test_best_lrs_refuse_a_sweep_without_tune_cells():
+    with pytest.raises(NoTuneCells, match="tune=True"):
+        best_lrs(_sweep().drop(columns="tune_balanced_accuracy"))
 
 
 def test_lr_sensitivity_counts_rates_within_a_point_of_the_best():
     sens = lr_sensitivity(_sweep()).set_index("optimizer")
     assert sens.loc["adam", "n_good"] == 3 and sens.loc["adam", "decades"] == pytest.approx(2)
     assert sens.loc["sgd", "n_good"] == 1 and sens.loc["sgd", "good_share"] == pytest.approx(1 / 3)
+    assert sens.loc["sgd", "test_best"] == pytest.approx(0.84)     # the diverged run's 0.99 is not a best
 
 
 def test_sensitivity_gap_has_an_interval_around_the_share_difference():
     est = sensitivity_gap(_sweep(), "adam", "sgd", n=500)
     assert est.effect == pytest.approx(1 - 1 / 3) and est.low <= est.effect <= est.high
+
+
+def test_a_diverged_run_is_out_of_the_band_in_the_table_and_in_the_interval_alike():
+    sweep = _sweep()
+    y = sweep["y_true"].iloc[0]
+    sweep.at[5, "y_pred"] = np.where(np.arange(100) < 84, y, 1 - y)   # the diverged run predicts like the best one
+    sweep.at[5, "balanced_accuracy"] = 0.84
+    sens = lr_sensitivity(sweep).set_index("optimizer")
+    assert sens.loc["sgd", "n_good"] == 1
+    est = sensitivity_gap(sweep, "adam", "sgd", n=200)
+    assert est.effect == pytest.approx(sens.loc["adam", "good_share"] - sens.loc["sgd", "good_share"])
+
+
+def test_a_real_sweep_records_tune_scores_and_chooses_by_them(tune_dls):
+    sweep = lr_sweep(tune_dls, ["sgd"], {"sgd": [1e-4, 0.05]}, 2, seed=0)
+    assert {"tune_balanced_accuracy", "balanced_accuracy"} <= set(sweep)
+    assert best_lrs(sweep) == {"sgd": float(sweep.loc[sweep["tune_balanced_accuracy"].idxmax(), "lr"])}
 
 
 def test_loss_curves_and_epoch_preds_shapes(dls):

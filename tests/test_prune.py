@@ -9,20 +9,27 @@ from torch import nn
 
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.measure import count_flops, count_params
-from convtips_lib.core.train import fit, learner
+from convtips_lib.core.train import NoTuneCells, fit, learner
 from convtips_lib.topics.prune import (ScoreImportance, check_ratio, export_check, export_pruned, filter_scores,
                                       l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs,
-                                      prune_copy, prune_iteratively, prune_once, rank_agreement)
+                                      prune_copy, prune_iteratively, prune_once, rank_agreement, ranking_batches)
 from convtips_lib.studies.lesson07 import Block, block_removal, first_reaching, fresh_learner, prunable_net, removable_blocks, removal_gap, train_from_scratch, without_block
 
 TINY = dict(widths=(4, 8), blocks=1)
 
 
-def _tiny_dls(n=48, size=16, seed=0):
+def _tiny_dls(n=48, size=16, seed=0, tune=None, flip_test=False):
+    """Tiny two-class images (the class: the mean of channel 0 above 0), a quarter of them the test cells;
+    `tune='flipped'`: tune cells that are the test images with every label flipped, so that any run's tune
+    balanced accuracy is 1 minus its test one (a choice on tune and one on test disagree wherever they can);
+    `flip_test`: the test labels flipped instead (the test cells poisoned)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)
     y = (x[:, 0].mean((1, 2)) > 0).long()
-    return tensor_dls(x[: n * 3 // 4], y[: n * 3 // 4], x[n * 3 // 4:], y[n * 3 // 4:], ["a", "b"], bs=12)
+    k = n * 3 // 4
+    xv, yv = x[k:], y[k:]
+    tune_cells = (xv.clone(), 1 - yv) if tune == "flipped" else None
+    return tensor_dls(x[:k], y[:k], xv, 1 - yv if flip_test else yv, ["a", "b"], bs=12, tune=tune_cells)
 
 
 def test_l1_order_of_a_hand_made_conv_layer():
@@ -161,15 +168,34 @@ def test_model_cost_fields():
     assert set(cost) == {"params", "flops", "ms_per_batch", "times_ms"} and len(cost["times_ms"]) == 2
 
 
-def test_train_from_scratch_keeps_the_best_learning_rate():
-    run = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-4, 3e-2), seed=0)
+def test_train_from_scratch_keeps_the_learning_rate_the_tune_cells_chose():
+    lrs = (1e-5, 3e-2)
+    run = train_from_scratch(_tiny_dls(tune="flipped"), True, (4, 8), 1, epochs=2, lrs=lrs, seed=0)
     sweep, lr = run.extra["lr_sweep"], run.settings["lr"]
-    assert set(sweep) == {1e-4, 3e-2} and lr == max(sweep, key=sweep.get)
-    assert run.learn.history.rows[-1]["balanced_accuracy"] == sweep[lr] == run.metrics["balanced_accuracy"]
+    assert set(sweep) == set(lrs) and lr == max(sweep, key=sweep.get)           # chosen by the tune cells' score
+    assert sweep[lr] == run.row()["tune_balanced_accuracy"] == run.tune_metrics()["balanced_accuracy"]
+    # the tune labels are the test labels flipped: the rate the test cells would pick is the other one
+    test = {x: 1 - v for x, v in sweep.items()}
+    assert test[lr] == pytest.approx(run.metrics["balanced_accuracy"])
+    assert len(set(sweep.values())) == 2 and lr == min(test, key=test.get)
+    assert run.learn.history.rows[-1]["balanced_accuracy"] == run.metrics["balanced_accuracy"]
     assert run.probs.shape == (len(run.y_true), 2) and np.array_equal(run.y_pred, run.learn.history.preds[-1])
     copy = fresh_learner(run.learn)
     assert copy.model is not run.learn.model
     assert all(torch.equal(a, b) for a, b in zip(copy.model.state_dict().values(), run.learn.model.state_dict().values()))
+
+
+def test_train_from_scratch_ignores_the_test_cells_and_needs_tune_cells_to_choose():
+    lrs = (1e-5, 3e-2)
+    clean = train_from_scratch(_tiny_dls(tune="flipped"), True, (4, 8), 1, epochs=2, lrs=lrs, seed=0)
+    poisoned = train_from_scratch(_tiny_dls(tune="flipped", flip_test=True), True, (4, 8), 1, epochs=2, lrs=lrs,
+                                  seed=0)
+    assert poisoned.settings["lr"] == clean.settings["lr"] and poisoned.extra["lr_sweep"] == clean.extra["lr_sweep"]
+    assert poisoned.metrics["balanced_accuracy"] == pytest.approx(1 - clean.metrics["balanced_accuracy"])
+    with pytest.raises(NoTuneCells, match="tune=True"):
+        train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=lrs, seed=0)
+    one = train_from_scratch(_tiny_dls(), True, (4, 8), 1, epochs=1, lrs=(1e-2,), seed=0)   # nothing to choose
+    assert one.settings["lr"] == 1e-2 and one.extra["lr_sweep"] == {}
 
 
 def test_first_reaching_picks_the_first_step_with_enough_savings():
@@ -266,8 +292,17 @@ def test_activation_rankings_need_images_and_names_are_checked():
         ScoreImportance.of(filter_scores(net, torch.randn(4, 3, 16, 16)), "taylor")
 
 
-def test_prune_once_measures_an_activation_ranking_on_the_validation_set():
-    learn = learner(_tiny_dls(), prunable_net(2, True, **TINY), seed=0)
+def test_activation_rankings_are_measured_on_the_tune_cells_never_the_test_cells(monkeypatch):
+    import convtips_lib.topics.prune as prune
+    seen = []
+    real = prune.make_pruner
+    monkeypatch.setattr(prune, "make_pruner", lambda *a, **kw: seen.append(a[5]) or real(*a, **kw))
+    dls = _tiny_dls(tune="flipped")
+    learn = learner(dls, prunable_net(2, True, **TINY), seed=0)
     p0 = count_params(learn.model)
     row = prune_once(learn, 16, 0.5, epochs=1, lr=1e-2, reps=1, importance="mean_activation")
     assert row["params"] < p0 and len(row["y_pred"]) == len(learn.dls.valid_ds)
+    prune_iteratively(learner(dls, prunable_net(2, True, **TINY), seed=0), 16, 0.5, 1, 1, 1e-2, reps=1,
+                      importance="apoz")
+    assert seen == [dls.tune, dls.tune]
+    assert ranking_batches(_tiny_dls()) is not None and ranking_batches(_tiny_dls()).dataset.x.shape[0] == 36

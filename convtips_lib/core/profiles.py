@@ -64,10 +64,10 @@ class ImbCfg(_Section):
 class OptCfg(_Section):
     """Lesson 05: optimizers on a small network from scratch."""
     img_size: int                # image side, px
-    frac: float                  # share of the training split
+    frac: float                  # share of the train cells (the tune cells held out)
     epochs: int                  # epochs of every run (the same budget for every optimizer)
-    decades: tuple               # lr sweep, decades around each optimizer's default
-    n_seeds: int                 # seeds of the final comparison at each optimizer's best lr
+    decades: tuple               # lr sweep, decades around each optimizer's default (chosen on the tune cells)
+    n_seeds: int                 # seeds of the final comparison at each optimizer's chosen lr
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class PruneCfg(_Section):
     img_size: int                # image side, px
     widths: tuple                # channels of the four stages
     blocks: int                  # removable blocks per stage
-    frac: float                  # share of the training split
+    frac: float                  # share of the train cells (the tune cells held out)
     epochs: int                  # epochs of training from scratch (both networks)
-    lrs: tuple                   # peak learning rates (Adam, one-cycle) tried for each network
+    lrs: tuple                   # peak learning rates (Adam, one-cycle) tried for each network (chosen on tune)
     ft_div: float                # fine-tuning after pruning runs at the training lr / ft_div
     ratio: float                 # share of channels removed in the end
     steps: int                   # prune -> fine-tune steps to get there

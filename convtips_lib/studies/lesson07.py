@@ -1,5 +1,5 @@
-"""Lesson 07's studies: a small residual and a plain network trained from scratch, and whole blocks removed from
-each (Veit et al. 2016), with the gap between them."""
+"""Lesson 07's studies: a small residual and a plain network trained from scratch (each at the learning rate its
+tune cells chose), and whole blocks removed from each (Veit et al. 2016), with the gap between them."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +15,7 @@ from ..core.compat import renamed_kwargs
 from ..core.env import seed_everything
 from ..core.measure import bootstrap, evaluate
 from ..core.models import replace_module
-from ..core.train import Run, fit, learner, select_lr
+from ..core.train import NoTuneCells, Run, best_on_tune, fit, learner, tune_loader
 
 __all__ = ["Block", "prunable_net", "block_removal", "train_from_scratch", "fresh_learner", "first_reaching",
            "removal_gap"]
@@ -47,24 +47,33 @@ def prunable_net(n_out: int, residual: bool = True, widths=(32, 64, 128, 256), b
 
 
 @renamed_kwargs(depth="blocks")
-def train_from_scratch(dls, residual: bool, widths, blocks: int, epochs: int, lrs=(3e-3,), seed: int = 0):
-    """A `prunable_net` trained from a random init with one-cycle (Adam) at each peak learning rate of `lrs`; the
-    run with the best validation balanced accuracy is kept (`select_lr` over the validation cells: the protocol
-    issue moves this choice to a tuning split): its `Run`, with `settings['lr']` and `extra['lr_sweep']`
-    ({lr: balanced accuracy})."""
-    runs, t = {}, time.perf_counter()
+def train_from_scratch(dls, residual: bool, widths, blocks: int, epochs: int, lrs=(3e-3,), seed: int = 0) -> Run:
+    """A `prunable_net` trained from a random init with one-cycle (Adam) at each peak learning rate of `lrs`, the
+    same initial weights at each; the run with the best tune balanced accuracy is kept (`best_on_tune`: the tune
+    cells of `dls`, built with tune=True; the test cells never enter the choice, a diverged run never wins). Its
+    `Run`, with the chosen `settings['lr']` and `extra['lr_sweep']` ({lr: tune balanced accuracy}, what the choice
+    read; empty for one rate on DataLoaders without tune cells: nothing was chosen)."""
+    lrs, t = [float(lr) for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs)], time.perf_counter()
+    if len(lrs) > 1 and tune_loader(dls) is None:
+        raise NoTuneCells(f"choosing among the learning rates {lrs} needs tune cells: build the DataLoaders with "
+                          "elpv_dls(..., tune=True), so the choice never reads the test cells")
+    runs = {lr: _train_once(dls, residual, widths, blocks, epochs, lr, seed) for lr in lrs}
+    best = float(best_on_tune(pd.DataFrame([r.row() for r in runs.values()]))["lr"].iloc[0]) if len(lrs) > 1 else lrs[0]
+    run = runs[best]
+    run.seconds = time.perf_counter() - t
+    run.extra["lr_sweep"] = {lr: r.tune_metrics()["balanced_accuracy"] for lr, r in runs.items() if r.has_tune}
+    return run
 
-    def score(lr: float) -> float:
-        seed_everything(seed)                       # the same initial weights at every learning rate
-        learn = learner(dls, prunable_net(dls.c, residual, widths, blocks), seed=seed)
-        fit(learn, epochs, lr)
-        runs[lr] = learn
-        return learn.history.rows[-1]["balanced_accuracy"]
-    best, sweep = select_lr(score, lrs)
-    if not sweep:                                   # one rate: nothing to choose, train it once
-        sweep = {best: score(best)}
-    return Run.of(runs[best], dict(residual=residual, widths=tuple(widths), blocks=blocks, epochs=epochs, lr=best,
-                                   seed=seed), time.perf_counter() - t, lr_sweep=sweep)
+
+def _train_once(dls, residual: bool, widths, blocks: int, epochs: int, lr: float, seed: int) -> Run:
+    """One `prunable_net` from the seed's initial weights, trained `epochs` at peak `lr`: its `Run` (extra finite)."""
+    t = time.perf_counter()
+    seed_everything(seed)                       # the same initial weights at every learning rate
+    learn = learner(dls, prunable_net(dls.c, residual, widths, blocks), seed=seed)
+    hist = fit(learn, epochs, lr)
+    finite = bool(np.isfinite(hist[["train_loss", "valid_loss"]].to_numpy(float)).all())
+    return Run.of(learn, dict(residual=residual, widths=tuple(widths), blocks=blocks, epochs=epochs, lr=lr, seed=seed),
+                  time.perf_counter() - t, finite=finite)
 
 
 def fresh_learner(learn, seed: int = 0):

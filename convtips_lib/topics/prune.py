@@ -17,11 +17,11 @@ from torch import nn
 from ..core.measure import count_flops, count_params, evaluate, latency, timed_in_turns
 from ..core.models import narrow_to
 from ..core.store import atomic_write, save_tensors
-from ..core.train import fit
+from ..core.train import fit, tune_loader
 
 __all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "ScoreImportance", "ActivationImportance", "make_pruner",
-           "model_cost", "prune_iteratively", "prune_once", "prune_copy", "pruning_row", "export_check", "export_pruned",
-           "load_pruned", "onnx_latency", "RANKINGS"]
+           "model_cost", "ranking_batches", "prune_iteratively", "prune_once", "prune_copy", "pruning_row",
+           "export_check", "export_pruned", "load_pruned", "onnx_latency", "RANKINGS"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 
@@ -238,6 +238,14 @@ def pruning_row(learn, img_size: int, reps: int = 5, **extra) -> dict:
                 y_pred=ev.y_pred, **ev.metrics)
 
 
+def ranking_batches(dls):
+    """The images an activation ranking (mean activation, APoZ) is measured on, since it chooses which filters go:
+    the tune cells (`dls.tune`) when the DataLoaders have them, else the training images; never the validation
+    cells that judge the pruned network."""
+    tune = tune_loader(dls)
+    return tune if tune is not None else dls.train
+
+
 def _prune_and_fine_tune(learn, pruner, epochs: int, lr: float) -> float:
     """One `pruner.step()` on learn.model, then `epochs` of fine-tuning at `lr`: the balanced accuracy in between."""
     pruner.step()
@@ -252,8 +260,9 @@ def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: in
     """The recipe of Li et al.: prune the weakest channels globally, fine-tune `epochs` at `lr`, repeat `steps` times
     until the share `ratio` is gone. One row per step (step 0: the trained network): params, flops, ms_per_batch,
     times_ms, y_true, y_pred and metrics after fine-tuning, `pruned_ba` (balanced accuracy before it) and `model`
-    (a CPU copy of the network at that step). `importance` as `make_pruner`'s, measured on the validation set."""
-    pruner = make_pruner(learn.model, img_size, ratio, steps, importance, learn.dls.valid)
+    (a CPU copy of the network at that step). `importance` as `make_pruner`'s, an activation ranking measured on
+    `ranking_batches` (the tune cells)."""
+    pruner = make_pruner(learn.model, img_size, ratio, steps, importance, ranking_batches(learn.dls))
     rows = [pruning_row(learn, img_size, reps, step=0, ratio=0.0, pruned_ba=np.nan,
                         model=copy.deepcopy(learn.model).cpu())]
     for k in range(1, steps + 1):
@@ -266,8 +275,9 @@ def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: in
 def prune_once(learn, img_size: int, ratio: float, epochs: int, lr: float, reps: int = 5,
                importance="l1") -> dict:
     """One-shot pruning: remove the share `ratio` in one step, then fine-tune `epochs` at `lr` (give it the
-    iterative run's total fine-tuning for a fair comparison). A row like `prune_iteratively`'s."""
-    pruner = make_pruner(learn.model, img_size, ratio, 1, importance, learn.dls.valid)
+    iterative run's total fine-tuning for a fair comparison). A row like `prune_iteratively`'s; an activation
+    ranking is measured on `ranking_batches` (the tune cells)."""
+    pruner = make_pruner(learn.model, img_size, ratio, 1, importance, ranking_batches(learn.dls))
     before = _prune_and_fine_tune(learn, pruner, epochs, lr)
     return pruning_row(learn, img_size, reps, step=1, ratio=ratio, pruned_ba=before)
 
