@@ -170,3 +170,28 @@ def test_ensemble_gain_against_mean_and_a_fixed_member():
     for bad in ("median", 3, True):
         with pytest.raises(ValueError):
             ensemble_gain(y, probs, bad)
+
+
+def test_tta_probs_predicts_only_the_first_cells_in_loader_order(tmp_path):
+    import pandas as pd
+    from fastai.data.block import CategoryBlock, ColReader, ColSplitter, DataBlock
+    from fastai.vision.all import ImageBlock, Resize
+    from PIL import Image
+    from convtips_lib.core.train import learner
+    from convtips_lib.topics.ensemble import tta_probs
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(path)
+        rows.append(dict(path=str(path), label="ab"[i % 2], is_valid=i >= 6))
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("path"), get_y=ColReader("label"),
+                      splitter=ColSplitter("is_valid"), item_tfms=Resize(8))
+    dls = block.dataloaders(pd.DataFrame(rows), bs=4, num_workers=0)
+    learn = learner(dls, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)), seed=0)
+    with learn.no_bar(), learn.no_logging():
+        plain = learn.get_preds(dl=dls.valid)[0].numpy()
+    assert tta_probs(learn).shape == (6, 2)
+    part = tta_probs(learn, 3, beta=1)                 # beta 1: the plain image's prediction, no augmented copies
+    assert part.shape == (3, 2) and np.allclose(part, plain[:3], atol=1e-6)
+    assert np.allclose(tta_probs(learn, 0, beta=1), plain, atol=1e-6)   # 0: all cells
