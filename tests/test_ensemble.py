@@ -1,12 +1,16 @@
 """Tests for convtips_lib.topics.ensemble: the 10-crop's positions, averaging and voting on fixed probabilities,
-members' disagreement, the ensemble curve and 10-crop prediction."""
+members' disagreement, the ensemble curve and 10-crop prediction; and lesson 06's choice of the best member on the
+tune cells, fixed before the test cells judge it."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from convtips_lib.topics.ensemble import CROP_NAMES, average_probs, crop_probs, disagreement, error_correlation, ten_crop, vote
-from convtips_lib.studies.lesson06 import ensemble_curve, predict_seconds
+from convtips_lib.core.measure import bootstrap, classification_metrics
+from convtips_lib.core.train import NoTuneCells, Run
+from convtips_lib.studies.lesson06 import best_member, ensemble_curve, ensemble_gain, predict_seconds
 
 
 def test_ten_crop_positions_against_slices_of_a_known_array():
@@ -49,14 +53,89 @@ def test_disagreement_and_error_correlation():
         error_correlation(same[:1], y)
 
 
-def test_ensemble_curve_of_members_right_on_different_images():
+def _thirds():
+    """Three members on 90 cells of class 0, each wrong on its own third: any two outvote the third."""
     y = np.zeros(90, int)
     probs = np.full((3, 90, 2), [0.6, 0.4])
-    for m in range(3):                        # each member wrong on its own third: any two outvote the third
+    for m in range(3):
         probs[m, m * 30:(m + 1) * 30] = [0.45, 0.55]
-    curve = ensemble_curve(y, probs, "accuracy", n=200).set_index(["members", "what"])["value"]
+    return y, probs
+
+
+def _run(test_probs, y_test, tune_probs, y_tune, **settings):
+    """A member's Run with its test probabilities and (one epoch of) tune probabilities."""
+    test_probs = np.asarray(test_probs, float)
+    return Run(dict(settings), None, np.asarray(y_test), test_probs.argmax(-1), test_probs,
+               dict(balanced_accuracy=0.0), 0.0, None, [test_probs], tune_y=np.asarray(y_tune),
+               tune_epoch_probs=[np.asarray(tune_probs, float)])
+
+
+def _disagreeing_members():
+    """Three members whose test and tune scores rank them in opposite orders: member 0 is best on test (right on
+    every test cell) and worst on tune, member 2 worst on test and best on tune."""
+    y_test, y_tune = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 1, 0, 1])
+    right, wrong = np.eye(2)[y_test], np.eye(2)[1 - y_test]
+    test = [right, np.where(np.arange(6)[:, None] < 2, wrong, right), wrong]
+    tr, tw = np.eye(2)[y_tune], np.eye(2)[1 - y_tune]
+    tune = [tw, np.where(np.arange(4)[:, None] < 2, tw, tr), tr]
+    return y_test, [_run(p, y_test, q, y_tune, seed=i) for i, (p, q) in enumerate(zip(test, tune))]
+
+
+def test_best_member_follows_the_tune_cells_when_test_and_tune_disagree():
+    y_test, members = _disagreeing_members()
+    rows = pd.DataFrame([m.row() for m in members])
+    test_scores = [classification_metrics(y_test, m.y_pred)["balanced_accuracy"] for m in members]
+    assert test_scores == [1.0, pytest.approx(2 / 3), 0.0]          # the test cells would pick member 0 ...
+    assert rows["tune_balanced_accuracy"].tolist() == [0.0, 0.5, 1.0]
+    assert best_member(members) == 2                                # ... the tune cells pick member 2
+    assert best_member(rows) == 2 and best_member(rows.set_index(pd.Index([7, 3, 5]))) == 2   # by position
+    assert best_member(members[:2]) == 1                            # the best of the first two, on tune
+
+
+def test_best_member_needs_tune_cells():
+    y_test, members = _disagreeing_members()
+    rows = pd.DataFrame([m.row() for m in members]).drop(columns=[c for c in members[0].row() if c.startswith("tune_")])
+    with pytest.raises(NoTuneCells):
+        best_member(rows)
+
+
+def test_the_gain_over_the_best_member_is_judged_against_the_member_chosen_on_tune():
+    y_test, members = _disagreeing_members()
+    probs = np.stack([m.probs for m in members])
+    chosen = best_member(members)
+    est = ensemble_gain(y_test, probs, chosen, "accuracy", n=200)
+    ens = (probs.mean(0).argmax(-1) == y_test).mean()
+    assert est.effect == pytest.approx(ens - 0.0)                   # minus member 2 (0 % on test), not member 0
+    assert ensemble_gain(y_test, probs, 0, "accuracy", n=200).effect == pytest.approx(ens - 1.0)
+    with pytest.raises(ValueError, match="tune cells"):
+        ensemble_gain(y_test, probs, "best")                      # re-picking on the test cells is refused
+
+
+def test_the_chosen_member_is_fixed_not_repicked_on_each_test_resample():
+    # two members as good on test, wrong on different halves: a per-resample maximum would sit above both
+    y = np.zeros(200, int)
+    probs = np.full((2, 200, 2), [0.6, 0.4])
+    probs[0, :100], probs[1, 100:] = [0.4, 0.6], [0.4, 0.6]
+    curve = ensemble_curve(y, probs, pd.DataFrame({"tune_accuracy": [0.2, 0.9]}), "accuracy", n=400)
+    best = curve[(curve["members"] == 2) & (curve["what"] == "best member on tune")].iloc[0]
+    alone = ensemble_curve(y, probs[1:], None, "accuracy", n=400).iloc[-1]       # member 1 alone, its own interval
+    assert best["value"] == pytest.approx(0.5)
+    assert best["low"] == pytest.approx(alone["low"]) and best["high"] == pytest.approx(alone["high"])
+    repicked = bootstrap(y, {0: probs[0].argmax(-1), 1: probs[1].argmax(-1)}, lambda v: np.max([v[0], v[1]], 0),
+                         "accuracy", 400)
+    assert repicked.low > best["low"]                    # what re-picking on every test resample would have flattered
+    assert ensemble_gain(y, probs, 1, "accuracy", n=400).effect == pytest.approx(0.5)   # ties go to class 0: all right
+
+
+def test_ensemble_curve_of_members_right_on_different_images():
+    y, probs = _thirds()
+    tune = pd.DataFrame({"tune_accuracy": [0.5, 0.9, 0.7]})
+    curve = ensemble_curve(y, probs, tune, "accuracy", n=200).set_index(["members", "what"])["value"]
     assert curve[(1, "ensemble")] == pytest.approx(2 / 3) and curve[(3, "ensemble")] == pytest.approx(1.0)
-    assert curve[(3, "mean member")] == pytest.approx(2 / 3) and curve[(3, "best member")] == pytest.approx(2 / 3)
+    assert curve[(3, "mean member")] == pytest.approx(2 / 3) and curve[(3, "best member on tune")] == pytest.approx(2 / 3)
+    assert "best member on tune" not in set(ensemble_curve(y, probs, None, "accuracy", n=50)["what"])
+    with pytest.raises(ValueError, match="members"):
+        ensemble_curve(y, probs, tune.iloc[:2])
 
 
 def test_crop_probs_average_like_a_tta():
@@ -83,13 +162,36 @@ def test_predict_seconds_is_a_median_of_repeats():
     assert predict_seconds(lambda: sum(range(1000)), reps=3) >= 0
 
 
-def test_ensemble_gain_against_mean_and_best_member():
-    from convtips_lib.studies.lesson06 import ensemble_gain
-    y = np.zeros(90, int)
-    probs = np.full((3, 90, 2), [0.6, 0.4])
-    for m in range(3):
-        probs[m, m * 30:(m + 1) * 30] = [0.45, 0.55]
-    est = ensemble_gain(y, probs, "best", "accuracy", n=300)
+def test_ensemble_gain_against_mean_and_a_fixed_member():
+    y, probs = _thirds()
+    est = ensemble_gain(y, probs, 1, "accuracy", n=300)
     assert est.effect == pytest.approx(1 / 3) and est.low > 0
-    with pytest.raises(ValueError, match="'mean' or 'best'"):
-        ensemble_gain(y, probs, "median")
+    assert ensemble_gain(y, probs, "mean", "accuracy", n=300).effect == pytest.approx(1 / 3)
+    for bad in ("median", 3, True):
+        with pytest.raises(ValueError):
+            ensemble_gain(y, probs, bad)
+
+
+def test_tta_probs_predicts_only_the_first_cells_in_loader_order(tmp_path):
+    import pandas as pd
+    from fastai.data.block import CategoryBlock, ColReader, ColSplitter, DataBlock
+    from fastai.vision.all import ImageBlock, Resize
+    from PIL import Image
+    from convtips_lib.core.train import learner
+    from convtips_lib.topics.ensemble import tta_probs
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(path)
+        rows.append(dict(path=str(path), label="ab"[i % 2], is_valid=i >= 6))
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ColReader("path"), get_y=ColReader("label"),
+                      splitter=ColSplitter("is_valid"), item_tfms=Resize(8))
+    dls = block.dataloaders(pd.DataFrame(rows), bs=4, num_workers=0)
+    learn = learner(dls, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)), seed=0)
+    with learn.no_bar(), learn.no_logging():
+        plain = learn.get_preds(dl=dls.valid)[0].numpy()
+    assert tta_probs(learn).shape == (6, 2)
+    part = tta_probs(learn, 3, beta=1)                 # beta 1: the plain image's prediction, no augmented copies
+    assert part.shape == (3, 2) and np.allclose(part, plain[:3], atol=1e-6)
+    assert np.allclose(tta_probs(learn, 0, beta=1), plain, atol=1e-6)   # 0: all cells

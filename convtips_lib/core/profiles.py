@@ -74,7 +74,7 @@ class OptCfg(_Section):
 class EnsCfg(_Section):
     """Lesson 06: ensembles and multi-crop."""
     n_members: int               # members of an ensemble
-    valid_n: int                 # validation cells in the multi-crop and cost comparison (0: all)
+    valid_n: int                 # test cells in the multi-crop and cost comparison (0: all)
 
 
 @dataclass(frozen=True)

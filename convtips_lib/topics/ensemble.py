@@ -1,5 +1,5 @@
 """Ensembles and multi-crop (lesson 06): combining members by averaging probabilities or by voting, why they help
-(disagreement, error correlation), and the 10-crop at test time. Training the lesson's members is in
+(disagreement, error correlation), and the 10-crop and fastai's tta at test time. Training the lesson's members is in
 `studies.lesson06`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..core.compat import renamed_kwargs
 
 __all__ = ["ten_crop", "CROP_NAMES", "average_probs", "vote", "disagreement", "error_correlation",
-           "crop_probs"]
+           "crop_probs", "tta_probs"]
 
 CROP_NAMES = ("centre", "top left", "top right", "bottom left", "bottom right",
               "centre, mirrored", "top left, mirrored", "top right, mirrored", "bottom left, mirrored",
@@ -73,3 +73,15 @@ def crop_probs(model, x: torch.Tensor, img_size: int, bs: int = 8) -> np.ndarray
     return np.concatenate(out)
 
 
+
+
+def tta_probs(learn, n: int | None = None, **kw) -> np.ndarray:
+    """(n, C) probabilities of fastai's `learn.tta` (`kw`: its n, beta, ...) on the first `n` cells of the validation
+    loader, in its order (all of them: None or 0). Only those cells are predicted — tta runs several augmented
+    passes, so a profile that compares on a few cells does not pay for all of them."""
+    dl = learn.dls.valid
+    if n and n < len(dl.dataset):
+        dl = learn.dls.test_dl(dl.items.iloc[:n] if hasattr(dl.items, "iloc") else dl.items[:n], with_labels=True)
+    with learn.no_bar(), learn.no_logging():
+        probs, _ = learn.tta(dl=dl, **kw)
+    return probs.numpy()
