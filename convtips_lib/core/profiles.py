@@ -39,6 +39,9 @@ class ZooCfg(_Section):
 class TransferCfg(_Section):
     """Lesson 02: freeze depth x data size."""
     fractions: tuple             # training-set fractions of the grid and the learning curves
+    steps: int                   # optimizer steps of every grid run, whatever its fraction (a multiple of 6: split
+                                 # evenly over fine_tune's 2 fits and gradual unfreezing's 3)
+    lrs: tuple                   # peak learning rates tried per regime (chosen on the tune cells, largest fraction)
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ PROFILES = {
         "smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25, n_seeds=1, latency_reps=2, head_epochs=3,
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
-        transfer=TransferCfg(fractions=(0.05, 0.2)),
+        transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,)),
         aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
         imb=ImbCfg(frac=0.25, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
         opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
@@ -201,7 +204,7 @@ PROFILES = {
         "cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5, n_seeds=1, latency_reps=5, head_epochs=5,
         decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0)),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=48, lrs=(2e-3, 1e-2)),
         aug=AugCfg(fracs=(0.1, 0.3), epochs=(5, 3), strengths=(0, 1, 2.5)),
         imb=ImbCfg(frac=1.0, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
@@ -214,7 +217,7 @@ PROFILES = {
         "gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0, n_seeds=3, latency_reps=20, head_epochs=20,
         decides_claims=True, seed=42, num_workers=4, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0)),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2)),
         aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
         imb=ImbCfg(frac=1.0, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
         opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),
