@@ -171,6 +171,19 @@ def test_train_recipe_in_fastais_distributed_context_runs_in_one_process(tmp_pat
     assert not any(type(cb).__name__ == "DistributedTrainer" for cb in learn.cbs)   # detached after training
 
 
+def test_best_on_tune_restores_the_network_inside_a_parallel_wrapper():
+    import torch
+    from convtips_lib.core.train import fit
+    learn = _tensor_learner()
+    learn.model = torch.nn.DataParallel(learn.model)                      # as accelerate launch wraps it (DDP)
+    fit(learn, 2, 0.3, schedule="constant")
+    cb = next(c for c in learn.cbs if isinstance(c, BestOnTune))
+    net = learn.model.module
+    with torch.no_grad():
+        net.weight.zero_()
+    assert cb.restore(net) == cb.kept and net.weight.abs().sum() > 0
+
+
 # ------------------------------------------------------------------ the ablation
 FULL = Recipe(img_size=32, epochs=3, freeze_epochs=1, bs=16, balance="oversample", seed=0)   # every tip on
 

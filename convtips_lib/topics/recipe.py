@@ -142,13 +142,19 @@ class BestOnTune(Callback):
         score = classification_metrics(hist.tune_y, hist.tune_probs[-1].argmax(1))[self.metric]
         if score > self.score:
             self.score, self.kept = score, self.n_scored
-            self.weights = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+            self.weights = {k: v.detach().clone() for k, v in _unwrapped(self.learn.model).state_dict().items()}
 
     def restore(self, model) -> int | None:
         """Load the kept epoch's weights into `model`; that epoch, 1-based (None if no epoch was scored)."""
         if self.weights is not None:
-            model.load_state_dict(self.weights)
+            _unwrapped(model).load_state_dict(self.weights)
         return self.kept
+
+
+def _unwrapped(model):
+    """The network inside a (Distributed)DataParallel wrapper, as `accelerate launch` trains it, or `model` itself."""
+    from torch import nn
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
 def _labels(ds) -> list:
