@@ -1,7 +1,8 @@
 """Benchmark (not a test): lesson 08's figures on this machine — the full recipe's accuracy and time against the
-profile's target, and every claim of the lesson — from the record a run of the lesson wrote.
+profile's target, what the tune cells chose (the recipe's settings, tta, the epoch kept), and every claim of the
+lesson — from the record a run of the lesson wrote.
 
-    convtips run 08 --profile cpu --out runs/capstone-cpu          # about half an hour on 2 cores
+    convtips run 08 --profile cpu --out runs/capstone-cpu          # under half an hour on 2 cores
     python bench/capstone.py runs/capstone-cpu                     # -> bench/results/capstone_<profile>_cpu<cores>.json
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from bench import machine  # noqa: E402
 from convtips_lib.core.store import atomic_write  # noqa: E402
 
-KEEP_TABLES = ("configs", "ablation", "paper", "accuracy_by_group", "inference_costs", "mistakes")
+KEEP_TABLES = ("configs", "ablation", "choices", "paper", "accuracy_by_group", "inference_costs", "mistakes")
 
 
 def _lesson_seconds(run: Path) -> float | None:
@@ -37,7 +38,8 @@ def summary(run: Path) -> dict:
     rec = json.loads(path.read_text())
     m = rec["metrics"]
     return dict(profile=rec["profile"]["name"], seed=rec["seed"], lesson_seconds=_lesson_seconds(run),
-                recipe=m["recipe"], recipe_accuracy=m["recipe_accuracy"], recipe_seconds=m["recipe_seconds"],
+                course_recipe=m.get("course_recipe"), recipe=m["recipe"], kept_epoch=m.get("kept_epoch"),
+                recipe_accuracy=m["recipe_accuracy"], recipe_seconds=m["recipe_seconds"],
                 target_met=m["target_met"], four_class_accuracy=m["four_class_accuracy"],
                 claims=[{k: c[k] for k in ("claim", "effect", "ci", "verdict", "unit")} for c in rec["claims"]],
                 tables={k: v for k, v in rec["tables"].items() if k in KEEP_TABLES})

@@ -264,6 +264,9 @@ def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_
     assert Recipe.load(model / "recipe.json") == Recipe(bs=4, freeze_epochs=1, img_size=32, epochs=1)
     html = (out / "report.html").read_text()
     assert "train" in html and "<img" in html and "balanced_accuracy" in html
+    metrics = json.loads((out / "results" / "train.json").read_text())["metrics"]
+    chosen = metrics["chosen_on_tune"]   # the epoch is chosen on training images held out, not on the reported ones
+    assert 2 <= chosen["tune_images"] < 12 and 1 <= chosen["kept_epoch"] <= 2 and metrics["validation"]["images"] == 4
     image = next((data / "dark").glob("*.png"))
     assert main(["predict", str(model), str(image)]) == 0
     assert capsys.readouterr().out.split("\t")[1] in ("bright", "dark")

@@ -1,7 +1,8 @@
 """Tests for convtips_lib.topics.recipe: the recipe's configuration round-trips and refuses bad settings, it trains
 on a tiny generated image folder (plain, over-sampled, without a head-only phase, with tta, inside fastai's
 distributed context), the ablation switches one tip at a time at the same budget and its table has one row per tip,
-fastai's out-of-the-box recipe trains, and the error and cost views compute what they say."""
+fastai's out-of-the-box recipe trains, and the error and cost views compute what they say. Every choice (the epoch
+kept, the recipe's settings, tta) follows the tune images and never the images that judge."""
 import json
 
 import numpy as np
@@ -10,14 +11,15 @@ import pytest
 
 from convtips_lib.core.measure import Evaluation
 from convtips_lib.core.profiles import profile
-from convtips_lib.topics.recipe import BALANCES, Recipe, recipe_eval, train_recipe
-from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, capstone_frame, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, threshold_metrics, toggle_tip, uses_tip, with_tip, without_tip
+from convtips_lib.core.train import Run, best_epoch
+from convtips_lib.topics.recipe import BALANCES, BestOnTune, Recipe, recipe_eval, split_tune, train_recipe
+from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, TUNE_TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, capstone_frame, choose_recipe, choose_tta, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, recipe_dls, threshold_metrics, toggle_tip, tune_runs, uses_tip, with_tip, without_tip
 
 TINY = dict(img_size=32, epochs=1, freeze_epochs=1, bs=4)
 
 
 def test_recipe_round_trips_through_a_dict_and_a_file(tmp_path):
-    r = Recipe(epochs=7, policy="flips+crop+rotation", balance="oversample", tta=True)
+    r = Recipe(epochs=7, policy="flips+crop+rotation", balance="oversample", tta=True, keep_best=False)
     assert Recipe.from_dict(r.to_dict()) == r
     assert Recipe.load(r.save(tmp_path / "recipe.json")) == r
     assert json.loads((tmp_path / "recipe.json").read_text())["epochs"] == 7
@@ -27,7 +29,8 @@ def test_recipe_round_trips_through_a_dict_and_a_file(tmp_path):
                                         (dict(lr=3), "lr"), (dict(policy="wild"), "flips"),
                                         (dict(balance="smote"), "oversample"), (dict(freeze_epochs=-1), "freeze"),
                                         (dict(schedule="cosine"), "one-cycle, constant"),
-                                        (dict(weights="yes"), "'imagenet'.*or None"), (dict(tta=1), "true or false")])
+                                        (dict(weights="yes"), "'imagenet'.*or None"), (dict(tta=1), "true or false"),
+                                        (dict(keep_best="yes"), "keep_best must be true or false")])
 def test_bad_settings_say_what_is_allowed(bad, match):
     with pytest.raises(ValueError, match=match):
         Recipe(**bad)
@@ -83,6 +86,74 @@ def test_train_recipe_on_a_tiny_folder(tmp_path, image_folder):
     assert len(ev.y_true) == 4 and 0 <= ev.metrics["balanced_accuracy"] <= 1
 
 
+def _paths(items) -> set:
+    return {str(p) for p in items}
+
+
+def test_split_tune_holds_out_training_images_only_a_share_of_each_class(tmp_path, image_folder):
+    from convtips_lib.core.data import folder_dls
+    root = image_folder(tmp_path / "data", counts=(("bright", 20), ("dark", 12)))
+    dls = folder_dls(root, profile("smoke"), 0.25, seed=0, bs=4, img_size=32)
+    train, valid = _paths(dls.train_ds.items), _paths(dls.valid_ds.items)
+    split_tune(dls, 0.25, seed=0, balance="oversample")
+    fit, tune = _paths(dls.train_ds.items), _paths(dls.tune.dataset.items)
+    assert tune and fit and fit | tune == train and not fit & tune      # the training images, split in two
+    assert _paths(dls.valid_ds.items) == valid and not tune & valid       # the images that report: untouched
+    assert {p.split("/")[-2] for p in tune} == {"bright", "dark"}       # every class has tune images
+    assert type(dls.train).__name__ == "WeightedDL" and len(dls.train.wgts) == len(fit)
+    xb, yb = dls.one_batch()
+    assert xb.shape[-1] == 32 and len(dls.tune.dataset) == len(tune)
+
+
+def test_split_tune_without_a_share_leaves_the_training_images_alone(tmp_path, image_folder):
+    from convtips_lib.core.data import folder_dls
+    dls = folder_dls(image_folder(tmp_path / "data"), profile("smoke"), 0.25, seed=0, bs=4, img_size=32)
+    before = _paths(dls.train_ds.items)
+    split_tune(dls, 0.0)
+    assert _paths(dls.train_ds.items) == before and getattr(dls, "tune", None) is None
+
+
+def test_the_recipe_keeps_the_epoch_its_tune_images_chose(tmp_path, image_folder):
+    root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
+    r = Recipe(**dict(TINY, epochs=3))
+    learn = train_recipe(root, r, profile("smoke"))
+    run = Run.of(learn, {}, 0.0)
+    assert learn.kept_epoch == best_epoch(run)                            # the protocol's selector, on tune only
+    assert not _paths(learn.dls.tune.dataset.items) & _paths(learn.dls.valid_ds.items)
+    from convtips_lib.core.train import predict_loader
+    probs, _ = predict_loader(learn.model, learn.dls.tune)               # the weights held are that epoch's
+    assert probs == pytest.approx(run.tune_epoch_probs[learn.kept_epoch - 1], abs=1e-5)
+    plain = train_recipe(root, r.with_(keep_best=False), profile("smoke"))
+    assert plain.kept_epoch is None and getattr(plain.dls, "tune", None) is None
+    assert len(plain.dls.train_ds) == len(learn.dls.train_ds) + len(learn.dls.tune.dataset)
+
+
+def _tensor_learner(y_valid_flip: bool = False, seed: int = 0):
+    import torch
+    from convtips_lib.core.data import tensor_dls
+    from convtips_lib.core.train import learner
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 6, generator=g)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).long()
+    yv = 1 - y[64:112] if y_valid_flip else y[64:112]                   # the judging labels, poisoned or not
+    dls = tensor_dls(x[:64], y[:64], x[64:112], yv, ["a", "b"], bs=16, tune=(x[112:], y[112:]))
+    torch.manual_seed(seed)                                              # the same initial weights every time
+    return learner(dls, torch.nn.Linear(6, 2), cbs=[BestOnTune()], seed=seed)
+
+
+def test_best_on_tune_follows_the_tune_cells_and_never_the_test_cells():
+    from convtips_lib.core.train import fit
+    kept = []
+    for poisoned in (False, True):
+        learn = _tensor_learner(poisoned)
+        fit(learn, 6, 0.3, schedule="constant")
+        cb = next(c for c in learn.cbs if isinstance(c, BestOnTune))
+        run = Run.of(learn, {}, 0.0)
+        kept.append(cb.restore(learn.model))
+        assert kept[-1] == best_epoch(run) and cb.score == pytest.approx(max(run.history["tune_balanced_accuracy"]))
+    assert kept[0] == kept[1]                                             # flipping the test labels changes nothing
+
+
 def test_train_recipe_over_samples_skips_the_head_phase_and_uses_tta(tmp_path, image_folder):
     root = image_folder(tmp_path / "data", counts=(("bright", 14), ("dark", 4)))
     r = Recipe(**dict(TINY, freeze_epochs=0, balance="oversample", tta=True))
@@ -98,6 +169,19 @@ def test_train_recipe_in_fastais_distributed_context_runs_in_one_process(tmp_pat
     learn = train_recipe(image_folder(tmp_path / "data"), Recipe(**TINY), profile("smoke"), distributed=True)
     assert [r["phase"] for r in learn.history.rows] == ["frozen", "unfrozen"]
     assert not any(type(cb).__name__ == "DistributedTrainer" for cb in learn.cbs)   # detached after training
+
+
+def test_best_on_tune_restores_the_network_inside_a_parallel_wrapper():
+    import torch
+    from convtips_lib.core.train import fit
+    learn = _tensor_learner()
+    learn.model = torch.nn.DataParallel(learn.model)                      # as accelerate launch wraps it (DDP)
+    fit(learn, 2, 0.3, schedule="constant")
+    cb = next(c for c in learn.cbs if isinstance(c, BestOnTune))
+    net = learn.model.module
+    with torch.no_grad():
+        net.weight.zero_()
+    assert cb.restore(net) == cb.kept and net.weight.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ the ablation
@@ -196,6 +280,9 @@ def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     assert runs["train_s"].nunique() == 1                                   # one trained network, evaluated twice
     n_valid = int(capstone_frame(cfg.cap.valid_n)["is_valid"].sum())          # the profile's stratified subset
     assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
+    n_tune = int((capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)["role"] == "tune").sum())
+    assert len(runs["tune_pred"].iloc[0]) == n_tune and runs["kept_epoch"].between(1, 2).all()
+    assert runs["tune_balanced_accuracy"].nunique() == 1                    # tta never enters the tune columns
 
 
 @pytest.mark.slow
@@ -211,6 +298,27 @@ def test_capstone_frame_keeps_a_stratified_validation_subset_in_order():
     assert len(valid) == pytest.approx(96, abs=4) and int(all_["is_valid"].sum()) == 656
     assert list(valid.index) == sorted(valid.index)
     assert set(valid["label_4"]) == set(all_["label_4"]) and set(valid["type"]) == {"mono", "poly"}
+    assert (df["role"] == "test").equals(df["is_valid"])                   # the three roles, test subsampled only
+    assert (df["role"] == "tune").sum() == 394 and (df["role"] == "train").sum() == 1574
+    both = capstone_frame(96, 96)
+    tune = both[both["role"] == "tune"]
+    assert len(tune) == pytest.approx(96, abs=4) and list(tune.index) == sorted(tune.index)
+    assert set(tune["label_4"]) == set(all_.loc[all_["role"] == "tune", "label_4"])
+    assert (both["role"] == "train").sum() == 1574 and both[both["is_valid"]].index.equals(valid.index)
+
+
+def test_recipe_dls_train_on_train_cells_judge_on_test_cells_and_choose_on_tune_cells():
+    from convtips_lib.core.data import elpv_roles
+    cfg = profile("smoke")
+    roles = elpv_roles().assign(path=lambda d: d["path"].astype(str)).set_index("path")["role"]
+    for balance in BALANCES:
+        dls = recipe_dls(Recipe(img_size=32, bs=16, balance=balance), cfg, 0.05)
+        role = lambda items: {roles[str(p)] for p in items["path"]}   # noqa: E731
+        assert role(dls.train_ds.items) == {"train"} and role(dls.valid_ds.items) == {"test"}
+        assert role(dls.tune.dataset.items) == {"tune"}
+        frame = capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)
+        assert len(dls.valid_ds) == int(frame["is_valid"].sum())
+        assert len(dls.tune.dataset) == int((frame["role"] == "tune").sum()) < 394   # the profile's stratified subset
 
 
 # ------------------------------------------------------------------ four classes, errors, threshold, costs
@@ -274,3 +382,64 @@ def test_one_threshold_rule_a_probability_at_the_threshold_is_the_minority():
     assert threshold_preds(probs, 0.5, 0).tolist() == [0, 1, 0]
     with pytest.deprecated_call():
         assert threshold_metrics(ev, 0.5, positive="defective") == threshold_metrics(ev, 0.5)
+
+
+# ------------------------------------------------------------------ the recipe's settings, chosen on the tune cells
+def _tune_fake_runs(tune_acc: dict, test_acc: dict, n=394, seeds=(0, 1), full=FULL):
+    """Ablation runs with tune and test predictions: each config right on `tune_acc` of the tune cells (default
+    0.7) and on `test_acc` of the test cells (default 0.7)."""
+    rng, rows = np.random.default_rng(1), []
+    yt, yv = rng.integers(0, 2, n), rng.integers(0, 2, 300)
+    for config in ablation_plan(full)["config"]:
+        for s in seeds:
+            ok_t, ok_v = rng.random(n) < tune_acc.get(config, 0.7), rng.random(300) < test_acc.get(config, 0.7)
+            rows.append(dict(config=config, seed=s, y_true=yv, y_pred=np.where(ok_v, yv, 1 - yv), tune_y=yt,
+                             tune_pred=np.where(ok_t, yt, 1 - yt)))
+    return pd.DataFrame(rows)
+
+
+def test_choose_recipe_switches_a_tip_only_where_the_tune_cells_clearly_prefer_it():
+    # the tune cells clearly prefer a constant rate; the test cells say the opposite and prefer dropping augmentation
+    runs = _tune_fake_runs({"full - one-cycle schedule": 0.9}, {"full - one-cycle schedule": 0.4,
+                                                                  "full - augmentation": 0.99})
+    chosen, table = choose_recipe(runs, FULL, n=300)
+    assert list(table["tip"]) == list(TUNE_TIPS) and "test-time augmentation" not in TUNE_TIPS
+    assert table.set_index("tip")["switched"].to_dict() == {t: t == "one-cycle schedule" for t in TUNE_TIPS}
+    assert chosen == FULL.with_(schedule="constant")
+    poisoned = runs.assign(y_pred=list(np.random.default_rng(0).permutation(np.stack(runs["y_pred"]))),
+                           y_true=[1 - y for y in runs["y_true"]])
+    again, table2 = choose_recipe(poisoned, FULL, n=300)
+    assert again == chosen and table2[["value", "low", "high"]].equals(table[["value", "low", "high"]])
+
+
+def test_choose_recipe_keeps_the_course_settings_when_the_tune_cells_are_unclear():
+    chosen, table = choose_recipe(_tune_fake_runs({}, {"plain": 0.5}), FULL, n=300)
+    assert chosen == FULL and not table["switched"].any()
+    assert (table["low"] <= table["value"]).all() and (table["value"] <= table["high"]).all()
+
+
+def test_choose_recipe_switches_head_first_at_the_same_budget():
+    chosen, _ = choose_recipe(_tune_fake_runs({"full - head first": 0.95}, {}), FULL, n=300)
+    assert chosen.freeze_epochs == 0 and chosen.epochs == FULL.epochs + FULL.freeze_epochs
+
+
+def test_tune_runs_leave_the_test_cells_behind():
+    runs = _tune_fake_runs({}, {})
+    tr = tune_runs(runs)
+    assert set(tr.columns) == {"config", "seed", "y_true", "y_pred"} and len(tr) == len(runs)
+    assert all(np.array_equal(a, b) for a, b in zip(tr["y_pred"], runs["tune_pred"]))
+
+
+def test_choose_tta_predicts_the_tune_images_only(tmp_path, image_folder):
+    r = Recipe(**TINY, tta=True)
+    learn = train_recipe(image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16))), r, profile("smoke"))
+    seen, get_preds = [], learn.get_preds
+
+    def spy(*args, dl=None, **kw):
+        seen.append(dl)
+        return get_preds(*args, dl=dl, **kw)
+    learn.get_preds = spy
+    chosen, row, ev_tune = choose_tta(learn, r, n=200)
+    assert seen and all(dl is learn.dls.tune for dl in seen)            # never the validation loader
+    assert row["tip"] == "test-time augmentation" and row["course"] is True and row["other"] is False
+    assert chosen.tta == (not row["switched"]) and len(ev_tune.y_true) == len(learn.dls.tune.dataset)

@@ -1,6 +1,7 @@
 """`convtips train`'s job as one library function: the course's recipe trained on a folder of images (one sub-folder per
 class), evaluated, exported, recorded and reported, through the calls lesson 08 makes on your own images
-(`train_recipe`, `recipe_eval`, `export_model`).
+(`train_recipe`, `recipe_eval`, `export_model`). Its one choice, the epoch whose weights are kept, is made on tune
+images held out of the training images (`split_tune`), never on the validation images it reports accuracy on.
 
 `train_folder` writes into a run folder (`runner.prepare_out`): model/ (weights.pth, model.json, recipe.json),
 results/ (the record `train` and its figures) and report.html.
@@ -15,7 +16,8 @@ from ..core.profiles import Profile
 from ..core.results import Results
 from ..core.train import history
 from ..topics.deploy import export_model
-from ..topics.recipe import Recipe, recipe_eval, train_recipe
+from ..core.train import tune_loader
+from ..topics.recipe import TUNE_PCT, Recipe, recipe_eval, train_recipe
 from ..ui.plots import plot_confusion, plot_history
 from .report import write_report
 
@@ -44,20 +46,27 @@ def _rank() -> int:
 
 
 def _record(learn, ev: Evaluation, recipe: Recipe, cfg: Profile, results: Path) -> Path:
-    """Save the record `train` into `results`: the recipe, the validation metrics and the two figures."""
+    """Save the record `train` into `results`: the recipe, the validation metrics, the epoch chosen on the tune
+    images (and how many there were) and the two figures."""
     res = Results("train", cfg, seed=recipe.seed, out=results)
     res.metric("recipe", recipe.to_dict())
     res.metric("validation", dict(ev.metrics, images=len(ev.y_true), per_class_recall=ev.per_class_recall))
-    res.figure(plot_history(history(learn), ("train_loss", "valid_loss", "balanced_accuracy"), by="phase"), "history")
+    tune = tune_loader(learn.dls)
+    res.metric("chosen_on_tune", dict(kept_epoch=getattr(learn, "kept_epoch", None),
+                                      tune_images=0 if tune is None else len(tune.dataset)))
+    hist = history(learn)
+    cols = ("train_loss", "valid_loss", "balanced_accuracy", *(["tune_balanced_accuracy"] if tune is not None else []))
+    res.figure(plot_history(hist, cols, by="phase"), "history")
     res.figure(plot_confusion(ev), "confusion")
     return res.save()
 
 
 def train_folder(data_folder: str | Path, recipe: Recipe, cfg: Profile, out: str | Path, valid_pct: float = 0.25,
-                 distributed: bool = False) -> TrainedModel | None:
-    """Train `recipe` on `data_folder`, evaluate, export <out>/model, record and report; None on ranks other than 0."""
+                 distributed: bool = False, tune_pct: float = TUNE_PCT) -> TrainedModel | None:
+    """Train `recipe` on `data_folder` (with `keep_best`, the epoch chosen on `tune_pct` of the training images),
+    evaluate on the validation images, export <out>/model, record and report; None on ranks other than 0."""
     out = Path(out)
-    learn = train_recipe(data_folder, recipe, cfg, valid_pct, distributed=distributed)
+    learn = train_recipe(data_folder, recipe, cfg, valid_pct, distributed=distributed, tune_pct=tune_pct)
     if distributed and _rank():   # one of several processes `accelerate launch` started: rank 0 writes
         return None
     ev = recipe_eval(learn, recipe)

@@ -1,5 +1,7 @@
 """Lesson 08's studies: the recipe on ELPV, fastai's out-of-the-box recipe, the two-way ablation (each tip
-switched in the full recipe, or added to a plain one), the paper's table, error analysis and inference costs."""
+switched in the full recipe, or added to a plain one), the recipe's settings chosen on the tune cells, the paper's
+table, error analysis and inference costs. Every choice reads the 394 tune cells (`elpv_roles`); the 656 test
+cells only judge."""
 from __future__ import annotations
 
 import time
@@ -9,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.compat import renamed_kwargs
-from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_frame, subsample
-from ..core.measure import Evaluation, bootstrap, proportion, stack_preds
+from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_roles, subsample
+from ..core.measure import Evaluation, bootstrap, classification_metrics, paired_bootstrap, proportion, stack_preds
 from ..core.train import METRICS, Run, learner
 from ..topics.augment import policy_tfms
 from ..topics.ensemble import average_probs
@@ -19,47 +21,59 @@ from ..topics.recipe import Recipe, fit_recipe, recipe_eval
 
 __all__ = ["capstone_recipes", "TIPS", "ABLATION_TIPS", "train_on_elpv", "uses_tip", "ablation_plan",
            "ablation_runs", "fastai_default", "ensemble_preds", "ablation_table", "compare_configs",
-           "binary_from_4class", "valid_items", "accuracy_by", "confident_mistakes", "inference_costs", "PAPER",
-           "paper_table"]
+           "TUNE_TIPS", "tune_runs", "choose_recipe", "choose_tta", "binary_from_4class", "valid_items", "accuracy_by",
+           "confident_mistakes", "inference_costs", "PAPER", "paper_table"]
 
 
 def capstone_recipes(cfg) -> tuple:
-    """(full, small): lesson 08's recipe at full size (`cfg.cap`: image size, epochs) and at the ablation's budget
-    (`cfg.cap.abl_img_size`, `abl_epochs`), both with the profile's architecture and seed."""
+    """(full, small): lesson 08's recipe at full size (`cfg.cap`: image size, at most that many epochs) and at the
+    ablation's budget (`cfg.cap.abl_img_size`, `abl_epochs`), both with the profile's architecture and seed; each
+    keeps the epoch its tune cells score best."""
     full = Recipe(arch=cfg.arch, img_size=cfg.cap.img_size, epochs=cfg.cap.epochs, seed=cfg.seed)
     return full, full.with_(img_size=cfg.cap.abl_img_size, epochs=cfg.cap.abl_epochs)
 
 
-def capstone_frame(valid_n: int = 0) -> pd.DataFrame:
-    """ELPV's table (`elpv_frame`) with all training cells and the fixed validation split, or `valid_n` of its cells
-    (stratified by defect level and module type, in their original order) where a profile saves time."""
-    df = elpv_frame()
-    if not valid_n or valid_n >= int(df["is_valid"].sum()):
-        return df
-    valid = df[df["is_valid"]]
-    keep = valid.groupby(["label_4", "type"], observed=True, group_keys=False).sample(
-        frac=valid_n / len(valid), random_state=SPLIT_SEED).index
-    return df[~df["is_valid"] | df.index.isin(keep)]
+def _stratified_rows(rows: pd.DataFrame, n: int) -> pd.Index:
+    """The index of about `n` of `rows`, stratified by defect level and module type, seeded (`SPLIT_SEED`)."""
+    return rows.groupby(["label_4", "type"], observed=True, group_keys=False).sample(
+        frac=n / len(rows), random_state=SPLIT_SEED).index
+
+
+def capstone_frame(valid_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
+    """ELPV's table with its roles (`elpv_roles`: train, tune, and the 656 test cells, `is_valid`), all of them, or
+    `valid_n` of the test cells and `tune_n` of the tune cells (each stratified by defect level and module type, in
+    their original order) where a profile saves time; the train cells are always all there."""
+    df = elpv_roles()
+    for role, n in (("test", valid_n), ("tune", tune_n)):
+        rows = df[df["role"] == role]
+        if n and n < len(rows):
+            df = df[(df["role"] != role) | df.index.isin(_stratified_rows(rows, n))]
+    return df
 
 
 def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfms: list | None = None):
-    """ELPV DataLoaders for `recipe`: `frac` of the training split, the fixed validation split (`cfg.cap.valid_n`
-    cells of it, or all), the recipe's augmentation (or `tfms`), image size, batch size and (with balance
-    'oversample') every class drawn equally often."""
-    df, weights = subsample(capstone_frame(cfg.cap.valid_n), frac, recipe.seed), None   # what elpv_dls draws
+    """ELPV DataLoaders for `recipe` in the three roles: `frac` of the 1,574 train cells to train on, the test cells
+    (`cfg.cap.valid_n` of them, or all 656) as the validation set that judges, the tune cells (`cfg.cap.tune_n` of
+    them, or all 394) as `dls.tune` to choose on; the recipe's augmentation (or `tfms`), image size, batch size and
+    (with balance 'oversample') every class drawn equally often."""
+    df = capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)
+    fit = subsample(df[df["role"] != "tune"], frac, recipe.seed)   # what elpv_dls draws: the same cells
+    weights = None
     if recipe.balance == "oversample":
-        weights = oversample_weights(df.loc[~df["is_valid"], TASKS[task]].astype(str))
+        weights = oversample_weights(fit.loc[~fit["is_valid"], TASKS[task]].astype(str))
     tfms = policy_tfms(recipe.policy, recipe.img_size) if tfms is None else tfms
     return elpv_dls(cfg, task, 1.0, seed=recipe.seed, tfms=tfms, img_size=recipe.img_size, bs=recipe.bs,
-                    sampling_weights=weights, df=df)
+                    sampling_weights=weights, df=pd.concat([fit, df[df["role"] == "tune"]]), tune=True)
 
 
 def train_on_elpv(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary") -> Run:
     """`recipe` trained on ELPV (`recipe_dls`): its `Run` (settings: the recipe's, `frac` and `task`; seconds: the
-    wall-clock of building the data and training)."""
+    wall-clock of building the data and training; extra `kept_epoch`: the epoch the tune cells chose, whose weights
+    the Learner holds, or None without `keep_best`)."""
     t0 = time.perf_counter()
     learn = fit_recipe(recipe_dls(recipe, cfg, frac, task), recipe)
-    return Run.of(learn, dict(recipe.to_dict(), frac=frac, task=task), time.perf_counter() - t0)
+    return Run.of(learn, dict(recipe.to_dict(), frac=frac, task=task), time.perf_counter() - t0,
+                  kept_epoch=learn.kept_epoch)
 
 
 # ------------------------------------------------------------------ the ablation
@@ -140,17 +154,31 @@ def ablation_plan(full: Recipe) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _tune_columns(learn) -> dict:
+    """The network's plain predictions on the tune cells after the epoch it kept (or its last): tune_y, tune_pred
+    and tune_<metric>, read from `History` (no extra pass)."""
+    hist = learn.history
+    if not hist.tune_probs:
+        return {}
+    pred = hist.tune_probs[(getattr(learn, "kept_epoch", None) or len(hist.tune_probs)) - 1].argmax(1)
+    metrics = classification_metrics(hist.tune_y, pred)
+    return dict(tune_y=np.asarray(hist.tune_y), tune_pred=pred, **{f"tune_{k}": v for k, v in metrics.items()})
+
+
 def _run_row(config: str, learn, recipe: Recipe, seconds: float, **extra) -> dict:
     t0 = time.perf_counter()
     ev = recipe_eval(learn, recipe)
+    kept = getattr(learn, "kept_epoch", None)   # NaN: nothing chosen, the last epoch kept (fastai's defaults)
     return dict(config=config, **extra, seed=recipe.seed, train_s=seconds, eval_s=time.perf_counter() - t0,
-                y_true=ev.y_true, y_pred=ev.y_pred, probs=ev.probs, **ev.metrics)
+                kept_epoch=np.nan if kept is None else float(kept), y_true=ev.y_true, y_pred=ev.y_pred,
+                probs=ev.probs, **ev.metrics, **_tune_columns(learn))
 
 
 def ablation_runs(plan: pd.DataFrame, cfg, frac: float, seeds) -> pd.DataFrame:
     """Train every configuration of `plan` (`ablation_plan`) on ELPV once per seed: one row per (config, seed) with
-    train_s, eval_s, y_true, y_pred, probs (N, C) and `METRICS`. Configurations that differ only in tta share one
-    trained network (tta changes evaluation only)."""
+    train_s, eval_s, kept_epoch, y_true, y_pred, probs (N, C) and `METRICS` on the test cells, and tune_y,
+    tune_pred and tune_<metric> on the tune cells (the network's plain predictions, what a choice reads).
+    Configurations that differ only in tta share one trained network (tta changes evaluation only)."""
     rows = []
     for seed in seeds:
         groups = {}
@@ -177,10 +205,11 @@ def offline_arch(arch: str):
 
 
 def fastai_default(recipe: Recipe, cfg, frac: float = 1.0, config: str = "fastai defaults") -> dict:
-    """What a fastai user does out of the box, at `recipe`'s data, architecture, image size, batch size, epochs and
-    seed: fastai's `aug_transforms()`, the model and head `vision_learner` builds (`create_vision_model`,
-    normalised with the weights' statistics as `vision_learner` does for timm models) and `learn.fine_tune(epochs)`
-    with every default (base_lr 2e-3, one head epoch). One row like `ablation_runs`'."""
+    """What a fastai user does out of the box, at `recipe`'s data (the same train cells), architecture, image size,
+    batch size, epochs and seed: fastai's `aug_transforms()`, the model and head `vision_learner` builds
+    (`create_vision_model`, normalised with the weights' statistics as `vision_learner` does for timm models) and
+    `learn.fine_tune(epochs)` with every default (base_lr 2e-3, one head epoch, the last epoch kept). One row like
+    `ablation_runs`'."""
     from fastai.vision.all import aug_transforms, create_vision_model, default_split
 
     from ..core.models import model_stats
@@ -234,6 +263,58 @@ def ablation_table(runs: pd.DataFrame, metrics=METRICS, n: int = 2000) -> pd.Dat
                 rows.append(dict(tip=tip, lesson=lesson, direction=direction, in_recipe=in_recipe, metric=m,
                                  value=est.effect, low=est.low, high=est.high))
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ the recipe's settings, chosen on the tune cells
+TUNE_TIPS = tuple(t for t in TIPS if t != "test-time augmentation")   # chosen on the ablation's tune cells; tta on
+                                                                        # the final network's (`choose_tta`)
+
+
+def tune_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` as the tune cells see them: config, seed, y_true (= tune_y) and y_pred (= tune_pred); the test cells'
+    columns are left behind, so whatever reads this table cannot choose on them."""
+    return pd.DataFrame(dict(config=runs["config"].values, seed=runs["seed"].values, y_true=list(runs["tune_y"]),
+                             y_pred=list(runs["tune_pred"])))
+
+
+def _switches(est) -> bool:
+    """The tune cells overrule the course's setting only when they clearly prefer the other one: the interval of
+    (other - course) lies above 0."""
+    return bool(est.low > 0)
+
+
+def _choice_row(tip: str, course: Recipe, other: Recipe, est) -> dict:
+    name = TIPS[tip][1]
+    return dict(tip=tip, setting=name, course=getattr(course, name), other=getattr(other, name), value=est.effect,
+                low=est.low, high=est.high, switched=_switches(est))
+
+
+def choose_recipe(runs: pd.DataFrame, full: Recipe, metric: str = "balanced_accuracy", n: int = 2000) -> tuple:
+    """(recipe, table): `full` (the course's recipe, at any size) with each tip of `TUNE_TIPS` set as the tune cells
+    of the ablation's `runs` choose: per tip, the full configuration against its partner ('full - tip' or
+    'full + tip'), `metric` on the tune cells with seeds pooled; the course's setting stays unless the tune cells
+    clearly prefer the other (`_switches`). table: per tip, the setting, its two values, the effect of switching on
+    the tune cells with its 95 % interval, and whether it was switched. Reads only tune_y and tune_pred."""
+    tr, rows, chosen = tune_runs(runs), [], full
+    for tip in TUNE_TIPS:
+        config, other = toggle_tip(full, tip)
+        rows.append(_choice_row(tip, full, other, compare_configs(tr, "full", config, metric, n)))
+        if rows[-1]["switched"]:
+            chosen = toggle_tip(chosen, tip)[1]
+    return chosen, pd.DataFrame(rows)
+
+
+def choose_tta(learn, recipe: Recipe, metric: str = "balanced_accuracy", n: int = 2000) -> tuple:
+    """(recipe, row, tune evaluation): whether the trained network `learn` evaluates with fastai's tta, chosen on
+    its tune cells (`learn.dls.tune`) with and without it, as `choose_recipe` chooses (the recipe's setting stays
+    unless the tune cells clearly prefer the other); row as `choose_recipe`'s table; the tune cells' `Evaluation`
+    under the chosen setting (e.g. to draw a threshold on). Never reads the test cells."""
+    course = recipe_eval(learn, recipe, learn.dls.tune)
+    flipped = recipe.with_(tta=not recipe.tta)
+    other = recipe_eval(learn, flipped, learn.dls.tune)
+    row = _choice_row("test-time augmentation", recipe, flipped,
+                      paired_bootstrap(course.y_true, course.y_pred, other.y_pred, metric, n))
+    return (flipped, row, other) if row["switched"] else (recipe, row, course)
 
 
 def binary_from_4class(probs4: np.ndarray, vocab4, vocab2) -> np.ndarray:
@@ -307,7 +388,8 @@ def threshold_metrics(ev: Evaluation, threshold: float, minority: str = "defecti
 
 
 # ------------------------------------------------------------------ against the paper
-PAPER = {   # Deitsch et al., Solar Energy 185 (2019): binary accuracy on the same 656 test cells
+PAPER = {   # Deitsch et al., Solar Energy 185 (2019): binary accuracy on 656 test cells of the same 2,624, trained on
+           # the other 1,968 (the course's split has the paper's sizes and stratification, not its cells)
     "paper: CNN (fine-tuned VGG-19)": 0.8842,
     "paper: SVM on hand-crafted features": 0.8244,
 }
