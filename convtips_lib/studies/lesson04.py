@@ -228,7 +228,8 @@ def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int =
 
 def best_remedy(runs: pd.DataFrame, exclude=("plain",), metric: str = "balanced_accuracy") -> str:
     """The remedy of `runs` (`head_grid` rows, one scenario) whose mean `tune_<metric>` over seeds is highest,
-    `exclude`d remedies left out: chosen on the tune cells, never on the test columns."""
+    `exclude`d remedies left out: chosen on the tune cells, never on the test columns. (Threshold moving's tune
+    score is a little optimistic: its threshold was fit on the same tune cells.)"""
     ok = runs[~runs["remedy"].isin(exclude)]
     cols = [c for c in ok.columns if c.startswith("tune_")]   # none: best_on_tune raises NoTuneCells
     mean = ok.groupby("remedy", sort=False)[cols].mean().reset_index()
