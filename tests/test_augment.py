@@ -10,7 +10,8 @@ import convtips_lib.studies.lesson03 as study
 import convtips_lib.topics.augment as aug
 from fastai.vision.all import TensorImage
 
-from convtips_lib.core.data import elpv_dls, elpv_frame, subsample
+from convtips_lib.core.data import TUNE_N, elpv_dls, elpv_roles, subsample
+from convtips_lib.core.train import best_epoch, best_on_tune
 from convtips_lib.core.measure import metric_value, metric_with_ci
 from convtips_lib.core.profiles import profile
 
@@ -229,6 +230,18 @@ def test_strength_sweep_reuses_runs(tiny):
     assert table["accuracy"].tolist() == [0.75, 0.75] and (table["low"] <= table["accuracy"]).all()
 
 
+def test_the_strength_and_the_policy_are_chosen_on_the_tune_cells(tiny):
+    y = np.array([0, 1, 1, 0])
+    runs = _runs(y, {("none", 0.05): [0, 1, 0, 0], ("everything", 0.05): [0, 1, 1, 1], ("flips", 0.05): y,
+                     ("none", 0.1): y, ("everything", 0.1): [0, 1, 1, 1]})
+    runs["balanced_accuracy"] = [0.6, 0.9, 0.7, 0.9, 0.5]          # the test cells would pick 'everything', 'none'
+    runs["tune_balanced_accuracy"] = [0.8, 0.7, 0.6, 0.4, 0.6]     # the tune cells pick 'none', 'everything'
+    sweep = study.strength_sweep(tiny.with_(seed=0), runs)
+    assert "tune_balanced_accuracy" in sweep and best_on_tune(sweep).iloc[0]["strength"] == 0
+    best = best_on_tune(runs, by="frac").set_index("frac")["policy"]
+    assert best.to_dict() == {0.05: "none", 0.1: "everything"}
+
+
 def test_camera_shift_is_torchvisions_chain(noise):
     out = aug.apply_tfms([study.camera_shift(gamma=1.5, contrast=0.6, brightness=0.7)], noise, split_idx=1)
     want = TF.adjust_brightness(TF.adjust_contrast(TF.adjust_gamma(noise, 1.5), 0.6), 0.7)
@@ -252,13 +265,22 @@ def run(tiny):
 @pytest.mark.slow
 def test_train_policy_row_and_timings(run, tiny):
     hist, row = run.history, run.row()
-    n_train = int((~subsample(elpv_frame(), 0.1, tiny.seed)["is_valid"]).sum())
+    roles = elpv_roles()
+    n_train = int((subsample(roles[roles.role != "tune"], 0.1, tiny.seed).role == "train").sum())   # train cells
     assert row["epochs"] == 2 == len(hist) and row["n_train"] == n_train
     assert row["steps"] == 2 * (n_train // tiny.bs)                 # drop-last batches
     assert len(row["y_pred"]) == len(row["y_true"]) == 656
     assert len(row["step_s"]) == row["steps"] and (row["step_s"] > 0).all()
     assert len(row["wait_s"]) == row["steps"] - row["epochs"]     # the first batch of each epoch is left out
     assert 0 <= row["data_share"] <= 1
+
+
+@pytest.mark.slow
+def test_train_policy_predicts_the_tune_cells_for_every_choice(run):
+    row = run.row()
+    assert run.has_tune and len(run.tune_y) == TUNE_N and len(run.tune_epoch_probs) == row["epochs"]
+    assert row["best_tune_epoch"] == best_epoch(run) and "tune_balanced_accuracy" in row
+    assert not set(run.learn.dls.train_ds.items["path"]) & set(run.learn.dls.tune.dataset.items["path"])
 
 
 @pytest.mark.slow

@@ -7,10 +7,14 @@ import torch
 from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from convtips_lib.core.data import elpv_frame, tensor_dls
+from convtips_lib.core.data import elpv_frame, elpv_roles, tensor_dls
+from convtips_lib.core.measure import evaluate, metric_value
+from convtips_lib.core.train import NoTuneCells
 from convtips_lib.topics.features import Features
 from convtips_lib.topics.imbalance import FocalLoss, LogitAdjustedLoss, MinorityAugment, class_counts, class_weights, imbalance_metrics, imbalanced_frame, imbalanced_indices, oversample_weights, per_class_table, pr_curve, threshold_preds, tune_threshold, undersample_indices
-from convtips_lib.studies.lesson04 import HEAD_REMEDIES, always_predict, head_grid, head_remedy, holdout_split, rarest, shrink_train, subset_train, tune_lr, with_labels
+from convtips_lib.studies.lesson04 import (HEAD_REMEDIES, always_predict, best_remedy, head_grid, head_remedy, rarest,
+                                           remedy_frame, shrink_train, subset_train, tune_decision, tune_lr,
+                                           tune_score, with_labels)
 
 LABELS = np.array(["a"] * 80 + ["b"] * 15 + ["c"] * 5)
 
@@ -248,11 +252,124 @@ def test_shrink_train_keeps_class_shares_and_every_class(toy_feats):
         shrink_train(toy_feats, 0)
 
 
-def test_tune_lr_uses_held_out_training_rows(toy_feats):
-    inner = holdout_split(toy_feats, 0.2, seed=0)
-    assert len(inner.y_train) + len(inner.y_valid) == 210 and inner.y_valid.bincount().tolist() == [40, 2]
-    assert tune_lr(toy_feats, "plain", [1e-2], epochs=1) == 1e-2
-    assert tune_lr(toy_feats, "plain", [1e-5, 3e-2], epochs=3, bs=32) in (1e-5, 3e-2)
+# ---------------------------------------------------------------- choices on the tune cells, never on the test cells
+
+def _draw(g, n0, n1, shift):
+    x = torch.cat([torch.randn(n0, 8, generator=g), torch.randn(n1, 8, generator=g) + shift])
+    return x, torch.tensor([0] * n0 + [1] * n1)
+
+
+def _with_tune(train, valid, tune, vocab=("common", "rare")):
+    return Features(*train, *valid, list(vocab), key="toy", path=None, hit=False, seconds=0.0,
+                    x_tune=tune[0], y_tune=tune[1])
+
+
+def _train_threshold(run):
+    """The threshold the training rows would choose (what threshold moving used to read)."""
+    learn = run.learn
+    dl = learn.dls.valid.new(learn.dls.train.dataset, shuffle=False, drop_last=False)
+    y = np.asarray(learn.dls.train.dataset.y)
+    return tune_threshold(y, evaluate(learn, dl).probs[:, 1], 1)
+
+
+def test_threshold_moving_chooses_its_threshold_on_the_tune_cells():
+    g = torch.Generator().manual_seed(0)
+    # the rare class sits nearer the common one on the tune cells, farther on the test cells: each set's best
+    # threshold differs, and the run must take the tune cells'
+    feats = _with_tune(_draw(g, 200, 40, 1.5), _draw(g, 60, 60, 3.0), _draw(g, 80, 40, 0.6))
+    run = head_remedy(feats, "threshold moving", epochs=4, lr=1e-2, seed=0, bs=32)
+    on_tune = tune_threshold(run.tune_y, run.tune_epoch_probs[-1][:, 1], 1)
+    on_test = tune_threshold(run.y_true, run.probs[:, 1], 1)
+    assert run.extra["threshold_on"] == "tune" and run.extra["threshold"] == pytest.approx(on_tune)
+    assert abs(on_tune - _train_threshold(run)) > 1e-6 and abs(on_tune - on_test) > 1e-6
+    assert (run.y_pred == threshold_preds(run.probs, on_tune, 1)).all()          # the test cells only apply it
+    assert (tune_decision(run) == threshold_preds(run.tune_epoch_probs[-1], on_tune, 1)).all()
+
+
+def test_threshold_without_tune_cells_reads_the_training_rows_never_the_test_cells(toy_feats):
+    run = head_remedy(toy_feats, "threshold moving", epochs=3, lr=1e-2, seed=0, bs=32)
+    assert run.extra["threshold_on"] == "train" and not run.has_tune
+    assert run.extra["threshold"] == pytest.approx(_train_threshold(run))
+
+
+@pytest.fixture(scope="module")
+def flipped_tune():
+    """Balanced, well separated classes whose tune cells carry flipped labels: a trained head scores near 0 on them
+    and near 1 on the test cells, so the tune and the test cells choose different learning rates."""
+    g = torch.Generator().manual_seed(1)
+    (xu, yu) = _draw(g, 60, 60, 2.0)
+    return _with_tune(_draw(g, 100, 100, 2.0), _draw(g, 60, 60, 2.0), (xu, 1 - yu))
+
+
+def test_learning_rate_follows_the_tune_cells(flipped_tune):
+    lrs = (3e-2, 1e-7)                                     # a tie would keep the first: the trained one
+    runs = {lr: head_remedy(flipped_tune, "plain", 4, lr, seed=0, bs=32) for lr in lrs}
+    by_test = max(lrs, key=lambda lr: runs[lr].metrics["balanced_accuracy"])
+    by_tune = max(lrs, key=lambda lr: tune_score(runs[lr]))
+    assert (by_test, by_tune) == (3e-2, 1e-7)              # the two kinds of cells disagree here
+    assert tune_lr(flipped_tune, "plain", lrs, epochs=4, bs=32) == by_tune
+    rows = head_grid(flipped_tune, ("plain", "threshold moving"), seeds=(0, 1), epochs=4, lrs=lrs, bs=32)
+    assert (rows.set_index("remedy").loc["plain", "lr"] == by_tune).all()
+    first = rows[(rows.remedy == "plain") & (rows.seed == 0)].iloc[0]
+    assert np.array_equal(first["probs"], runs[by_tune].probs)    # the tuning run at the chosen rate, reused
+
+
+def test_head_grid_scores_each_remedys_own_decision_on_the_tune_cells(flipped_tune):
+    rows = head_grid(flipped_tune, ("plain", "threshold moving"), seeds=(0,), epochs=4, lrs=(3e-2,), bs=32)
+    thr = rows.set_index("remedy").loc["threshold moving"]
+    run = head_remedy(flipped_tune, "threshold moving", 4, 3e-2, seed=0, bs=32)
+    assert thr["tune_balanced_accuracy"] == pytest.approx(tune_score(run))
+    assert thr["tune_balanced_accuracy"] == pytest.approx(metric_value(run.tune_y, tune_decision(run)))
+
+
+def test_a_learning_rate_choice_needs_tune_cells(toy_feats):
+    assert tune_lr(toy_feats, "plain", [1e-2], epochs=1) == 1e-2           # one rate: nothing to choose
+    with pytest.raises(NoTuneCells, match="tune=True"):
+        tune_lr(toy_feats, "plain", [1e-5, 3e-2], epochs=1, bs=32)
+
+
+def test_best_remedy_reads_the_tune_columns_only():
+    runs = pd.DataFrame(dict(remedy=["plain", "a", "a", "b", "b"], seed=[0, 0, 1, 0, 1],
+                             balanced_accuracy=[0.9, 0.6, 0.6, 0.9, 0.9],        # the test cells favour b
+                             tune_balanced_accuracy=[1.0, 0.8, 0.7, 0.7, 0.7]))  # the tune cells favour a
+    assert best_remedy(runs) == "a"
+    with pytest.raises(NoTuneCells):
+        best_remedy(runs.drop(columns="tune_balanced_accuracy"))
+
+
+def test_relabelling_features_with_tune_cells_needs_their_labels(flipped_tune):
+    with pytest.raises(ValueError, match="y_tune"):
+        with_labels(flipped_tune, flipped_tune.y_train, flipped_tune.y_valid, ["x", "y"])
+    out = with_labels(flipped_tune, flipped_tune.y_train, flipped_tune.y_valid, ["x", "y"], 1 - flipped_tune.y_tune)
+    assert torch.equal(out.y_tune, 1 - flipped_tune.y_tune)
+    assert torch.equal(subset_train(out, [0, 1]).x_tune, flipped_tune.x_tune)      # the harsh subset keeps them
+    assert torch.equal(shrink_train(out, 0.5).y_tune, out.y_tune)
+
+
+def test_the_harsh_frame_leaves_the_tune_and_test_cells_alone():
+    df = elpv_roles()
+    harsh = imbalanced_frame(df, 1 / 20, seed=0)
+    n = harsh[harsh.role == "train"]["label_bin"].value_counts()
+    assert n["defective"] == round(n["functional"] / 20)
+    for role in ("tune", "test"):
+        assert harsh[harsh.role == role].sort_index().equals(df[df.role == role])
+
+
+@pytest.mark.parametrize("remedy", ["plain", "under-sampling"])
+def test_remedy_frame_trains_on_train_cells_only_and_keeps_the_test_cells_whole(remedy):
+    df = imbalanced_frame(elpv_roles(), 1 / 20, seed=0)
+    out = remedy_frame(df, remedy, 0.5, seed=0)
+    assert "tune" not in set(out.role)                       # nothing chosen here: the tune cells stay unseen
+    assert out[out.is_valid].sort_index().equals(df[df.role == "test"])
+    train = out[~out.is_valid]
+    assert (train.role == "train").all()
+    n = train["label_bin"].value_counts()
+    if remedy == "under-sampling":
+        assert n["defective"] == n["functional"]
+    else:
+        assert abs(n.sum() - 0.5 * (df.role == "train").sum()) < 10
+    with pytest.raises(ValueError, match="elpv_roles"):
+        remedy_frame(elpv_frame(), remedy)
 
 
 def test_imbalanced_indices_by_strata_keep_one_of_each():

@@ -47,19 +47,19 @@ class TransferCfg(_Section):
 @dataclass(frozen=True)
 class AugCfg(_Section):
     """Lesson 03: augmentation policies."""
-    fracs: tuple                 # the small and large training fractions of the policy comparison
-    epochs: tuple                # epochs at each of `fracs` (every policy gets the same steps)
+    fracs: tuple                 # the small and large fractions of the train cells in the policy comparison
+    epochs: tuple                # epochs at each of `fracs` (every policy the same steps; the two fractions about so)
     strengths: tuple             # augmentation strengths (x published magnitudes) swept
 
 
 @dataclass(frozen=True)
 class ImbCfg(_Section):
     """Lesson 04: imbalanced data."""
-    frac: float                  # share of the training split whose cached features the heads use
+    frac: float                  # share of the train cells whose cached features the heads use
     n_seeds: int                 # seeds of every head comparison
-    lrs: tuple                   # learning rates tried per remedy (chosen on held-out training data)
-    sizes: tuple                 # small and large shares of the harsh training set (over vs under)
-    net_frac: float              # share of the training split in the whole-network comparison
+    lrs: tuple                   # learning rates tried per remedy (chosen on the tune cells)
+    sizes: tuple                 # small and large shares of the harsh train cells (over vs under)
+    net_frac: float              # share of the train cells in the whole-network comparison
     net_steps: int               # optimizer steps of every whole-network run
 
 
@@ -207,7 +207,7 @@ PROFILES = {
         decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=48, lrs=(2e-3, 1e-2)),
-        aug=AugCfg(fracs=(0.1, 0.3), epochs=(5, 3), strengths=(0, 1, 2.5)),
+        aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
         imb=ImbCfg(frac=1.0, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
         ens=EnsCfg(n_members=3, valid_n=0),

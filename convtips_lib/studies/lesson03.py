@@ -1,5 +1,7 @@
 """Lesson 03's studies: augmentation policies x data size, a strength sweep, robustness to a simulated camera,
-crops that cut the defect away, and the speed of the augmentation pipeline."""
+crops that cut the defect away, and the speed of the augmentation pipeline. Every run trains on the train cells and
+predicts the tune cells after each epoch (`elpv_dls(..., tune=True)`): the lesson's choices (the best policy, the
+best strength, when to stop) read those, and the test cells only judge."""
 from __future__ import annotations
 
 import time
@@ -17,7 +19,7 @@ from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
-from ..core.train import Run, fit, make_learner, run_grid, valid_preds
+from ..core.train import Run, best_epoch, fit, make_learner, run_grid, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
 __all__ = ["train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain", "gain_change", "CAMERAS",
@@ -70,23 +72,27 @@ class StepTimer(Callback):
 
 def train_policy(cfg, policy: str, frac: float, strength: float = 1.0, seed: int | None = None,
                  epochs: int | None = None, arch: str | None = None) -> Run:
-    """Fine-tune the whole pretrained `arch` under one augmentation policy for `epochs` (default `policy_epochs`):
-    its `Run` (settings policy, strength, frac, seed, epochs; extra n_train, steps, the last losses, and the step
-    timings: step_s, wait_s per batch and data_share, the share of a step spent waiting for data)."""
+    """Fine-tune the whole pretrained `arch` under one augmentation policy for `epochs` (default `policy_epochs`) on
+    `frac` of the train cells, the tune cells predicted after every epoch: its `Run` (settings policy, strength,
+    frac, seed, epochs; extra n_train, steps, the last losses, `best_tune_epoch` (the epoch the tune cells would
+    stop at, `best_epoch`), and the step timings: step_s, wait_s per batch and data_share, the share of a step
+    spent waiting for data)."""
     arch = arch or cfg.arch
     seed = cfg.seed if seed is None else seed
     epochs = policy_epochs(cfg, frac) if epochs is None else epochs
     t = time.perf_counter()
-    dls = elpv_dls(cfg, frac=frac, seed=seed, tfms=policy_tfms(policy, cfg.img_size, strength))
+    dls = elpv_dls(cfg, frac=frac, seed=seed, tfms=policy_tfms(policy, cfg.img_size, strength), tune=True)
     timer = StepTimer()
     learn = make_learner(dls, arch, weights="imagenet", depth="none", cbs=[timer], seed=seed)
     last = fit(learn, epochs, cfg.lr).iloc[-1]
     wait = float(np.median(timer.wait_s)) if timer.wait_s else float("nan")
-    return Run.of(learn, dict(policy=policy, strength=strength, frac=frac, seed=seed, epochs=epochs),
-                  time.perf_counter() - t, n_train=len(dls.train_ds), steps=epochs * len(dls.train),
-                  train_loss=last["train_loss"], valid_loss=last["valid_loss"],
-                  data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
-                  step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
+    run = Run.of(learn, dict(policy=policy, strength=strength, frac=frac, seed=seed, epochs=epochs),
+                 time.perf_counter() - t, n_train=len(dls.train_ds), steps=epochs * len(dls.train),
+                 train_loss=last["train_loss"], valid_loss=last["valid_loss"],
+                 data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
+                 step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
+    run.extra["best_tune_epoch"] = best_epoch(run)
+    return run
 
 
 COMPARED = ("none", "flips", "flips+crop+rotation", "everything")   # the policies of the main comparison
@@ -108,7 +114,8 @@ def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
 def strength_sweep(cfg, runs: pd.DataFrame, policy: str = "everything", strengths=None,
                    frac: float | None = None) -> pd.DataFrame:
     """`policy` at each of `cfg.aug.strengths` (x its published magnitudes) at the small fraction, reusing the runs
-    already in `runs` (strength 0 = its 'none' run, strength 1 = its `policy` run)."""
+    already in `runs` (strength 0 = its 'none' run, strength 1 = its `policy` run); each row has the tune cells'
+    `tune_<metric>`, so `best_on_tune(sweep)` chooses a strength without the test cells."""
     frac = min(cfg.aug.fracs) if frac is None else frac
     at = runs[runs["frac"] == frac]
     rows = []
@@ -232,7 +239,7 @@ def item_policy(img_size: int) -> TorchAug:
 def _pipeline_dls(cfg, setting: str, seed: int):
     where, workers = PIPELINES[setting]
     cfg = cfg.with_(num_workers=workers)
-    kw = dict(frac=max(cfg.aug.fracs), seed=seed)   # the images the policy runs trained on, already decoded
+    kw = dict(frac=max(cfg.aug.fracs), seed=seed, tune=True)   # the images the policy runs trained on, decoded
     if where == "item":
         return elpv_dls(cfg, item_tfms=[item_policy(cfg.img_size)], **kw)
     tfms = policy_tfms("flips+crop+rotation+lighting", cfg.img_size) if where == "batch" else None

@@ -1,5 +1,7 @@
-"""Lesson 04's studies: every remedy on heads over cached features (learning rate tuned per remedy on rows held
-out of training) and on the whole network, and the baselines that show how accuracy misleads."""
+"""Lesson 04's studies: every remedy on heads over cached features (learning rate, and threshold moving's
+threshold, chosen per remedy on the tune cells) and on the whole network, and the baselines that show how accuracy
+misleads. Nothing here chooses on the test cells: a choice reads `dls.tune` (`Features.x_tune`), never
+`dls.valid`."""
 from __future__ import annotations
 
 import time
@@ -13,7 +15,7 @@ from torch import nn
 from ..core.compat import renamed_kwargs
 from ..core.data import elpv_dls, subsample
 from ..core.measure import classification_metrics, evaluate, metric_value
-from ..core.train import Run, fit, make_learner, select_lr, valid_probs
+from ..core.train import METRICS, NoTuneCells, Run, best_on_tune, fit, make_learner, select_lr, valid_probs
 from ..topics.features import Features, fit_head
 from ..topics.imbalance import (
     FocalLoss,
@@ -30,7 +32,8 @@ from ..topics.imbalance import (
 )
 
 __all__ = ["PAPER_AUC", "HARSH_RATIO", "REMEDIES", "HEAD_REMEDIES", "NET_REMEDIES", "with_labels", "subset_train",
-           "shrink_train", "head_remedy", "tune_lr", "head_grid", "train_remedy", "always_predict"]
+           "shrink_train", "head_remedy", "tune_decision", "tune_score", "tune_lr", "head_grid", "best_remedy",
+           "remedy_frame", "train_remedy", "always_predict"]
 
 
 PAPER_AUC = 0.9442    # ROC AUC of the ELPV paper's CNN (Deitsch et al. 2019), for comparison
@@ -45,7 +48,7 @@ REMEDIES = {   # name -> what it changes
     "over-sampling": "sampler: items drawn with replacement, every class equally often (fastai WeightedDL)",
     "under-sampling": "data: majority items dropped until the classes are equal (imbalanced-learn)",
     "minority augmentation": "transform: brightness, contrast and flips on the rare class only (lesson 03)",
-    "threshold moving": "decision: the plain model, minority threshold chosen on the training set",
+    "threshold moving": "decision: the plain model, minority threshold chosen on the tune cells",
     "focal loss": "loss: focal loss, gamma 2 (Lin et al. 2017; torchvision)",
     "logit adjustment": "loss: cross-entropy on logits + log prior (Menon et al. 2021)",
 }
@@ -74,22 +77,29 @@ def _loss_for(remedy: str, labels, vocab):
     return None
 
 
-def with_labels(feats: Features, y_train, y_valid, vocab) -> Features:
-    """The same cached features with other labels (e.g. the 4-class defect level instead of functional/defective)."""
-    return replace(feats, y_train=torch.tensor(np.array(y_train), dtype=torch.long),   # copies: pandas arrays are
-                   y_valid=torch.tensor(np.array(y_valid), dtype=torch.long),         # read-only views
-                   vocab=[str(v) for v in vocab])
+def _labels(y) -> torch.Tensor:
+    return torch.tensor(np.array(y), dtype=torch.long)   # a copy: pandas arrays are read-only views
+
+
+def with_labels(feats: Features, y_train, y_valid, vocab, y_tune=None) -> Features:
+    """The same cached features with other labels (e.g. the 4-class defect level instead of functional/defective);
+    features with tune cells need their labels too (`y_tune`)."""
+    if feats.x_tune is not None and y_tune is None:
+        raise ValueError("these features have tune cells: pass their labels too (y_tune=, e.g. from "
+                         "dls.tune.dataset.items), or the choices made on them would read the old labels")
+    return replace(feats, y_train=_labels(y_train), y_valid=_labels(y_valid), vocab=[str(v) for v in vocab],
+                   y_tune=feats.y_tune if y_tune is None else _labels(y_tune))
 
 
 def subset_train(feats: Features, keep) -> Features:
-    """Cached features with only the training rows at positions `keep` (validation unchanged)."""
+    """Cached features with only the training rows at positions `keep` (tune and test cells unchanged)."""
     keep = torch.as_tensor(np.asarray(keep), dtype=torch.long)
     return replace(feats, x_train=feats.x_train[keep], y_train=feats.y_train[keep])
 
 
 def shrink_train(feats: Features, share: float, seed: int = 0) -> Features:
     """Cached features with a stratified `share` of the training rows (every class keeps its proportion, at least
-    one item each), e.g. to compare remedies with little and with more data."""
+    one item each), e.g. to compare remedies with little and with more data; tune and test cells unchanged."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     if share == 1:
@@ -109,8 +119,10 @@ def rarest(labels) -> str:
 
 def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int = 0, bs: int = 64) -> Run:
     """A linear head on cached features trained with `remedy` (`HEAD_REMEDIES`), one-cycle: its `Run` (settings
-    remedy, seed; metrics `imbalance_metrics`; extra n_train, minority (the rarest training class) and, for
-    threshold moving, the threshold tuned on the training rows, which also decides y_pred)."""
+    remedy, seed; metrics `imbalance_metrics` on the test cells; the tune cells' probabilities when `feats` has
+    them; extra n_train, minority (the rarest training class) and, for threshold moving, the threshold, which also
+    decides y_pred, and `threshold_on`: the cells it was chosen on, 'tune', or 'train' for features without tune
+    cells (e.g. toy data), never the test cells)."""
     _known(remedy, HEAD_REMEDIES)
     t = time.perf_counter()
     names = np.array(feats.vocab)[feats.y_train.numpy()]
@@ -126,43 +138,102 @@ def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int 
     y_pred = probs.argmax(1)
     extra = {}
     if remedy == "threshold moving":
-        train_dl = learn.dls.valid.new(learn.dls.train.dataset, shuffle=False, drop_last=False)
-        extra["threshold"] = tune_threshold(feats.y_train.numpy(), evaluate(learn, train_dl).probs[:, minority], minority)
+        extra.update(_threshold(learn, feats, minority))
         y_pred = threshold_preds(probs, extra["threshold"], minority)
     y_true = run["y_true"]
+    hist = learn.history
     return Run(dict(remedy=remedy, seed=seed), run["history"], y_true, y_pred, probs,
                imbalance_metrics(y_true, probs, y_pred, minority), time.perf_counter() - t, learn,
-               list(learn.history.probs), dict(n_train=len(feats.y_train), minority=feats.vocab[minority], **extra))
+               list(hist.probs), dict(n_train=len(feats.y_train), minority=feats.vocab[minority], **extra),
+               hist.tune_y, list(hist.tune_probs))
 
 
-def holdout_split(feats: Features, share: float = 0.2, seed: int = 0) -> Features:
-    """The training features split in two, stratified by class: `1 - share` to train on, `share` as the validation
-    set, for choosing a learning rate without looking at the real validation set."""
-    from sklearn.model_selection import train_test_split
-    y = feats.y_train.numpy()
-    fit_idx, hold_idx = train_test_split(np.arange(len(y)), test_size=share, stratify=y, random_state=seed)
-    fit_idx, hold_idx = np.sort(fit_idx), np.sort(hold_idx)
-    return replace(feats, x_train=feats.x_train[fit_idx], y_train=feats.y_train[fit_idx],
-                   x_valid=feats.x_train[hold_idx], y_valid=feats.y_train[hold_idx])
+def _threshold(learn, feats: Features, minority: int) -> dict:
+    """Threshold moving's choice: the minority threshold with the best balanced accuracy on the tune cells' last
+    predictions; without tune cells, on the training rows (what the head was fit on: optimistic, never the test
+    cells)."""
+    hist = learn.history
+    if hist.tune_probs:
+        y, p, on = hist.tune_y, hist.tune_probs[-1], "tune"
+    else:
+        train_dl = learn.dls.valid.new(learn.dls.train.dataset, shuffle=False, drop_last=False)
+        y, p, on = feats.y_train.numpy(), evaluate(learn, train_dl).probs, "train"
+    return dict(threshold=tune_threshold(y, p[:, minority], minority), threshold_on=on)
+
+
+def tune_decision(run: Run) -> np.ndarray:
+    """(N_tune,) classes `run`'s own decision gives the tune cells after its last epoch: the argmax, or threshold
+    moving's threshold on the minority class."""
+    if not run.has_tune:
+        run.tune_metrics()   # raises NoTuneCells with the fix
+    probs = run.tune_epoch_probs[-1]
+    if "threshold" not in run.extra:
+        return probs.argmax(1)
+    if run.learn is None:
+        raise ValueError("a threshold-moving run without its Learner: its vocab names the minority column")
+    minority = [str(v) for v in run.learn.dls.vocab].index(run.extra["minority"])
+    return threshold_preds(probs, run.extra["threshold"], minority)
+
+
+def tune_score(run: Run, metric: str = "balanced_accuracy") -> float:
+    """`metric` of `run`'s decision (`tune_decision`) on the tune cells: what every choice of this lesson reads."""
+    return metric_value(run.tune_y, tune_decision(run), metric)
+
+
+def _tune_columns(run: Run) -> dict:
+    """The tune cells' `METRICS` of the run's own decision, as `tune_<metric>` columns (threshold moving's
+    thresholded predictions, not the argmax that `Run.row` would score)."""
+    if not run.has_tune:
+        return {}
+    y_pred = tune_decision(run)
+    return {f"tune_{k}": v for k, v in classification_metrics(run.tune_y, y_pred).items() if k in METRICS}
+
+
+def _lr_runs(feats: Features, remedy: str, lrs, epochs: int, seed: int, bs: int) -> tuple:
+    """(chosen lr, its Run or None): each rate of `lrs` trained on the training rows and scored on the tune cells
+    (`select_lr` by `tune_score`); with one rate nothing is trained or chosen."""
+    lrs = [float(lr) for lr in ([lrs] if isinstance(lrs, (int, float)) else lrs)]
+    if len(lrs) > 1 and feats.x_tune is None:
+        raise NoTuneCells("choosing a learning rate needs tune cells: build the features from "
+                          "elpv_dls(..., tune=True), so the choice never reads the test cells")
+    runs = {}
+
+    def score(lr):
+        runs[lr] = head_remedy(feats, remedy, epochs, lr, seed, bs)
+        return tune_score(runs[lr])
+    lr, _ = select_lr(score, lrs)
+    return lr, runs.get(lr)
 
 
 def tune_lr(feats: Features, remedy: str, lrs, epochs: int, seed: int = 0, bs: int = 64) -> float:
-    """The learning rate of `lrs` with the best balanced accuracy of `remedy` on a held-out fifth of the training
-    features (`holdout_split`); the only one when `lrs` has one."""
-    lrs = list(lrs)
-    inner = holdout_split(feats, 0.2, seed) if len(lrs) > 1 else None
-    return select_lr(lambda lr: head_remedy(inner, remedy, epochs, lr, seed, bs).metrics["balanced_accuracy"], lrs)[0]
+    """The learning rate of `lrs` whose head (`remedy`, trained on the training rows) has the best balanced accuracy
+    on the tune cells (`tune_score`: for threshold moving, after its threshold); the only one when `lrs` has one.
+    Raises `NoTuneCells` when there is a choice to make and `feats` has no tune cells."""
+    return _lr_runs(feats, remedy, lrs, epochs, seed, bs)[0]
 
 
 def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int = 10, lrs=(1e-2,), bs: int = 64,
               **labels) -> pd.DataFrame:
-    """`head_remedy` for every remedy and seed, each remedy at its own learning rate (`tune_lr` over `lrs`);
+    """`head_remedy` for every remedy and seed, each remedy at its own learning rate (`tune_lr` over `lrs`, on the
+    first seed, whose run at that rate is reused); the `tune_<metric>` columns score each remedy's own decision;
     extra keyword columns (e.g. scenario='harsh') label the rows."""
     rows = []
     for r in remedies:
-        lr = tune_lr(feats, r, lrs, epochs, seeds[0], bs)
-        rows += [dict(head_remedy(feats, r, epochs, lr, s, bs).row(probs=True), lr=lr) for s in seeds]
+        lr, first = _lr_runs(feats, r, lrs, epochs, seeds[0], bs)
+        for s in seeds:
+            run = first if s == seeds[0] and first is not None else head_remedy(feats, r, epochs, lr, s, bs)
+            rows.append(dict(run.row(probs=True), **_tune_columns(run), lr=lr))
     return pd.DataFrame(rows).assign(**labels)
+
+
+def best_remedy(runs: pd.DataFrame, exclude=("plain",), metric: str = "balanced_accuracy") -> str:
+    """The remedy of `runs` (`head_grid` rows, one scenario) whose mean `tune_<metric>` over seeds is highest,
+    `exclude`d remedies left out: chosen on the tune cells, never on the test columns. (Threshold moving's tune
+    score is a little optimistic: its threshold was fit on the same tune cells.)"""
+    ok = runs[~runs["remedy"].isin(exclude)]
+    cols = [c for c in ok.columns if c.startswith("tune_")]   # none: best_on_tune raises NoTuneCells
+    mean = ok.groupby("remedy", sort=False)[cols].mean().reset_index()
+    return str(best_on_tune(mean, metric=metric)["remedy"].iloc[0])
 
 
 def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
@@ -170,23 +241,33 @@ def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
     return max(1, int(round(steps / max(1, batches_per_epoch))))
 
 
+def remedy_frame(df: pd.DataFrame, remedy: str, frac: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """The rows a whole-network remedy trains and is judged on: `frac` of `df`'s train cells (stratified; `df` an
+    `elpv_roles` table, e.g. through `imbalanced_frame`), under-sampled for 'under-sampling', and the test cells
+    whole (`is_valid`). The tune cells are left out: nothing in this comparison is chosen, so nothing reads them,
+    and no model trains on them."""
+    if "role" not in df:
+        raise ValueError("remedy_frame needs the cells' roles: pass elpv_roles() (or imbalanced_frame of it)")
+    rest = subsample(df[df["role"] != "tune"], frac, seed)   # is_valid marks the test cells: kept whole
+    train = rest[rest["role"] == "train"]
+    if remedy == "under-sampling":
+        train = train.iloc[undersample_indices(train["label_bin"], 1.0, seed)]
+    return pd.concat([train, rest[rest["role"] == "test"]])
+
+
 def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1.0, lr: float | None = None,
                  seed: int | None = None, aug_tfms=None, arch: str | None = None,
                  minority: str = "defective") -> Run:
-    """Fine-tune the whole pretrained `arch` on the binary task of `frac` of `df`'s training rows (stratified) with
-    `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps: its `Run` (settings remedy, seed; metrics
-    `imbalance_metrics`; extra n_train, epochs, steps). `aug_tfms`: batch transforms of 'minority augmentation'."""
+    """Fine-tune the whole pretrained `arch` on the binary task of `frac` of `df`'s train cells (`remedy_frame`)
+    with `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps, at the same `lr` (default the profile's) for
+    every remedy, so nothing is chosen: its `Run` (settings remedy, seed; metrics `imbalance_metrics` on the test
+    cells; extra n_train, epochs, steps). `aug_tfms`: batch transforms of 'minority augmentation'."""
     arch = arch or cfg.arch
     _known(remedy, NET_REMEDIES)
     t, seed = time.perf_counter(), cfg.seed if seed is None else seed
     lr = cfg.lr if lr is None else lr
-    df = subsample(df, frac, seed)
-    train = df[~df["is_valid"]]
-    if remedy == "under-sampling":
-        keep = train.iloc[undersample_indices(train["label_bin"], 1.0, seed)]
-        df = pd.concat([keep, df[df["is_valid"]]])
-        train = keep
-    names = train["label_bin"].astype(str).to_numpy()
+    df = remedy_frame(df, remedy, frac, seed)
+    names = df[~df["is_valid"]]["label_bin"].astype(str).to_numpy()
     weights = oversample_weights(names) if remedy == "over-sampling" else None
     dls = elpv_dls(cfg, frac=1.0, seed=seed, df=df, sampling_weights=weights)
     vocab = [str(v) for v in dls.vocab]

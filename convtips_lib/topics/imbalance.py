@@ -98,10 +98,12 @@ def imbalanced_indices(labels, ratio: float, minority: str, seed: int = 0, strat
 def imbalanced_frame(df: pd.DataFrame, ratio: float, minority: str = "defective", col: str = "label_bin",
                      seed: int = 0) -> pd.DataFrame:
     """`df` (e.g. `elpv_frame()`) with its training rows made imbalanced (`imbalanced_indices`, the minority drawn
-    across defect levels); validation rows unchanged."""
-    train = df[~df["is_valid"]]
+    across defect levels); validation rows unchanged. With the cells' roles (`elpv_roles()`) only the 'train' cells
+    are made imbalanced: the tune cells that choices are made on and the test cells that judge stay as they are."""
+    is_train = df["role"] == "train" if "role" in df else ~df["is_valid"]
+    train = df[is_train]
     keep = train.iloc[imbalanced_indices(train[col], ratio, minority, seed, strata=train["label_4"])]
-    return pd.concat([keep, df[df["is_valid"]]])
+    return pd.concat([keep, df[~is_train]])
 
 
 def undersample_indices(labels, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -196,7 +198,7 @@ class MinorityAugment(Callback):
 # ------------------------------------------------------------------ thresholds and metrics
 def tune_threshold(y_true, p_minority, minority: int = 1) -> float:
     """The probability threshold for `minority` with the highest balanced accuracy ((TPR + TNR) / 2, from
-    scikit-learn's roc_curve) on these predictions; choose it on training, never on validation, data."""
+    scikit-learn's roc_curve) on these predictions; choose it on the tune cells, never on the test cells."""
     y = np.asarray(y_true) == minority
     if y.all() or not y.any():
         raise ValueError("tune_threshold needs both the minority class and others among y_true")
