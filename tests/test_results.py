@@ -271,6 +271,8 @@ def test_the_closing_cell_groups_claims_by_verdict_and_says_what_would_settle_th
     assert text.index("**Held** (1)") < text.index("**Not decided by this run** (2)")
     assert "- up: +0.050 m, 95 % CI [+0.020, +0.080]: supported. Because of X." in text and "Not X." not in text
     assert "About 9x this run's predictions would settle" in text and "no affordable run" in text
+    res.claim("unbounded", Estimate(0.1, float("nan"), float("nan"), "m", "paired bootstrap"))
+    assert "- unbounded: " in res.showed() and "Its interval is not finite" in res.showed()
     with pytest.raises(ValueError, match="did not record"):
         res.showed(why={"nope": {}})
     smoke = Results("00_test", profile("smoke"))

@@ -161,7 +161,9 @@ def showed(claims: list, why: dict | None = None, profile: str = "") -> str:
             text = f"- {c['claim']}: {describe(c)}."
             if verdict == "inconclusive":
                 k = settle_factor(c)
-                text += (f" About {k:.0f}x this run's predictions would settle an effect this size." if k and k < 1e3
+                text += (" Its interval is not finite: this run measured too little to bound it."
+                         if c.get("half_width") is None else
+                         f" About {k:.0f}x this run's predictions would settle an effect this size." if k and k < 1e3
                          else " The effect sits at the claim's threshold: no affordable run would settle it.")
             reason = why.get(c["claim"], {}).get(verdict)   # the lesson's sentence for this verdict, if any
             if reason:
