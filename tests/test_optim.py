@@ -13,15 +13,17 @@ from convtips_lib.studies.lesson05 import (best_lrs, epoch_preds, loss_curves, l
                                           sensitivity_gap, small_net, train_optimizer)
 
 
+def _draw(g, n):
+    """n 8 x 8 'images' of two separable classes (mean brightness tells them apart), from generator `g`."""
+    y = torch.arange(n) % 2
+    return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
+
+
 @pytest.fixture(scope="module")
 def dls():
-    """Two separable classes of 8 x 8 'images' (mean brightness tells them apart)."""
+    """Two separable classes of 8 x 8 'images': 96 to train on, 40 to judge."""
     g = torch.Generator().manual_seed(0)
-
-    def draw(n):
-        y = torch.arange(n) % 2
-        return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
-    (xt, yt), (xv, yv) = draw(96), draw(40)
+    (xt, yt), (xv, yv) = _draw(g, 96), _draw(g, 40)
     return tensor_dls(xt, yt, xv, yv, ["a", "b"], bs=16)
 
 
@@ -29,11 +31,7 @@ def dls():
 def tune_dls():
     """The same kind of data with 30 tune cells beside the 40 test cells (`dls.tune`)."""
     g = torch.Generator().manual_seed(1)
-
-    def draw(n):
-        y = torch.arange(n) % 2
-        return torch.randn(n, 3, 8, 8, generator=g) * 0.5 + y[:, None, None, None] * 1.0, y
-    (xt, yt), (xv, yv), tune = draw(96), draw(40), draw(30)
+    (xt, yt), (xv, yv), tune = _draw(g, 96), _draw(g, 40), _draw(g, 30)
     return tensor_dls(xt, yt, xv, yv, ["a", "b"], bs=16, tune=tune)
 
 
