@@ -276,7 +276,8 @@ def test_tensor_dls_drops_the_last_partial_train_batch_unless_it_is_the_only_one
     import torch
     x, y = torch.randn(10, 3), torch.arange(10) % 2
     dls = tensor_dls(x, y, x[:5], y[:5], ["a", "b"], bs=4)
-    assert [len(b[1]) for b in dls.train] == [4, 4] and [len(b[1]) for b in dls.valid] == [4, 1]
+    assert [len(b[1]) for b in dls.train] == [4, 4] and [len(b[1]) for b in dls.valid] == [5]   # valid: 4 x bs
+    assert [len(b[1]) for b in tensor_dls(x, y, x, y, ["a", "b"], bs=4, val_bs=3).valid] == [3, 3, 3, 1]
     assert dls.c == 2 and list(dls.vocab) == ["a", "b"]
     one = tensor_dls(x[:3], y[:3], x[:3], y[:3], ["a", "b"], bs=4)
     assert [len(b[1]) for b in one.train] == [3]

@@ -212,7 +212,7 @@ def test_heads_train_through_a_fastai_learner():
 def test_features_dls_batches_like_an_image_loader():
     dls = features_dls(_blobs(), bs=16)
     assert dls.c == 2 and list(dls.vocab) == ["a", "b"]
-    assert len(dls.train) == 100 // 16 and len(dls.valid) == -(-100 // 16)   # drop-last train, full valid
+    assert len(dls.train) == 100 // 16 and len(dls.valid) == -(-100 // 64)   # drop-last train; full valid, 4 x bs
 
 
 def test_cached_features_deprecated_names_still_work(model, dls, tmp_path):

@@ -378,3 +378,59 @@ def test_imbalanced_indices_by_strata_keep_one_of_each():
     keep = imbalanced_indices(labels, 1 / 20, "d", seed=0, strata=strata)
     kept = pd.Series(strata[keep]).value_counts()
     assert kept["0"] == 400 and kept["2/3"] >= 1 and kept["1/3"] == 15 and kept["1"] == 4
+
+
+# ------------------------------------------------------------------ cross-validated heads (all 2,624 cells judged)
+@pytest.fixture(scope="module")
+def cell_feats():
+    """Features of every ELPV cell that carry its label (and noise), in elpv_frame's order."""
+    from convtips_lib.core.data import cell_labels
+    paths = [str(p) for p in elpv_frame()["path"]]
+    y, _ = cell_labels(paths, "binary")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(len(paths), 8, generator=g)
+    x[:, 0] += 3.0 * y.float()
+    return x, paths
+
+
+def test_cross_validated_heads_judge_every_cell_once_with_choices_inside_each_fold(cell_feats):
+    from convtips_lib.core.data import elpv_folds
+    from convtips_lib.studies.lesson04 import cv_head_grid, fold_scenario
+    x, paths = cell_feats
+    folds = elpv_folds(2)
+    rows = cv_head_grid(x, paths, folds, "binary, harsh", ("plain", "threshold moving"), seeds=(0,), epochs=2,
+                        lrs=(1e-3, 3e-2), bs=64)
+    assert len(rows) == 2 and set(rows["scenario"]) == {"binary, harsh"}
+    test_paths = np.concatenate([f.loc[f.role == "test", "path"].to_numpy() for f in folds])
+    assert sorted(test_paths) == sorted(paths)            # every cell judged once
+    yb = (elpv_frame().set_index("path").loc[test_paths, "label_bin"] == "functional").astype(int).to_numpy()
+    for _, r in rows.iterrows():
+        assert len(r["y_pred"]) == len(paths) and np.array_equal(r["y_true"], yb)   # in fold order
+        assert len(r["lrs_by_fold"]) == 2 and "tune_balanced_accuracy" in r
+        assert r["minority"] == "defective" and 0 <= r["minority_recall"] <= 1
+    ba = rows.set_index("remedy")["balanced_accuracy"]
+    assert ba["threshold moving"] > max(0.8, ba["plain"])   # the signal is learned; the plain head leans
+    harsh = fold_scenario(x, paths, folds[0], "binary, harsh")
+    n = np.bincount(harsh.y_train.numpy())
+    assert abs(n[0] / n[1] - 1 / 20) < 0.01                  # the harsh ratio, on the fold's train cells only
+    assert len(harsh.y_tune) == (folds[0].role == "tune").sum() and len(harsh.y_valid) == folds[0].is_valid.sum()
+    four = fold_scenario(x, paths, folds[0], "4-class, natural")
+    assert four.vocab == ["0", "1/3", "2/3", "1"] and int(four.y_train.max()) == 3
+    with pytest.raises(ValueError, match="choose one of"):
+        fold_scenario(x, paths, folds[0], "binary, mild")
+
+
+def test_the_fold_choice_reads_only_that_fold_s_tune_cells(cell_feats):
+    """Scramble the features of a fold's test cells: the learning rate chosen in that fold must not move, while
+    the judged score does (the scramble reached the cells that judge)."""
+    from convtips_lib.core.data import elpv_folds
+    from convtips_lib.studies.lesson04 import cv_head_grid
+    x, paths = cell_feats
+    fold = elpv_folds(2)[:1]
+    test = np.flatnonzero(np.isin(paths, fold[0].loc[fold[0].role == "test", "path"]))
+    scrambled = x.clone()
+    scrambled[test] = torch.randn(len(test), x.shape[1], generator=torch.Generator().manual_seed(1))
+    args = dict(remedies=("plain",), seeds=(0,), epochs=2, lrs=(1e-4, 1e-3, 3e-2), bs=64)
+    clean, dirty = (cv_head_grid(v, paths, fold, "binary, natural", **args) for v in (x, scrambled))
+    assert clean["lrs_by_fold"].iloc[0] == dirty["lrs_by_fold"].iloc[0]
+    assert clean["balanced_accuracy"].iloc[0] > dirty["balanced_accuracy"].iloc[0] + 0.1

@@ -139,3 +139,17 @@ def test_cross_validation_pools_each_fold_s_test_cells_with_choices_inside_the_f
     assert set(run.history["fold"]) == {0, 1, 2} and len(run.epoch_probs) == 1
     with pytest.raises(ValueError, match="at least one"):
         pool_folds([])
+
+
+def test_best_on_tune_scores_a_candidate_by_its_mean_over_seeds():
+    """The single best run belongs to rate 1e-2, whose seeds average lower: the mean picks 1e-3; a diverged seed
+    leaves its candidate to the seeds that finished; the test column never moves the choice."""
+    rows = pd.DataFrame(dict(regime=["a"] * 4 + ["b"] * 2, lr=[1e-3, 1e-3, 1e-2, 1e-2, 1e-3, 1e-2],
+                             seed=[0, 1, 0, 1, 0, 0], tune_balanced_accuracy=[0.80, 0.80, 0.90, 0.60, 0.5, 0.7],
+                             balanced_accuracy=[0.0, 0.0, 1.0, 1.0, 1.0, 0.0], finite=[True] * 6))
+    best = best_on_tune(rows, by="regime", candidates=["regime", "lr"])
+    assert dict(zip(best["regime"], best["lr"])) == {"a": 1e-3, "b": 1e-2}
+    assert best_on_tune(rows, by="regime")["lr"].tolist() == [1e-2, 1e-2]          # per run: the lucky seed
+    assert best_on_tune(rows, candidates="regime")["regime"].item() == "a"          # 0.775 vs 0.6
+    rows.loc[3, ["tune_balanced_accuracy", "finite"]] = [float("nan"), False]
+    assert best_on_tune(rows, by="regime", candidates=["regime", "lr"]).iloc[0]["lr"] == 1e-2   # 0.90 alone

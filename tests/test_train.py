@@ -220,3 +220,28 @@ def test_evaluate_gives_probabilities_whatever_the_loss():
     fit(learn, 1, 1e-2)
     ev = evaluate(learn)
     assert np.allclose(ev.probs.sum(1), 1, atol=1e-5) and np.allclose(ev.probs, learn.history.probs[-1], atol=1e-6)
+
+
+def test_validate_last_predicts_once_and_trains_the_same():
+    """validate='last': every epoch trains as before (same weights), only the last is predicted; the tune cells too."""
+    from convtips_lib.core.data import tensor_dls
+    from convtips_lib.core.train import Run
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    runs = {}
+    for v in ("every", "last"):
+        dls = tensor_dls(x[:28], y[:28], x[28:40], y[28:40], ["a", "b"], bs=8, tune=(x[40:], y[40:]))
+        torch.manual_seed(0)   # the same initial weights
+        learn = learner(dls, torch.nn.Linear(4, 2), seed=0)
+        hist = fit(learn, 3, 1e-2, validate=v)
+        runs[v] = (Run.of(learn, {}, 0.0), hist, learn)
+    (every, h_every, l_every), (last, h_last, l_last) = runs["every"], runs["last"]
+    assert len(h_last) == 3 and h_last["train_loss"].notna().all() and h_last["valid_loss"].isna().tolist() == [
+        True, True, False]
+    assert np.allclose(h_every["train_loss"], h_last["train_loss"])
+    assert len(every.epoch_probs) == 3 and len(last.epoch_probs) == 1 and len(last.tune_epoch_probs) == 1
+    assert np.allclose(every.probs, last.probs) and np.allclose(every.tune_epoch_probs[-1], last.tune_epoch_probs[0])
+    assert every.metrics == last.metrics
+    with pytest.raises(ValueError, match="every, last"):
+        fit(l_last, 1, 1e-2, validate="never")

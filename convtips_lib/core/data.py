@@ -20,7 +20,7 @@ from .env import seed_everything
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
            "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "CV_FOLDS", "elpv_folds",
-           "split_cells", "fold_tensor_dls", "preload_cells", "INTERPOLATIONS",
+           "split_cells", "cell_labels", "fold_tensor_dls", "preload_cells", "INTERPOLATIONS",
            "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
@@ -313,6 +313,22 @@ def split_cells(x, y, paths, roles: pd.DataFrame) -> dict:
     return out
 
 
+def cell_labels(paths, task: str = "binary") -> tuple:
+    """(y (N,) int64 tensor, vocab) of the ELPV cells named by `paths` for `task` ('binary': fastai's sorted vocab,
+    '4class': `DEFECT_LEVELS`): another task's labels for cells already preloaded or cached in `paths`' order."""
+    import torch
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    df = elpv_frame().set_index("path")
+    names = df[TASKS[task]].astype(str)
+    vocab = list(DEFECT_LEVELS) if task == "4class" else sorted(names.unique())
+    missing = [p for p in map(str, paths) if p not in names.index]
+    if missing:
+        raise ValueError(f"{len(missing)} paths are not ELPV cells, e.g. {missing[0]}")
+    code = {v: i for i, v in enumerate(vocab)}
+    return torch.tensor([code[names[str(p)]] for p in paths], dtype=torch.long), vocab
+
+
 def fold_tensor_dls(x, y, paths, roles: pd.DataFrame, vocab, bs: int = 64, standardise: bool = True) -> DataLoaders:
     """`tensor_dls` for one role table over preloaded cells (see `split_cells`): train on its train cells, validate
     on its test cells, `dls.tune` its tune cells; images standardised per channel with the train cells' own mean
@@ -519,11 +535,13 @@ class TensorPairs:
 
 
 def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0,
-               sampling_weights: dict | None = None, tune: tuple | None = None) -> DataLoaders:
+               sampling_weights: dict | None = None, tune: tuple | None = None,
+               val_bs: int | None = None) -> DataLoaders:
     """fastai DataLoaders over tensors (e.g. cached features): shuffled train batches, the last partial one dropped
     as an image loader does (unless it is the only one); the validation set in order. `dls.vocab`, `dls.c` as for
     images. `sampling_weights` {class name: weight}: over-sampling, as in `elpv_dls`. `tune` (x, y): the cells to
-    choose on, as `dls.tune` (see `attach_tune`)."""
+    choose on, as `dls.tune` (see `attach_tune`). The validation and tune cells go in batches of `val_bs` (default
+    4 x bs): prediction keeps no gradients, and with small tensors fastai's per-batch overhead is most of the cost."""
     from fastai.callback.data import WeightedDL
     from fastai.data.load import DataLoader
     train_kw = dict(bs=bs, shuffle=True, drop_last=len(y_train) > bs, num_workers=num_workers)
@@ -532,10 +550,11 @@ def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_work
         train = DataLoader(pairs, **train_kw)
     else:
         train = WeightedDL(pairs, wgts=_item_weights([vocab[int(i)] for i in y_train], sampling_weights), **train_kw)
-    valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=bs, shuffle=False, num_workers=num_workers)
+    val_bs = val_bs or 4 * bs
+    valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=val_bs, shuffle=False, num_workers=num_workers)
     dls = DataLoaders(train, valid)
     if tune is not None:
-        dls.tune = DataLoader(TensorPairs(*tune, vocab), bs=bs, shuffle=False, num_workers=num_workers)
+        dls.tune = DataLoader(TensorPairs(*tune, vocab), bs=val_bs, shuffle=False, num_workers=num_workers)
     return dls
 
 

@@ -56,6 +56,8 @@ class AugCfg(_Section):
 class ImbCfg(_Section):
     """Lesson 04: imbalanced data."""
     frac: float                  # share of the train cells whose cached features the heads use
+    folds: int                   # k of the k-fold cross-validation that judges the binary heads' claims (2,624
+                                 # cells, each predicted once; choices on each fold's own tune cells)
     n_seeds: int                 # seeds of every head comparison
     lrs: tuple                   # learning rates tried per remedy (chosen on the tune cells)
     sizes: tuple                 # small and large shares of the harsh train cells (over vs under)
@@ -195,7 +197,7 @@ PROFILES = {
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
         transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,)),
         aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
-        imb=ImbCfg(frac=0.25, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
+        imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
         opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
         ens=EnsCfg(n_members=2, valid_n=96),
         prune=PruneCfg(img_size=32, widths=(8, 16, 32, 64), blocks=1, frac=0.25, epochs=2, lrs=(3e-3,), ft_div=3.0,
@@ -208,7 +210,7 @@ PROFILES = {
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=48, lrs=(2e-3, 1e-2)),
         aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
-        imb=ImbCfg(frac=1.0, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
+        imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
         ens=EnsCfg(n_members=3, valid_n=0),
         prune=PruneCfg(img_size=64, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=8, lrs=(1e-3, 3e-3),
@@ -221,7 +223,7 @@ PROFILES = {
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2)),
         aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
-        imb=ImbCfg(frac=1.0, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
+        imb=ImbCfg(frac=1.0, folds=5, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
         opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),
         ens=EnsCfg(n_members=5, valid_n=0),
         prune=PruneCfg(img_size=128, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=30, lrs=(3e-4, 1e-3, 3e-3),

@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (Callback, CrossEntropyLossFlat, Learner, LRFinder, Normalize, ProgressCallback,
-                               Recorder, accuracy, noop, skm_to_fastai)
+from fastai.vision.all import (Callback, CancelValidException, CrossEntropyLossFlat, Learner, LRFinder, Normalize,
+                               ProgressCallback, Recorder, accuracy, noop, skm_to_fastai)
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
@@ -23,7 +23,8 @@ from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "fit_gradual", "history", "Run", "run_grid",
-           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate"]
+           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate",
+           "ValidateLast", "VALIDATE"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
 
@@ -91,6 +92,11 @@ class History(Callback):
             return
         self.fitting = False
         names = [n for n in self.recorder.metric_names[1:] if n != "time"]
+        if getattr(self.recorder, "cancel_valid", False):   # `ValidateLast`: this epoch has its training loss only
+            row = {n: None for n in names} | dict(train_loss=float(self.recorder.log[1]))
+            self.rows.append(dict(epoch=len(self.rows) + 1, phase=self.phase, **row,
+                                  seconds=time.perf_counter() - self._t0))
+            return
         vals = self.recorder.log[1:len(names) + 1]
         row = {n: float(v) if v is not None else None for n, v in zip(names, vals)}
         row["seconds"] = time.perf_counter() - self._t0   # fastai's own epoch time is rounded to whole seconds
@@ -104,6 +110,20 @@ class History(Callback):
             self.tune_probs.append(probs)
             row = self.rows[-1]
             row.update({f"tune_{k}": v for k, v in _classification(self.tune_y, probs.argmax(1)).items()})
+
+
+class ValidateLast(Callback):
+    """Skip fastai's validation pass (and the tune cells) after every epoch but the last of a fit: for runs whose
+    per-epoch predictions nothing reads, where many short epochs (equal optimizer steps on little data) would
+    otherwise pay a pass over the test cells each. `History` then keeps predictions of the validated epochs only."""
+    order = Recorder.order - 1
+
+    def before_validate(self):
+        if self.epoch < self.n_epoch - 1:
+            raise CancelValidException()
+
+
+VALIDATE = ("every", "last")   # when `fit` predicts the test (and tune) cells: after every epoch, or the last only
 
 
 def set_norm(dls, stats) -> None:
@@ -156,15 +176,20 @@ FIT_SCHEDULES = ("one-cycle", "constant")   # of lesson 05's SCHEDULES, the two 
 
 
 def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1,
-        schedule: str = "one-cycle") -> pd.DataFrame:
+        schedule: str = "one-cycle", validate: str = "every") -> pd.DataFrame:
     """Train with one-cycle at peak `lr` (or a constant `lr`: `schedule`), or fastai's `fine_tune` (`freeze_epochs`
     of the head alone at `lr`, then the whole network at lr/100 for the first layers up to lr/2 for the last);
-    returns the whole history as a DataFrame."""
+    returns the whole history as a DataFrame. `validate` ('every' or 'last', `VALIDATE`): predict the test (and
+    tune) cells after every epoch, or only after the last of each fit (`ValidateLast`)."""
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
     if schedule not in FIT_SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(FIT_SCHEDULES)}")
-    run = learn.fit_one_cycle if schedule == "one-cycle" else learn.fit
+    if validate not in VALIDATE:
+        raise ValueError(f"unknown validate {validate!r}: choose one of {', '.join(VALIDATE)}")
+    one_cycle = learn.fit_one_cycle if schedule == "one-cycle" else learn.fit
+    cbs = [ValidateLast()] if validate == "last" else []
+    run = lambda n, lr: one_cycle(n, lr, cbs=cbs)  # noqa: E731
     hist = learn.history
     if fine_tune:
         hist.phase = "frozen"
@@ -268,13 +293,14 @@ def run_grid(train: Callable[..., Run], settings, seeds) -> list:
     return [train(**s, seed=seed) for s in settings for seed in seeds]
 
 
-def pool_folds(runs: list, settings: dict | None = None) -> Run:
+def pool_folds(runs: list, settings: dict | None = None, metrics: Callable | None = None) -> Run:
     """One `Run` from the k fold `Run`s of a cross-validation (`core.data.elpv_folds`): every fold's test
     predictions concatenated in fold order (each cell predicted once, by a model that never saw it; the same order
     for every experiment on the same folds), metrics over the pooled cells, seconds summed, the fold histories in
     one table (column `fold`), per-epoch probabilities pooled when every fold ran the same epochs. Choices stay
     inside the folds: `extra['folds']` keeps each fold's settings and tune metrics; the pooled run has no tune
-    cells of its own."""
+    cells of its own. `metrics(y_true, y_pred, probs) -> dict` scores the pooled cells (default `METRICS`), e.g.
+    a lesson's own metrics such as the recall of a rare class."""
     if not runs:
         raise ValueError("pool_folds needs at least one fold's Run")
     cat = lambda xs: np.concatenate([np.asarray(x) for x in xs])  # noqa: E731
@@ -286,7 +312,8 @@ def pool_folds(runs: list, settings: dict | None = None) -> Run:
     folds = [dict(fold=i, **r.settings, **({f"tune_{k}": v for k, v in r.tune_metrics().items()} if r.has_tune else {}))
              for i, r in enumerate(runs)]
     return Run(dict(settings if settings is not None else runs[0].settings), hist, y_true, y_pred, probs,
-               _classification(y_true, y_pred), float(sum(r.seconds for r in runs)), None, epoch_probs,
+               _classification(y_true, y_pred) if metrics is None else dict(metrics(y_true, y_pred, probs)),
+               float(sum(r.seconds for r in runs)), None, epoch_probs,
                dict(folds=folds, n_folds=len(runs)))
 
 
@@ -300,10 +327,12 @@ class NoTuneCells(ValueError):
     """A choice was asked of runs that have no tune cells: it would have to read the test cells."""
 
 
-def best_on_tune(runs: pd.DataFrame, by=None, metric: str = "balanced_accuracy") -> pd.DataFrame:
+def best_on_tune(runs: pd.DataFrame, by=None, metric: str = "balanced_accuracy", candidates=None) -> pd.DataFrame:
     """The row of `runs` (a table of `Run.row()`s) with the best `tune_<metric>`, one per group of `by` (a column
     or list of columns; None: one row overall), ties to the first. Reads only the tune cells' score: the test
-    columns never enter a choice. A run that diverged (`finite` False) never wins."""
+    columns never enter a choice. A run that diverged (`finite` False) never wins. `candidates` (columns, e.g.
+    ['regime', 'lr']): the rows sharing their values (seeds) are one candidate, scored by its mean tune score;
+    the result then holds those columns, `by` and that mean."""
     col = f"tune_{metric}"
     if col not in runs:
         raise NoTuneCells(f"the runs have no {col!r} column to choose on: build their DataLoaders with "
@@ -311,10 +340,14 @@ def best_on_tune(runs: pd.DataFrame, by=None, metric: str = "balanced_accuracy")
     ok = runs[runs["finite"].astype(bool)] if "finite" in runs else runs
     if ok.empty:
         raise ValueError("every run diverged (finite is False): there is nothing to choose")
+    groups = [] if by is None else [by] if isinstance(by, str) else list(by)
+    if candidates is not None:
+        keys = list(dict.fromkeys(groups + ([candidates] if isinstance(candidates, str) else list(candidates))))
+        ok = ok.groupby(keys, as_index=False, sort=False)[col].mean()
     score = ok[col].fillna(-np.inf)
-    if by is None:
+    if not groups:
         return ok.loc[[score.idxmax()]]
-    return ok.loc[score.groupby([ok[b] for b in ([by] if isinstance(by, str) else by)], sort=False).idxmax()]
+    return ok.loc[score.groupby([ok[b] for b in groups], sort=False).idxmax()]
 
 
 def best_epoch(run: Run, metric: str = "balanced_accuracy") -> int:

@@ -61,9 +61,7 @@ def lr_search(cfg, regimes, frac: float | None = None, seed: int | None = None, 
 def chosen_lrs(search: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:
     """{regime: lr} the rate of each regime whose runs scored best on the tune cells (mean over seeds): the test
     cells never enter the choice (`best_on_tune`)."""
-    col = f"tune_{metric}"
-    mean = search.groupby(["regime", "lr"], as_index=False, sort=False)[col].mean() if col in search else search
-    best = best_on_tune(mean, by="regime", metric=metric)
+    best = best_on_tune(search, by="regime", metric=metric, candidates=["regime", "lr"])
     return dict(zip(best["regime"], best["lr"].astype(float)))
 
 
@@ -99,9 +97,7 @@ def best_regime(rows: pd.DataFrame, candidates=None, metric: str = "balanced_acc
     rows = rows if candidates is None else rows[rows["regime"].isin(list(candidates))]
     if rows.empty:
         raise ValueError(f"no runs of the candidate regimes {list(candidates)} to choose from")
-    col = f"tune_{metric}"
-    mean = rows.groupby("regime", as_index=False, sort=False)[col].mean() if col in rows else rows
-    return str(best_on_tune(mean, metric=metric)["regime"].iloc[0])
+    return str(best_on_tune(rows, metric=metric, candidates="regime")["regime"].iloc[0])
 
 
 def best_regimes(grid: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:

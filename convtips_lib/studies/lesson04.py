@@ -13,10 +13,20 @@ import torch
 from torch import nn
 
 from ..core.compat import renamed_kwargs
-from ..core.data import elpv_dls, subsample
+from ..core.data import cell_labels, elpv_dls, subsample
 from ..core.measure import classification_metrics, evaluate, metric_value
-from ..core.train import METRICS, NoTuneCells, Run, best_on_tune, fit, make_learner, select_lr, valid_probs
-from ..topics.features import Features, fit_head
+from ..core.train import (
+    METRICS,
+    NoTuneCells,
+    Run,
+    best_on_tune,
+    fit,
+    make_learner,
+    pool_folds,
+    select_lr,
+    valid_probs,
+)
+from ..topics.features import Features, fit_head, fold_features
 from ..topics.imbalance import (
     FocalLoss,
     LogitAdjustedLoss,
@@ -25,6 +35,7 @@ from ..topics.imbalance import (
     class_counts,
     class_weights,
     imbalance_metrics,
+    imbalanced_indices,
     oversample_weights,
     threshold_preds,
     tune_threshold,
@@ -32,13 +43,17 @@ from ..topics.imbalance import (
 )
 
 __all__ = ["PAPER_AUC", "HARSH_RATIO", "REMEDIES", "HEAD_REMEDIES", "NET_REMEDIES", "with_labels", "subset_train",
-           "shrink_train", "head_remedy", "tune_decision", "tune_score", "tune_lr", "head_grid", "best_remedy",
+           "shrink_train", "head_remedy", "tune_decision", "tune_score", "tune_lr", "head_grid", "SCENARIOS", "fold_scenario", "cv_head_grid",
+           "SIZE_REMEDIES", "size_grid",
+           "best_remedy",
            "remedy_frame", "train_remedy", "always_predict"]
 
 
 PAPER_AUC = 0.9442    # ROC AUC of the ELPV paper's CNN (Deitsch et al. 2019), for comparison
 
 HARSH_RATIO = 1 / 20  # the constructed imbalance: 1 defective cell kept per 20 functional ones (the weapon example)
+
+SCENARIOS = ("binary, natural", "binary, harsh", "4-class, natural", "4-class, harsh")   # task x imbalance
 
 # ------------------------------------------------------------------ remedies
 REMEDIES = {   # name -> what it changes
@@ -212,18 +227,94 @@ def tune_lr(feats: Features, remedy: str, lrs, epochs: int, seed: int = 0, bs: i
     return _lr_runs(feats, remedy, lrs, epochs, seed, bs)[0]
 
 
+def _grid_runs(feats: Features, remedies, seeds, epochs: int, lrs, bs: int) -> list:
+    """[(Run, lr)] of `head_remedy` for every remedy (outer) and seed (inner), each remedy at its own learning rate
+    (`tune_lr` over `lrs`, on the first seed, whose run at that rate is reused)."""
+    out = []
+    for r in remedies:
+        lr, first = _lr_runs(feats, r, lrs, epochs, seeds[0], bs)
+        out += [(first if s == seeds[0] and first is not None else head_remedy(feats, r, epochs, lr, s, bs), lr)
+                for s in seeds]
+    return out
+
+
 def head_grid(feats: Features, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int = 10, lrs=(1e-2,), bs: int = 64,
               **labels) -> pd.DataFrame:
     """`head_remedy` for every remedy and seed, each remedy at its own learning rate (`tune_lr` over `lrs`, on the
     first seed, whose run at that rate is reused); the `tune_<metric>` columns score each remedy's own decision;
     extra keyword columns (e.g. scenario='harsh') label the rows."""
-    rows = []
-    for r in remedies:
-        lr, first = _lr_runs(feats, r, lrs, epochs, seeds[0], bs)
-        for s in seeds:
-            run = first if s == seeds[0] and first is not None else head_remedy(feats, r, epochs, lr, s, bs)
-            rows.append(dict(run.row(probs=True), **_tune_columns(run), lr=lr))
+    rows = [dict(run.row(probs=True), **_tune_columns(run), lr=lr)
+            for run, lr in _grid_runs(feats, remedies, seeds, epochs, lrs, bs)]
     return pd.DataFrame(rows).assign(**labels)
+
+
+def fold_scenario(x, paths, roles: pd.DataFrame, scenario: str, seed: int = 0, share: float = 1.0) -> Features:
+    """One role table's cached features (`fold_features` of `x` (N, D), one row per path of `paths`) under
+    `scenario` (`SCENARIOS`): the binary or 4-class labels; for 'harsh' the train cells cut to `HARSH_RATIO`
+    defective per functional cell (drawn per defect level); then a stratified `share` of the train cells
+    (`shrink_train`). The tune and test cells are unchanged."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
+    y, vocab = cell_labels(paths, "4class" if scenario.startswith("4-class") else "binary")
+    feats = fold_features(x, y, paths, roles, vocab)
+    if scenario.endswith("harsh"):
+        train = roles[roles["role"] == "train"]
+        feats = subset_train(feats, imbalanced_indices(train["label_bin"], HARSH_RATIO, "defective", seed,
+                                                       strata=train["label_4"]))
+    return shrink_train(feats, share, seed)
+
+
+def _pooled_row(runs: list, lrs: list, vocab: list) -> dict:
+    """One row from the fold `Run`s of one remedy and seed: `pool_folds`' predictions and `imbalance_metrics`
+    over every fold's test cells, the folds' mean tune scores, n_train and geometric-mean learning rate."""
+    k = vocab.index(runs[0].extra["minority"])
+    tune = pd.DataFrame([_tune_columns(r) for r in runs]).mean().to_dict()
+    pooled = pool_folds(runs, metrics=lambda yt, yp, pr: imbalance_metrics(yt, pr, yp, k))
+    row = pooled.row(probs=True)
+    del row["folds"]
+    return dict(row, **tune, lr=float(np.exp(np.mean(np.log(lrs)))), lrs_by_fold=tuple(lrs),
+                n_train=float(np.mean([r.extra["n_train"] for r in runs])), minority=vocab[k])
+
+
+def cv_head_grid(x, paths, folds: list, scenario: str, remedies=HEAD_REMEDIES, seeds=(0,), epochs: int = 10,
+                 lrs=(1e-2,), bs: int = 64, share: float = 1.0, **labels) -> pd.DataFrame:
+    """`head_grid` cross-validated over `folds` (role tables of `elpv_folds`) on features of every cell (`x`,
+    `paths`: `cell_features`): in each fold every remedy's learning rate (and threshold) is chosen on that fold's
+    tune cells and its heads train on that fold's train cells (`fold_scenario`). One row per remedy and seed whose
+    predictions are every fold's test cells in fold order (all cells, each predicted once, by a head that never saw
+    it: `pool_folds`), with `imbalance_metrics` over them, the folds' mean `tune_<metric>`, `n_train`, and `lr`
+    (geometric mean of the folds' chosen rates; `lrs_by_fold` each); columns `scenario` and `labels` added."""
+    per_fold, vocab = [], None
+    for roles in folds:
+        feats = fold_scenario(x, paths, roles, scenario, seeds[0], share)
+        vocab = feats.vocab
+        per_fold.append(_grid_runs(feats, remedies, seeds, epochs, lrs, bs))
+    rows = []
+    for one in zip(*per_fold):   # the same remedy and seed in every fold
+        runs, fold_lrs = (list(v) for v in zip(*one))
+        rows.append(_pooled_row(runs, fold_lrs, vocab))
+        for r in runs:
+            r.learn = None   # thousands of Learners would stay alive otherwise
+    return pd.DataFrame(rows).assign(scenario=scenario, **labels)
+
+
+SIZE_REMEDIES = ("over-sampling", "under-sampling")   # the two sides of "over-sample small data, under-sample large"
+
+
+def size_grid(x, paths, folds: list, sizes, seeds=(0,), epochs: int = 10, lrs=(1e-2,), frac: float = 1.0,
+              reuse: pd.DataFrame | None = None, bs: int = 64) -> pd.DataFrame:
+    """`SIZE_REMEDIES` cross-validated (`cv_head_grid`, 'binary, harsh') on each `share` of `sizes` of the harsh
+    train cells (of `frac` of them), column `share`. A share of 1 is read from `reuse` (rows of the harsh grid
+    trained with the same seeds, epochs, rates and `frac`) when given, not trained again."""
+    out = []
+    for share in sizes:
+        if share == 1 and reuse is not None:
+            rows = reuse[reuse["remedy"].isin(SIZE_REMEDIES)]
+        else:
+            rows = cv_head_grid(x, paths, folds, "binary, harsh", SIZE_REMEDIES, seeds, epochs, lrs, bs,
+                                share=frac * share)
+        out.append(rows.assign(share=share))
+    return pd.concat(out, ignore_index=True)
 
 
 def best_remedy(runs: pd.DataFrame, exclude=("plain",), metric: str = "balanced_accuracy") -> str:
@@ -231,9 +322,7 @@ def best_remedy(runs: pd.DataFrame, exclude=("plain",), metric: str = "balanced_
     `exclude`d remedies left out: chosen on the tune cells, never on the test columns. (Threshold moving's tune
     score is a little optimistic: its threshold was fit on the same tune cells.)"""
     ok = runs[~runs["remedy"].isin(exclude)]
-    cols = [c for c in ok.columns if c.startswith("tune_")]   # none: best_on_tune raises NoTuneCells
-    mean = ok.groupby("remedy", sort=False)[cols].mean().reset_index()
-    return str(best_on_tune(mean, metric=metric)["remedy"].iloc[0])
+    return str(best_on_tune(ok, metric=metric, candidates="remedy")["remedy"].iloc[0])
 
 
 def epochs_for_steps(steps: int, batches_per_epoch: int) -> int:
@@ -261,7 +350,7 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
     """Fine-tune the whole pretrained `arch` on the binary task of `frac` of `df`'s train cells (`remedy_frame`)
     with `remedy` (`NET_REMEDIES`) for about `steps` optimizer steps, at the same `lr` (default the profile's) for
     every remedy, so nothing is chosen: its `Run` (settings remedy, seed; metrics `imbalance_metrics` on the test
-    cells; extra n_train, epochs, steps). `aug_tfms`: batch transforms of 'minority augmentation'."""
+    cells after the last epoch, the only one predicted; extra n_train, epochs, steps). `aug_tfms`: batch transforms of 'minority augmentation'."""
     arch = arch or cfg.arch
     _known(remedy, NET_REMEDIES)
     t, seed = time.perf_counter(), cfg.seed if seed is None else seed
@@ -279,7 +368,7 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
     learn = make_learner(dls, arch, weights="imagenet", depth="none", seed=seed,
                          loss_func=_loss_for(remedy, names, vocab), cbs=cbs)
     epochs = epochs_for_steps(steps, len(dls.train))
-    fit(learn, epochs, lr)
+    fit(learn, epochs, lr, validate="last")   # under-sampling's many short epochs: the test cells predicted once
     probs = valid_probs(learn)
     y_true = np.asarray(learn.history.y_true)
     metrics = imbalance_metrics(y_true, probs, None, vocab.index(minority))
