@@ -10,7 +10,7 @@ import convtips_lib.studies.lesson03 as study
 import convtips_lib.topics.augment as aug
 from fastai.vision.all import TensorImage
 
-from convtips_lib.core.data import TUNE_N, elpv_dls, elpv_roles, subsample
+from convtips_lib.core.data import elpv_dls, elpv_roles, subsample
 from convtips_lib.core.train import best_epoch, best_on_tune
 from convtips_lib.core.measure import metric_value, metric_with_ci
 from convtips_lib.core.profiles import profile
@@ -269,16 +269,17 @@ def test_train_policy_row_and_timings(run, tiny):
     n_train = int((subsample(roles[roles.role != "tune"], 0.1, tiny.seed).role == "train").sum())   # train cells
     assert row["epochs"] == 2 == len(hist) and row["n_train"] == n_train
     assert row["steps"] == 2 * (n_train // tiny.bs)                 # drop-last batches
-    assert len(row["y_pred"]) == len(row["y_true"]) == 656
+    assert len(row["y_pred"]) == len(row["y_true"]) == (elpv_roles(tiny.valid_n, tiny.tune_n).role == "test").sum()
     assert len(row["step_s"]) == row["steps"] and (row["step_s"] > 0).all()
     assert len(row["wait_s"]) == row["steps"] - row["epochs"]     # the first batch of each epoch is left out
     assert 0 <= row["data_share"] <= 1
 
 
 @pytest.mark.slow
-def test_train_policy_predicts_the_tune_cells_for_every_choice(run):
+def test_train_policy_predicts_the_tune_cells_for_every_choice(run, tiny):
     row = run.row()
-    assert run.has_tune and len(run.tune_y) == TUNE_N and len(run.tune_epoch_probs) == row["epochs"]
+    n_tune = (elpv_roles(tiny.valid_n, tiny.tune_n).role == "tune").sum()
+    assert run.has_tune and len(run.tune_y) == n_tune and len(run.tune_epoch_probs) == row["epochs"]
     assert row["best_tune_epoch"] == best_epoch(run) and "tune_balanced_accuracy" in row
     assert not set(run.learn.dls.train_ds.items["path"]) & set(run.learn.dls.tune.dataset.items["path"])
 
@@ -287,7 +288,7 @@ def test_train_policy_predicts_the_tune_cells_for_every_choice(run):
 def test_camera_eval_and_crop_probe(run):
     row, learn = run.row(), run.learn
     cams = study.camera_eval(learn)
-    assert list(cams) == ["original", *study.CAMERAS] and all(len(p) == 656 for p in cams.values())
+    assert list(cams) == ["original", *study.CAMERAS] and all(len(p) == len(row["y_true"]) for p in cams.values())
     assert np.array_equal(cams["original"], row["y_pred"])
     probe = study.crop_probe(learn, scales=(0.2, 1.0), seed=0)
     assert list(probe["scale"]) == [0.2, 1.0] and (probe["cells"] == probe["cells"].iloc[0]).all()

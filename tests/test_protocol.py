@@ -19,8 +19,23 @@ def test_tune_dls_keep_the_three_roles_apart():
     roles = elpv_roles().assign(path=lambda d: d["path"].astype(str)).set_index("path")["role"]
     train, valid, tune = _paths(dls.train_ds.items), _paths(dls.valid_ds.items), _paths(dls.tune.dataset.items)
     assert {roles[p] for p in train} == {"train"} and {roles[p] for p in valid} == {"test"}
-    assert {roles[p] for p in tune} == {"tune"} and len(tune) == TUNE_N   # all tune cells, whatever the fraction
-    assert len(valid) == 656
+    n = elpv_roles(cfg.valid_n, cfg.tune_n)["role"].value_counts()
+    assert {roles[p] for p in tune} == {"tune"} and len(tune) == n["tune"]   # all of them, whatever the fraction
+    assert len(valid) == n["test"]
+
+
+def test_smoke_predicts_fewer_test_and_tune_cells_and_the_other_profiles_all():
+    """Smoke decides nothing, so its loaders judge on a stratified, seeded subset; cpu and gpu on every cell."""
+    full, small = elpv_roles(), elpv_roles(128, 64)
+    n = small["role"].value_counts()
+    assert abs(n["test"] - 128) <= 4 and abs(n["tune"] - 64) <= 4 and n["train"] == (full.role == "train").sum()
+    assert set(small["path"]) <= set(full["path"]) and small.equals(elpv_roles(128, 64))        # seeded
+    assert (small.set_index("path")["role"] == full.set_index("path")["role"].loc[small["path"]]).all()
+    for role in ("test", "tune"):
+        assert set(small[small.role == role]["label_4"]) == set(full["label_4"])                # stratified
+    assert (profile("smoke").valid_n, profile("smoke").tune_n) == (128, 64)
+    assert all((profile(p).valid_n, profile(p).tune_n) == (0, 0) for p in ("cpu", "gpu"))
+    assert len(elpv_dls(profile("cpu").with_(img_size=16), frac=0.02, tune=True).tune.dataset) == TUNE_N
 
 
 def test_tune_without_a_role_column_says_how_to_fix_it():
@@ -82,8 +97,9 @@ def test_the_best_epoch_follows_the_tune_cells_not_the_test_cells():
 
 
 def test_preloaded_dls_keep_the_tune_cells():
-    dls = preload_dls(elpv_dls(profile("smoke"), frac=0.02, img_size=16, tune=True))
-    assert len(dls.tune.dataset) == TUNE_N and dls.tune.dataset.x.shape[1:] == (3, 16, 16)
+    cfg = profile("smoke")
+    dls = preload_dls(elpv_dls(cfg, frac=0.02, img_size=16, tune=True))
+    assert len(dls.tune.dataset) == (elpv_roles(cfg.valid_n, cfg.tune_n).role == "tune").sum() and dls.tune.dataset.x.shape[1:] == (3, 16, 16)
     assert abs(float(dls.train.dataset.x.mean())) < 0.05   # standardised with the training images' statistics
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from convtips_lib.core.data import TUNE_N, elpv_dls, tensor_dls
+from convtips_lib.core.data import elpv_dls, elpv_roles, tensor_dls
 from convtips_lib.core.profiles import PROFILES, profile
 from convtips_lib.studies.lesson02 import (best_regime, best_regimes, chosen_lrs, fraction_masks, freeze_grid,
                                            freeze_rule, gap_change, linear_curve, lr_search, more_data_gain,
@@ -255,7 +255,7 @@ def test_fraction_masks_of_tune_loaders_are_the_grids_train_cells():
     big = elpv_dls(CFG, frac=0.08, seed=3, tune=True)
     masks = fraction_masks(big, (0.02, 0.08), seed=3)
     small = elpv_dls(CFG, frac=0.02, seed=3, tune=True)
-    assert masks[0.08].all() and len(big.tune.dataset) == TUNE_N
+    assert masks[0.08].all() and len(big.tune.dataset) == (elpv_roles(CFG.valid_n, CFG.tune_n).role == "tune").sum()
     assert set(big.train_ds.items["path"][masks[0.02]]) == set(small.train_ds.items["path"])
 
 

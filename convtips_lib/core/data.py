@@ -248,10 +248,23 @@ def elpv_frame() -> pd.DataFrame:
     return _elpv_frame_cached(str(_elpv_root())).copy()
 
 
-def elpv_roles() -> pd.DataFrame:
+def elpv_roles(valid_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
     """`elpv_frame` with a `role` column (`ROLES`): 'test' for the fixed 656 validation cells that judge claims,
     'tune' for `TUNE_N` training cells held out to make choices on (seeded, stratified by defect probability x
-    module type like the split itself, the same in every lesson, profile and seed), 'train' for the other 1,574."""
+    module type like the split itself, the same in every lesson, profile and seed), 'train' for the other 1,574.
+    `valid_n` / `tune_n` (0: all): only about that many of the test / tune cells (stratified, seeded, in their
+    order), where a profile that decides nothing saves time (`cfg.valid_n`, `cfg.tune_n`: smoke)."""
+    df = _all_roles()
+    for role, n in (("test", valid_n), ("tune", tune_n)):
+        rows = df[df["role"] == role]
+        if n and n < len(rows):
+            keep = rows.groupby(["label_4", "type"], observed=True, group_keys=False).sample(
+                frac=n / len(rows), random_state=SPLIT_SEED).index
+            df = df[(df["role"] != role) | df.index.isin(keep)]
+    return df
+
+
+def _all_roles() -> pd.DataFrame:
     df = elpv_frame()
     train = df[~df["is_valid"]]
     tune = np.zeros(len(train), dtype=bool)
@@ -404,7 +417,8 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
 
     `tune=True`: the three roles (`elpv_roles`): train on the 'train' cells only (`frac` of them), validate on the
     656 'test' cells that judge claims, and predict the 394 'tune' cells as `dls.tune`, the only cells a choice
-    (learning rate, epochs, threshold, member) may read."""
+    (learning rate, epochs, threshold, member) may read; without `df`, `cfg.valid_n` / `cfg.tune_n` of them where
+    the profile says so (smoke)."""
     col = _task_column(task)
     _check_size("bs", bs, "images per batch")
     _check_size("img_size", img_size, "side of the square input in px")
@@ -412,7 +426,7 @@ def elpv_dls(cfg, task: str = "binary", frac: float | None = None, seed: int | N
     seed_everything(seed)
     tune_rows = None
     if tune:
-        df, tune_rows = _split_roles(elpv_roles() if df is None else df)
+        df, tune_rows = _split_roles(elpv_roles(cfg.valid_n, cfg.tune_n) if df is None else df)
     df = subsample(elpv_frame() if df is None else df, cfg.train_frac if frac is None else frac, seed)
     img_size = img_size or cfg.img_size
     labels = df[col]   # an ordered column (label_4: 0, 1/3, 2/3, 1) keeps its order as the vocab

@@ -137,6 +137,9 @@ class Profile:
     n_seeds: int                 # repeats over seeds where a lesson measures spread
     latency_reps: int            # timed forward passes per latency figure
     head_epochs: int             # epochs of a shallow head trained on cached features
+    valid_n: int                 # test cells that loaders with tune cells judge on (0: all 656); fewer only where
+                                 # a profile decides nothing and saves time (smoke)
+    tune_n: int                  # tune cells they choose on (0: all 394)
     decides_claims: bool         # whether this profile is large enough to decide a lesson's claims
     seed: int                    # the first seed; `seeds(n)` counts on from it
     num_workers: int             # DataLoader worker processes
@@ -193,6 +196,7 @@ _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_e
 PROFILES = {
     "smoke": Profile(
         "smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25, n_seeds=1, latency_reps=2, head_epochs=3,
+        valid_n=128, tune_n=64,   # of the 656 test and 394 tune cells: smoke decides nothing, so it predicts fewer
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
         transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,)),
@@ -206,9 +210,10 @@ PROFILES = {
                    valid_n=64, tune_n=32, prune_ratio=0.3, prune_epochs=1)),
     "cpu": Profile(
         "cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5, n_seeds=1, latency_reps=5, head_epochs=5,
+        valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=48, lrs=(2e-3, 1e-2)),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=36, lrs=(2e-3, 1e-2)),   # 36 steps: in 12 min
         aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
@@ -219,6 +224,7 @@ PROFILES = {
                    valid_n=0, tune_n=0, prune_ratio=0.3, prune_epochs=2)),   # ablation at 72 px on 40 %: in 30 min
     "gpu": Profile(
         "gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0, n_seeds=3, latency_reps=20, head_epochs=20,
+        valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=4, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2)),

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.compat import renamed_kwargs
-from ..core.data import SPLIT_SEED, TASKS, elpv_dls, elpv_roles, subsample
+from ..core.data import TASKS, elpv_dls, elpv_roles, subsample
 from ..core.measure import Evaluation, bootstrap, classification_metrics, paired_bootstrap, proportion, stack_preds
 from ..core.train import METRICS, Run, learner
 from ..topics.augment import policy_tfms
@@ -33,22 +33,11 @@ def capstone_recipes(cfg) -> tuple:
     return full, full.with_(img_size=cfg.cap.abl_img_size, epochs=cfg.cap.abl_epochs)
 
 
-def _stratified_rows(rows: pd.DataFrame, n: int) -> pd.Index:
-    """The index of about `n` of `rows`, stratified by defect level and module type, seeded (`SPLIT_SEED`)."""
-    return rows.groupby(["label_4", "type"], observed=True, group_keys=False).sample(
-        frac=n / len(rows), random_state=SPLIT_SEED).index
-
-
 def capstone_frame(valid_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
     """ELPV's table with its roles (`elpv_roles`: train, tune, and the 656 test cells, `is_valid`), all of them, or
     `valid_n` of the test cells and `tune_n` of the tune cells (each stratified by defect level and module type, in
     their original order) where a profile saves time; the train cells are always all there."""
-    df = elpv_roles()
-    for role, n in (("test", valid_n), ("tune", tune_n)):
-        rows = df[df["role"] == role]
-        if n and n < len(rows):
-            df = df[(df["role"] != role) | df.index.isin(_stratified_rows(rows, n))]
-    return df
+    return elpv_roles(valid_n, tune_n)
 
 
 def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfms: list | None = None):

@@ -153,17 +153,19 @@ def _linear_head(n_in: int, n_out: int, flatten: bool) -> nn.Module:
     return nn.Sequential(nn.Flatten(), lin) if flatten else lin
 
 
-def _run(learn, epochs: int, lr: float, t: float) -> dict:
+def _run(learn, epochs: int, lr: float, t: float, validate: str = "every") -> dict:
     """Train one-cycle and gather what every experiment reports: history, metrics, predictions, seconds."""
-    hist = fit(learn, epochs, lr)
+    hist = fit(learn, epochs, lr, validate=validate)
     y_true, y_pred = valid_preds(learn)
     return dict(history=hist, metrics=classification_metrics(y_true, y_pred), y_true=y_true, y_pred=y_pred,
                 learn=learn, epoch_seconds=hist["seconds"].tolist(), seconds=time.perf_counter() - t)
 
 
 def fit_head(feats: Features, rest: nn.Module | None = None, epochs: int = 5, lr: float = 3e-3, bs: int = 64,
-             seed: int = 42, cbs=None, loss_func=None, sampling_weights: dict | None = None) -> dict:
-    """Train `rest` (default: a fresh Linear) on cached features in a fastai Learner, one-cycle at peak `lr`.
+             seed: int = 42, cbs=None, loss_func=None, sampling_weights: dict | None = None,
+             validate: str = "every") -> dict:
+    """Train `rest` (default: a fresh Linear) on cached features in a fastai Learner, one-cycle at peak `lr`;
+    `validate` as in `core.train.fit` ('last': the test and tune cells predicted after the last epoch only).
 
     Returns dict(history, metrics, y_true, y_pred, learn, epoch_seconds, seconds).
     """
@@ -172,10 +174,11 @@ def fit_head(feats: Features, rest: nn.Module | None = None, epochs: int = 5, lr
     x = feats.x_train
     head = rest if rest is not None else _linear_head(int(np.prod(x.shape[1:])), len(feats.vocab), x.ndim > 2)
     learn = learner(features_dls(feats, bs, sampling_weights), head, loss_func=loss_func, cbs=cbs, seed=seed)
-    return _run(learn, epochs, lr, t)
+    return _run(learn, epochs, lr, t, validate)
 
 
-def fit_head_live(model: nn.Module, dls, epochs: int = 5, lr: float = 3e-3, bs: int = 64, seed: int = 42) -> dict:
+def fit_head_live(model: nn.Module, dls, epochs: int = 5, lr: float = 3e-3, bs: int = 64, seed: int = 42,
+                  validate: str = "every") -> dict:
     """Baseline for the cache: `fit_head`'s training (same Learner, init, batch order, schedule), but the frozen body
     runs on the images every epoch. Returns the same dict as `fit_head`."""
     from fastai.data.core import DataLoaders
@@ -186,7 +189,7 @@ def fit_head_live(model: nn.Module, dls, epochs: int = 5, lr: float = 3e-3, bs: 
     live = DataLoaders(plain_train_dl(dls, bs, shuffle=True), dls.valid.new(bs=bs))
     learn = learner(live, nn.Sequential(Frozen(model.body), head), seed=seed,
                     splitter=lambda m: [list(m[1].parameters())])
-    return _run(learn, epochs, lr, t)
+    return _run(learn, epochs, lr, t, validate)
 
 
 def fit_logreg(feats: Features, C: float = 1.0, max_iter: int = 1000) -> dict:
