@@ -13,7 +13,8 @@ from convtips_lib.core.measure import Evaluation
 from convtips_lib.core.profiles import profile
 from convtips_lib.core.train import Run, best_epoch
 from convtips_lib.topics.recipe import BALANCES, BestOnTune, Recipe, recipe_eval, split_tune, train_recipe
-from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, TUNE_TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, capstone_frame, choose_recipe, choose_tta, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, recipe_dls, threshold_metrics, toggle_tip, tune_runs, uses_tip, with_tip, without_tip
+from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, TUNE_TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, choose_recipe, choose_tta, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, recipe_dls, threshold_metrics, toggle_tip, tune_runs, uses_tip, with_tip, without_tip
+from convtips_lib.core.data import elpv_roles  # noqa: E402
 
 TINY = dict(img_size=32, epochs=1, freeze_epochs=1, bs=4)
 
@@ -278,9 +279,9 @@ def test_ablation_runs_train_once_for_configs_that_differ_only_in_tta():
     runs = ablation_runs(plan, cfg, 0.03, [0])
     assert list(runs["config"]) == ["full", "full - test-time augmentation"]
     assert runs["train_s"].nunique() == 1                                   # one trained network, evaluated twice
-    n_valid = int(capstone_frame(cfg.cap.valid_n)["is_valid"].sum())          # the profile's stratified subset
+    n_valid = int(elpv_roles(cfg.cap.valid_n)["is_valid"].sum())          # the profile's stratified subset
     assert len(runs["y_pred"].iloc[0]) == n_valid == len(runs["y_true"].iloc[1]) < 656
-    n_tune = int((capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)["role"] == "tune").sum())
+    n_tune = int((elpv_roles(cfg.cap.valid_n, cfg.cap.tune_n)["role"] == "tune").sum())
     assert len(runs["tune_pred"].iloc[0]) == n_tune and runs["kept_epoch"].between(1, 2).all()
     assert runs["tune_balanced_accuracy"].nunique() == 1                    # tta never enters the tune columns
 
@@ -293,14 +294,14 @@ def test_fastai_default_trains_fastais_head_with_its_augmentation():
 
 
 def test_capstone_frame_keeps_a_stratified_validation_subset_in_order():
-    df, all_ = capstone_frame(96), capstone_frame(0)
+    df, all_ = elpv_roles(96), elpv_roles(0)
     valid = df[df["is_valid"]]
     assert len(valid) == pytest.approx(96, abs=4) and int(all_["is_valid"].sum()) == 656
     assert list(valid.index) == sorted(valid.index)
     assert set(valid["label_4"]) == set(all_["label_4"]) and set(valid["type"]) == {"mono", "poly"}
     assert (df["role"] == "test").equals(df["is_valid"])                   # the three roles, test subsampled only
     assert (df["role"] == "tune").sum() == 394 and (df["role"] == "train").sum() == 1574
-    both = capstone_frame(96, 96)
+    both = elpv_roles(96, 96)
     tune = both[both["role"] == "tune"]
     assert len(tune) == pytest.approx(96, abs=4) and list(tune.index) == sorted(tune.index)
     assert set(tune["label_4"]) == set(all_.loc[all_["role"] == "tune", "label_4"])
@@ -316,7 +317,7 @@ def test_recipe_dls_train_on_train_cells_judge_on_test_cells_and_choose_on_tune_
         role = lambda items: {roles[str(p)] for p in items["path"]}   # noqa: E731
         assert role(dls.train_ds.items) == {"train"} and role(dls.valid_ds.items) == {"test"}
         assert role(dls.tune.dataset.items) == {"tune"}
-        frame = capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)
+        frame = elpv_roles(cfg.cap.valid_n, cfg.cap.tune_n)
         assert len(dls.valid_ds) == int(frame["is_valid"].sum())
         assert len(dls.tune.dataset) == int((frame["role"] == "tune").sum()) < 394   # the profile's stratified subset
 

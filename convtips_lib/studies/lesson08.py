@@ -33,19 +33,12 @@ def capstone_recipes(cfg) -> tuple:
     return full, full.with_(img_size=cfg.cap.abl_img_size, epochs=cfg.cap.abl_epochs)
 
 
-def capstone_frame(valid_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
-    """ELPV's table with its roles (`elpv_roles`: train, tune, and the 656 test cells, `is_valid`), all of them, or
-    `valid_n` of the test cells and `tune_n` of the tune cells (each stratified by defect level and module type, in
-    their original order) where a profile saves time; the train cells are always all there."""
-    return elpv_roles(valid_n, tune_n)
-
-
 def recipe_dls(recipe: Recipe, cfg, frac: float = 1.0, task: str = "binary", tfms: list | None = None):
     """ELPV DataLoaders for `recipe` in the three roles: `frac` of the 1,574 train cells to train on, the test cells
     (`cfg.cap.valid_n` of them, or all 656) as the validation set that judges, the tune cells (`cfg.cap.tune_n` of
     them, or all 394) as `dls.tune` to choose on; the recipe's augmentation (or `tfms`), image size, batch size and
     (with balance 'oversample') every class drawn equally often."""
-    df = capstone_frame(cfg.cap.valid_n, cfg.cap.tune_n)
+    df = elpv_roles(cfg.cap.valid_n, cfg.cap.tune_n)
     fit = subsample(df[df["role"] != "tune"], frac, recipe.seed)   # what elpv_dls draws: the same cells
     weights = None
     if recipe.balance == "oversample":
