@@ -277,3 +277,20 @@ def test_timed_in_turns_calls_each_in_turn_after_the_warm_up():
     calls = []
     t = timed_in_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
     assert calls == ["a", "b"] * 4 and all(len(v) == 3 and min(v) >= 0 for v in t.values())
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "f1_macro", "minority_recall"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_bootstrap_equals_scipys_percentile_bootstrap_of_the_metric(metric, k):
+    # bootstrap scores resamples from weighted counts; scipy re-indexes the predictions and scores each resample
+    from scipy.stats import bootstrap as scipy_bootstrap
+    y, a, b = _pair(n=300, k=k, seed=k)
+    ours = paired_bootstrap(y, a, b, metric, n=400, seed=7)
+    rare = np.argmin(np.bincount(y))   # minority recall: the rarest class of all the cells, on every resample
+    score = lambda t, p: (recall_score(t, p, labels=[rare], average=None)[0] if metric == "minority_recall"  # noqa: E731
+                          else metric_value(t, p, metric))
+    diff = lambda i, axis=-1: np.array([score(y[r], b[r]) - score(y[r], a[r]) for r in np.atleast_2d(i)])  # noqa: E731
+    ref = scipy_bootstrap((np.arange(len(y)),), diff, vectorized=True, n_resamples=400, method="percentile",
+                          random_state=np.random.default_rng(7)).confidence_interval
+    assert ours.effect == pytest.approx(metric_value(y, b, metric) - metric_value(y, a, metric))
+    assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)

@@ -133,9 +133,9 @@ def rarest(labels) -> str:
 
 
 def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int = 0, bs: int = 64) -> Run:
-    """A linear head on cached features trained with `remedy` (`HEAD_REMEDIES`), one-cycle: its `Run` (settings
-    remedy, seed; metrics `imbalance_metrics` on the test cells; the tune cells' probabilities when `feats` has
-    them; extra n_train, minority (the rarest training class) and, for threshold moving, the threshold, which also
+    """A linear head on cached features trained with `remedy` (`HEAD_REMEDIES`), one-cycle, the test and tune cells
+    predicted after the last epoch only: its `Run` (settings remedy, seed; metrics `imbalance_metrics` on the test
+    cells; the tune cells' probabilities when `feats` has them; extra n_train, minority (the rarest training class) and, for threshold moving, the threshold, which also
     decides y_pred, and `threshold_on`: the cells it was chosen on, 'tune', or 'train' for features without tune
     cells (e.g. toy data), never the test cells)."""
     _known(remedy, HEAD_REMEDIES)
@@ -147,7 +147,7 @@ def head_remedy(feats: Features, remedy: str, epochs: int, lr: float, seed: int 
         names = np.array(feats.vocab)[feats.y_train.numpy()]
     weights = oversample_weights(names, feats.vocab) if remedy == "over-sampling" else None
     run = fit_head(feats, epochs=epochs, lr=lr, bs=bs, seed=seed, loss_func=_loss_for(remedy, names, feats.vocab),
-                   sampling_weights=weights)
+                   sampling_weights=weights, validate="last")   # every choice and claim reads the last epoch only
     learn = run["learn"]
     probs = valid_probs(learn)
     y_pred = probs.argmax(1)
