@@ -195,3 +195,59 @@ def test_tta_probs_predicts_only_the_first_cells_in_loader_order(tmp_path):
     part = tta_probs(learn, 3, beta=1)                 # beta 1: the plain image's prediction, no augmented copies
     assert part.shape == (3, 2) and np.allclose(part, plain[:3], atol=1e-6)
     assert np.allclose(tta_probs(learn, 0, beta=1), plain, atol=1e-6)   # 0: all cells
+
+
+# ------------------------------------------------------------------ members cross-validated on cached features
+from convtips_lib.studies.lesson06 import cv_members, member_plan  # noqa: E402
+
+
+def test_member_plan_covers_every_body_then_adds_seeds_of_the_first():
+    plan = member_plan(5, ("a", "b", "c"), seed=42)
+    assert plan == [("a", 42), ("b", 42), ("c", 42), ("a", 43), ("a", 44)]
+    with pytest.raises(ValueError, match="at least 3"):
+        member_plan(2, ("a", "b", "c"))
+
+
+@pytest.fixture(scope="module")
+def two_bodies():
+    """Features of every ELPV cell under two fake 'bodies': one carries the label strongly, one weakly."""
+    from convtips_lib.core.data import cell_labels, elpv_frame
+    paths = [str(p) for p in elpv_frame()["path"]]
+    y, vocab = cell_labels(paths, "binary")
+    out = {}
+    for name, signal, s in (("strong", 6.0, 0), ("weak", 0.5, 1)):
+        x = torch.randn(len(paths), 6, generator=torch.Generator().manual_seed(s))
+        x[:, 0] += signal * y.float()
+        out[name] = (x, y, paths, vocab)
+    return out
+
+
+def test_cv_members_predict_every_cell_once_in_the_same_order_for_every_member(two_bodies):
+    from convtips_lib.core.data import elpv_folds, elpv_frame
+    folds = elpv_folds(2)
+    plan = member_plan(3, ("strong", "weak"), seed=0)
+    rows = cv_members(two_bodies, plan, folds, epochs=3, lrs=(1e-3, 3e-2))
+    assert list(rows["member"]) == [0, 1, 2] and list(rows["arch"]) == ["strong", "weak", "strong"]
+    test_paths = np.concatenate([f.loc[f.role == "test", "path"].to_numpy() for f in folds])
+    assert sorted(test_paths) == sorted(two_bodies["strong"][2])   # every cell judged once
+    yb = (elpv_frame().set_index("path").loc[test_paths, "label_bin"] == "functional").astype(int).to_numpy()
+    for _, r in rows.iterrows():
+        assert np.array_equal(r["y_true"], yb) and r["probs"].shape == (len(yb), 2)   # fold order, every member
+        assert len(r["lrs_by_fold"]) == 2 and 0 <= r["tune_balanced_accuracy"] <= 1
+    ba = rows.set_index("member")["balanced_accuracy"]
+    assert ba[0] > ba[1] + 0.2                                     # the strong body's head is the better member
+    assert best_member(rows) in (0, 2)                             # and the tune cells see it
+
+
+def test_a_member_s_rate_is_chosen_on_its_fold_s_tune_cells_only(two_bodies):
+    """Scramble the features of the fold's test cells: the chosen learning rate must not move, the score must."""
+    from convtips_lib.core.data import elpv_folds
+    fold = elpv_folds(2)[:1]
+    x, y, paths, vocab = two_bodies["strong"]
+    test = np.flatnonzero(np.isin(paths, fold[0].loc[fold[0].role == "test", "path"]))
+    scrambled = x.clone()
+    scrambled[test] = torch.randn(len(test), x.shape[1], generator=torch.Generator().manual_seed(5))
+    args = dict(plan=[("b", 0)], folds=fold, epochs=2, lrs=(1e-4, 1e-3, 3e-2))
+    clean, dirty = (cv_members({"b": (v, y, paths, vocab)}, **args) for v in (x, scrambled))
+    assert clean["lrs_by_fold"].iloc[0] == dirty["lrs_by_fold"].iloc[0]
+    assert clean["balanced_accuracy"].iloc[0] > dirty["balanced_accuracy"].iloc[0] + 0.1

@@ -17,7 +17,7 @@ from .compat import renamed_kwargs
 
 __all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
            "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion",
-           "count_params", "count_flops", "latency", "latencies"]
+           "count_params", "count_flops", "latency", "latencies", "timed_in_turns"]
 
 
 def classification_metrics(y_true, y_pred) -> dict:

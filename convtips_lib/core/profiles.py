@@ -78,7 +78,10 @@ class OptCfg(_Section):
 @dataclass(frozen=True)
 class EnsCfg(_Section):
     """Lesson 06: ensembles and multi-crop."""
-    n_members: int               # members of an ensemble
+    archs: tuple                 # the pretrained bodies whose cached features the members' heads train on
+    n_members: int               # members of the ensemble of heads: one per body of `archs`, then its first's seeds
+    folds: int                   # k of the k-fold cross-validation of the members (every cell predicted once)
+    lrs: tuple                   # learning rates tried per member and fold (chosen on the fold's tune cells)
     valid_n: int                 # test cells in the multi-crop and cost comparison (0: all)
 
 
@@ -193,6 +196,8 @@ def _old_name(name: str) -> tuple:
 _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_efficientnet_lite0",
               "tf_efficientnet_lite1", "tf_efficientnet_lite2", "convnext_tiny", "vgg16")
 
+_ENS_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")   # the offline bodies
+
 PROFILES = {
     "smoke": Profile(
         "smoke", img_size=64, bs=64, epochs=1, lr=3e-3, train_frac=0.25, n_seeds=1, latency_reps=2, head_epochs=3,
@@ -203,7 +208,7 @@ PROFILES = {
         aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
         imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
         opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
-        ens=EnsCfg(n_members=2, valid_n=96),
+        ens=EnsCfg(archs=("efficientnet_lite0", "efficientnet_lite1"), n_members=4, folds=2, lrs=(1e-2,), valid_n=96),
         prune=PruneCfg(img_size=32, widths=(8, 16, 32, 64), blocks=1, frac=0.25, epochs=2, lrs=(3e-3,), ft_div=3.0,
                        ratio=0.6, steps=2, ft_epochs=1, block_epochs=1),
         cap=CapCfg(img_size=32, epochs=1, frac=0.05, abl_img_size=32, abl_epochs=1, abl_frac=0.05, n_seeds=1,
@@ -217,7 +222,7 @@ PROFILES = {
         aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
-        ens=EnsCfg(n_members=3, valid_n=0),
+        ens=EnsCfg(archs=_ENS_ARCHS, n_members=5, folds=5, lrs=(3e-3, 1e-2, 3e-2), valid_n=0),
         prune=PruneCfg(img_size=64, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=8, lrs=(1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=3, ft_epochs=2, block_epochs=1),
         cap=CapCfg(img_size=160, epochs=8, frac=1.0, abl_img_size=72, abl_epochs=2, abl_frac=0.4, n_seeds=2,
@@ -231,7 +236,7 @@ PROFILES = {
         aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
         opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),
-        ens=EnsCfg(n_members=5, valid_n=0),
+        ens=EnsCfg(archs=_ENS_ARCHS, n_members=7, folds=5, lrs=(3e-3, 1e-2, 3e-2), valid_n=0),
         prune=PruneCfg(img_size=128, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=30, lrs=(3e-4, 1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=5, ft_epochs=5, block_epochs=3),
         cap=CapCfg(img_size=224, epochs=12, frac=1.0, abl_img_size=224, abl_epochs=8, abl_frac=1.0, n_seeds=3,

@@ -1,5 +1,6 @@
-"""Lesson 06's studies: members trained per seed and along one cyclic schedule, the ensemble's gain over its
-members with intervals, and the cost of a prediction."""
+"""Lesson 06's studies: members that differ (heads on the cached features of three pretrained bodies, several seeds),
+each cross-validated over every cell; a snapshot ensemble along one cyclic schedule of a whole network; the
+ensemble's gain over its members with intervals, and the cost of a prediction."""
 from __future__ import annotations
 
 import time
@@ -9,12 +10,74 @@ import pandas as pd
 from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
 
 from ..core.data import elpv_dls
+from ..core.env import device
 from ..core.measure import bootstrap, classification_metrics, timed_in_turns
-from ..core.train import Run, best_on_tune, fit, history, make_learner
+from ..core.models import pretrained
+from ..core.train import Run, best_on_tune, history, make_learner, pool_folds, select_lr
 from ..topics.augment import policy_tfms
 from ..topics.ensemble import average_probs
+from ..topics.features import Features, cell_features, fit_head, fold_features
 
-__all__ = ["best_member", "ensemble_curve", "ensemble_gain", "predict_seconds", "train_member", "snapshot_members"]
+__all__ = ["member_plan", "body_features", "head_member", "cv_members", "best_member",
+           "ensemble_curve", "ensemble_gain", "predict_seconds", "snapshot_members"]
+
+def member_plan(n_members: int, archs, seed: int = 0) -> list:
+    """[(arch, seed)] of an ensemble of `n_members`: one member per body of `archs` first (with `seed`: the mixed
+    ensemble), then the first body again under the next seeds (with the first member: the same-body ensemble)."""
+    if n_members < len(archs):
+        raise ValueError(f"{n_members} members cannot cover the {len(archs)} bodies {', '.join(archs)}: use at least "
+                         f"{len(archs)} (cfg.ens.n_members)")
+    return [(a, seed) for a in archs] + [(archs[0], seed + k) for k in range(1, n_members - len(archs) + 1)]
+
+
+def body_features(cfg, archs) -> dict:
+    """{arch: (x (2624, D), y, paths, vocab)}: `cell_features` of every cell under each pretrained body of `archs`
+    (e.g. cfg.ens.archs) at cfg.img_size, cached on disk; the same cells in the same order for every body (a session decodes each image
+    once, whatever the number of bodies)."""
+    out = {}
+    for arch in archs:
+        out[arch] = cell_features(pretrained(arch, 2).to(device()), cfg)
+    first = next(iter(out.values()))
+    if any(v[2] != first[2] for v in out.values()):
+        raise RuntimeError("the bodies' features list the cells in different orders")
+    return out
+
+
+def head_member(feats: Features, epochs: int, lrs, seed: int = 0, bs: int = 64) -> Run:
+    """One member on one fold: a fresh linear head on cached features, one-cycle, the test and tune cells predicted
+    after the last epoch; its learning rate the one of `lrs` whose head scores best on the fold's tune cells
+    (`select_lr`; settings lr, seed)."""
+    runs = {}
+
+    def train(lr):
+        t = time.perf_counter()
+        out = fit_head(feats, epochs=epochs, lr=lr, bs=bs, seed=seed, validate="last")
+        return Run.of(out["learn"], dict(lr=lr, seed=seed), time.perf_counter() - t)
+
+    def score(lr):
+        runs[lr] = train(lr)
+        return runs[lr].tune_metrics()["balanced_accuracy"]
+    lr, _ = select_lr(score, lrs)
+    run = runs.get(lr) or train(lr)
+    run.learn = None   # dozens of Learners would stay alive otherwise
+    return run
+
+
+def cv_members(feats_by_arch: dict, plan, folds: list, epochs: int, lrs, bs: int = 64) -> pd.DataFrame:
+    """Every member of `plan` [(arch, seed)] cross-validated over `folds` (role tables of `elpv_folds`) on its body's
+    features (`body_features`): in each fold a `head_member` trained on the fold's train cells, its rate chosen on
+    the fold's tune cells. One row per member (column `member`: its position in `plan`), its predictions and
+    probabilities over every fold's test cells in fold order (all cells, each predicted once, by a head that never
+    saw it: `pool_folds`; the same order for every member), `tune_<metric>` the folds' mean (what `best_member`
+    reads) and `lrs_by_fold`."""
+    rows = []
+    for i, (arch, seed) in enumerate(plan):
+        x, y, paths, vocab = feats_by_arch[arch]
+        runs = [head_member(fold_features(x, y, paths, roles, vocab), epochs, lrs, seed, bs) for roles in folds]
+        pooled = pool_folds(runs, dict(member=i, arch=arch, seed=seed))
+        tune = pd.DataFrame(pooled.extra.pop("folds")).filter(like="tune_").mean().to_dict()
+        rows.append(dict(pooled.row(probs=True), **tune, lrs_by_fold=tuple(r.settings["lr"] for r in runs)))
+    return pd.DataFrame(rows)
 
 
 def best_member(members, metric: str = "balanced_accuracy") -> int:
@@ -89,25 +152,12 @@ def _member(learn, epoch: int, arch: str, seed: int, kind: str, t: float) -> Run
                list(hist.probs)[upto], tune_y=hist.tune_y, tune_epoch_probs=list(hist.tune_probs)[upto])
 
 
-def train_member(cfg, seed: int, arch: str | None = None, policy: str = "flips",
-                 epochs: int | None = None, tune: bool = True) -> Run:
-    """One ensemble member: the whole pretrained `arch` fine-tuned with its own `seed` (initial head, batch order,
-    augmentation draws) and lesson 03's augmentation `policy`, one-cycle at cfg.lr: its `Run` (settings arch, seed,
-    kind). `tune`: train on the train cells only and predict the tune cells after every epoch, the cells the best
-    member is chosen on (`best_member`); the test cells only judge."""
-    arch = arch or cfg.arch
-    t = time.perf_counter()
-    dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size), tune=tune)   # the same images for all
-    learn = make_learner(dls, arch, weights="imagenet", depth="none", seed=seed)
-    fit(learn, epochs or cfg.epochs, cfg.lr)
-    return _member(learn, -1, arch, seed, "independent", t)
-
-
 def snapshot_members(cfg, seed: int, n_cycles: int, cycle_len: int = 1, arch: str | None = None,
                      policy: str = "flips", tune: bool = True) -> list:
     """Snapshot ensemble (Huang et al., ICLR 2017): one run of `n_cycles` equal cosine cycles with warm restarts
     (`cycle_len` epochs each), a member taken at the end of each cycle — members for the cost of one training run.
-    `tune` as in `train_member`: each snapshot carries the tune cells' probabilities up to its cycle."""
+    The whole pretrained `arch` fine-tuned on the train cells with lesson 03's augmentation `policy`; `tune`: each
+    snapshot carries the tune cells' probabilities up to its cycle; the test cells only judge."""
     arch = arch or cfg.arch
     t = time.perf_counter()
     dls = elpv_dls(cfg, seed=cfg.seed, tfms=policy_tfms(policy, cfg.img_size), tune=tune)
