@@ -290,3 +290,33 @@ def test_quick_transfer_trains_the_last_stages_without_touching_the_model(lite0_
     with pytest.warns(DeprecationWarning, match="folder"):
         older = quick_transfer(lite0_pretrained_2class, CFG, 0.04, depth=7, cache_dir=tmp_path, seed=0)
     assert older["cache_hit"] and older["balanced_accuracy"] == first["balanced_accuracy"]
+
+
+def test_cv_linear_curve_judges_every_cell_once_on_nested_fractions_of_each_fold():
+    from convtips_lib.core.data import cell_labels, elpv_folds, elpv_frame
+    from convtips_lib.studies.lesson02 import cv_linear_curve
+    from convtips_lib.topics.handcrafted import svm_baseline
+    paths = [str(p) for p in elpv_frame()["path"]]
+    y, _ = cell_labels(paths, "binary")
+    noise = torch.randn(len(paths), 4, generator=torch.Generator().manual_seed(0)).numpy()
+    strong, weak = noise.copy(), noise.copy()
+    strong[:, 0] += 4.0 * y.numpy()
+    weak[:, 0] += 0.3 * y.numpy()
+    folds = elpv_folds(2)
+    seen = []
+    def fit(xt, yt, xv, yv, **kw):   # svm_baseline, recording which rows it was given
+        seen.append(len(xt))
+        return svm_baseline(xt, yt, xv, yv, **kw)
+    rows = cv_linear_curve({"strong": strong, "weak": weak}, y.numpy(), paths, folds, (0.1, 1.0), (0, 1), fit, C=1.0)
+    assert len(rows) == 2 * 2 * 2 and len(seen) == 2 * 2 * 2 * 2                 # features x frac x seed, per fold
+    test_paths = np.concatenate([f.loc[f.role == "test", "path"].to_numpy() for f in folds])
+    order = {p: i for i, p in enumerate(paths)}
+    for _, r in rows.iterrows():                                                   # every cell once, in fold order
+        assert np.array_equal(r["y_true"], y.numpy()[[order[p] for p in test_paths]])
+    n = rows.groupby("frac")["n_train"].mean()
+    n_train = np.mean([(f.role == "train").sum() for f in folds])
+    assert n[1.0] == n_train and abs(n[0.1] - 0.1 * n_train) < 10                 # fractions of each fold's train cells
+    ba = rows.groupby(["features", "frac"])["balanced_accuracy"].mean()
+    assert ba[("strong", 1.0)] > ba[("weak", 1.0)] + 0.2
+    small = rows[rows.frac == 0.1]
+    assert not np.array_equal(small.y_pred.iloc[0], small.y_pred.iloc[2])          # the seeds draw other cells

@@ -42,6 +42,8 @@ class TransferCfg(_Section):
     steps: int                   # optimizer steps of every grid run, whatever its fraction (a multiple of 6: split
                                  # evenly over fine_tune's 2 fits and gradual unfreezing's 3)
     lrs: tuple                   # peak learning rates tried per regime (chosen on the tune cells, largest fraction)
+    folds: int                   # k of the cross-validated SVM learning curves (hand-crafted vs CNN features)
+    svm_seeds: int               # draws of each fraction's cells in those curves (the small fractions vary most)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ PROFILES = {
         valid_n=128, tune_n=64,   # of the 656 test and 394 tune cells: smoke decides nothing, so it predicts fewer
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
-        transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,)),
+        transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,), folds=2, svm_seeds=1),
         aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
         imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
         opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
@@ -218,7 +220,8 @@ PROFILES = {
         valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=36, lrs=(2e-3, 1e-2)),   # 36 steps: in 12 min
+        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=36, lrs=(2e-3, 1e-2), folds=5,   # 36 steps: in 12 min
+                                svm_seeds=3),
         aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
@@ -232,7 +235,8 @@ PROFILES = {
         valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=4, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2)),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2), folds=5,
+                                svm_seeds=5),
         aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
         opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),

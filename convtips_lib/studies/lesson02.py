@@ -11,7 +11,7 @@ import pandas as pd
 from ..core.compat import renamed_kwargs, warn_deprecated
 from ..core.data import elpv_dls, elpv_frame, elpv_roles, subsample
 from ..core.env import device
-from ..core.measure import Estimate, bootstrap, paired_bootstrap, stack_preds
+from ..core.measure import Estimate, bootstrap, classification_metrics, paired_bootstrap, stack_preds
 from ..core.models import pretrained
 from ..core.surgery import n_frozen, n_groups, split_at
 from ..core.train import best_on_tune
@@ -19,7 +19,7 @@ from ..topics.features import cached_features, fit_head
 from ..topics.transfer import FROZEN_SHARE, REGIMES, train_on_features, train_regime
 
 __all__ = ["lr_search", "chosen_lrs", "freeze_grid", "best_regime", "best_regimes", "freeze_rule", "more_data_gain",
-           "recipe_vs_best", "fraction_masks", "linear_curve", "gap_change", "quick_transfer"]
+           "recipe_vs_best", "fraction_masks", "linear_curve", "cv_linear_curve", "gap_change", "quick_transfer"]
 
 DEEPER = ("freeze to middle", "whole network")   # the regimes that train more than the head
 
@@ -182,6 +182,35 @@ def linear_curve(x_train, y_train, x_valid, y_valid, masks: dict, fit_fn, **kw) 
         out = fit_fn(np.asarray(x_train)[m], np.asarray(y_train)[m], x_valid, y_valid, **kw)
         rows.append(dict(frac=frac, n_train=int(m.sum()), **out["metrics"], seconds=out["seconds"],
                          y_true=out["y_true"], y_pred=out["y_pred"]))
+    return pd.DataFrame(rows)
+
+
+def cv_linear_curve(features: dict, y, paths, folds: list, fractions, seeds=(0,), fit_fn=None, **kw) -> pd.DataFrame:
+    """`linear_curve` cross-validated over `folds` (role tables of `elpv_folds`): for every feature set of `features`
+    {name: x (N, D), a row per cell of `paths`}, fraction and seed, `fit_fn(x_train, y_train, x_test, y_test, **kw)`
+    fits on a stratified `frac` of each fold's train cells (`subsample`: nested, the same cells for every feature
+    set) and predicts that fold's test cells. One row per (features, frac, seed): the predictions pooled over the
+    folds in fold order (every cell once, the same order in every row), n_train per fold (mean), seconds summed.
+    Nothing is chosen, so the tune cells are not read."""
+    from ..topics.handcrafted import svm_baseline
+    fit_fn = fit_fn or svm_baseline
+    where, y = {str(p): i for i, p in enumerate(paths)}, np.asarray(y)
+    rows = []
+    for seed in seeds:
+        for frac in fractions:
+            parts = []
+            for roles in folds:
+                kept = subsample(roles[roles["role"] != "tune"], frac, seed)
+                parts.append(([where[str(p)] for p in kept.loc[~kept["is_valid"], "path"]],
+                              [where[str(p)] for p in roles.loc[roles["role"] == "test", "path"]]))
+            for name, x in features.items():
+                x = np.asarray(x)
+                outs = [fit_fn(x[tr], y[tr], x[te], y[te], **kw) for tr, te in parts]
+                y_true, y_pred = (np.concatenate([o[k] for o in outs]) for k in ("y_true", "y_pred"))
+                n_train = float(np.mean([len(tr) for tr, _ in parts]))
+                rows.append(dict(features=name, frac=frac, seed=seed, n_train=n_train,
+                                 **classification_metrics(y_true, y_pred), seconds=sum(o["seconds"] for o in outs),
+                                 y_true=y_true, y_pred=y_pred))
     return pd.DataFrame(rows)
 
 

@@ -32,8 +32,8 @@ def member_plan(n_members: int, archs, seed: int = 0) -> list:
 
 def body_features(cfg, archs) -> dict:
     """{arch: (x (2624, D), y, paths, vocab)}: `cell_features` of every cell under each pretrained body of `archs`
-    (e.g. cfg.ens.archs) at cfg.img_size, cached on disk; the same cells in the same order for every body (a session decodes each image
-    once, whatever the number of bodies)."""
+    (e.g. cfg.ens.archs) at cfg.img_size, cached on disk; the same cells in the same order for every body (a
+    session decodes each image once, whatever the number of bodies)."""
     out = {}
     for arch in archs:
         out[arch] = cell_features(pretrained(arch, 2).to(device()), cfg)
