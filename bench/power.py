@@ -4,6 +4,8 @@ protocol issue's target: a median half-width of at most 0.015 balanced accuracy.
 
     convtips run --profile cpu --out runs/cpu
     python bench/power.py runs/cpu            # -> bench/results/power_<profile>_cpu<cores>.json
+    python bench/power.py bench/results/lessons_cpu_a_cpu2.json bench/results/lessons_cpu_b_cpu2.json --out ...
+                                              # the course from committed `bench/lessons.py` figures, later files win
 """
 from __future__ import annotations
 
@@ -52,18 +54,34 @@ def power(records: list) -> dict:
                 margins_below_resolution=margins)
 
 
+def _records(sources: list) -> tuple:
+    """(records, profile, seed): the lesson records of one `convtips run` folder, or of `bench/lessons.py` JSON
+    files (each lesson from the last file that has it)."""
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        recs = ctl.load_results(Path(sources[0]) / "results")
+        if not recs:
+            raise SystemExit(f"no lesson records in {Path(sources[0]) / 'results'}: run `convtips run --out "
+                             f"{sources[0]}`")
+        return recs, recs[0]["profile"]["name"], recs[0]["seed"]
+    lessons, profiles = {}, set()
+    for f in sources:
+        d = json.loads(Path(f).read_text())
+        profiles.add(d["profile"])
+        lessons.update({name: dict(lesson=name, claims=v["claims"]) for name, v in d["lessons"].items()})
+    if len(profiles) != 1:
+        raise SystemExit(f"the figures come from different profiles ({', '.join(sorted(profiles))}): use one")
+    return [lessons[k] for k in sorted(lessons)], profiles.pop(), None
+
+
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run")
+    ap.add_argument("run", nargs="+", help="a `convtips run` folder, or `bench/lessons.py` JSON files")
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
-    recs = ctl.load_results(Path(args.run) / "results")
-    if not recs:
-        raise SystemExit(f"no lesson records in {Path(args.run) / 'results'}: run `convtips run --out {args.run}`")
-    profile = recs[0]["profile"]["name"]
-    rec = dict(machine=machine(), date=time.strftime("%Y-%m-%d"), profile=profile, seed=recs[0]["seed"],
-               note=args.note, **power(recs))
+    recs, profile, seed = _records(args.run)
+    rec = dict(machine=machine(), date=time.strftime("%Y-%m-%d"), profile=profile, seed=seed,
+               note=args.note, sources=args.run, **power(recs))
     out = Path(args.out or HERE / "results" / f"power_{profile}_cpu{rec['machine']['cores']}.json")
     atomic_write(out, json.dumps(rec, indent=1))
     med = rec["median_half_width"]

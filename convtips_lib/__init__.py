@@ -36,6 +36,7 @@ from .studies.lesson05 import *  # noqa: E402,F401,F403
 from .studies.lesson06 import *  # noqa: E402,F401,F403
 from .studies.lesson07 import *  # noqa: E402,F401,F403
 from .studies.lesson08 import *  # noqa: E402,F401,F403
+from .studies.lesson09 import *  # noqa: E402,F401,F403
 from .ui.plots import *  # noqa: E402,F401,F403
 from .ui.widgets import *  # noqa: E402,F401,F403
 from .course.exercises import *  # noqa: E402,F401,F403
@@ -44,7 +45,7 @@ MODULES = ("core.profiles", "core.env", "core.store", "core.data", "core.models"
            "core.measure", "core.results", "topics.imagenet", "topics.zoo", "topics.blocks", "topics.features",
            "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble",
            "topics.prune", "topics.deploy", "topics.recipe",
-           "studies.lesson02", "studies.lesson03", "studies.lesson04", "studies.lesson05", "studies.lesson06", "studies.lesson07", "studies.lesson08", "ui.plots", "ui.widgets", "course.exercises")
+           "studies.lesson02", "studies.lesson03", "studies.lesson04", "studies.lesson05", "studies.lesson06", "studies.lesson07", "studies.lesson08", "studies.lesson09", "ui.plots", "ui.widgets", "course.exercises")
 
 
 def _public() -> list:

@@ -308,7 +308,8 @@ def test_cv_linear_curve_judges_every_cell_once_on_nested_fractions_of_each_fold
         seen.append(len(xt))
         return svm_baseline(xt, yt, xv, yv, **kw)
     rows = cv_linear_curve({"strong": strong, "weak": weak}, y.numpy(), paths, folds, (0.1, 1.0), (0, 1), fit, C=1.0)
-    assert len(rows) == 2 * 2 * 2 and len(seen) == 2 * 2 * 2 * 2                 # features x frac x seed, per fold
+    assert len(rows) == 2 * 2 * 2                                                  # features x frac x seed
+    assert len(seen) == 2 * 2 * (2 + 1)       # per fold: both seeds at frac 0.1, one fit at frac 1 (the same cells)
     test_paths = np.concatenate([f.loc[f.role == "test", "path"].to_numpy() for f in folds])
     order = {p: i for i, p in enumerate(paths)}
     for _, r in rows.iterrows():                                                   # every cell once, in fold order

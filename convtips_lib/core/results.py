@@ -20,7 +20,7 @@ from .measure import Estimate
 from .store import atomic_write
 
 __all__ = ["SAME_WITHIN", "FAR_AHEAD", "Results", "describe", "says", "resolution", "settle_factor", "showed",
-           "claim_kind", "claim_margin", "KINDS", "load_results", "ledger", "power_summary"]
+           "claim_kind", "claim_margin", "KINDS", "VERDICTS", "load_results", "ledger", "power_summary", "results_dir"]
 
 VERDICTS = ("supported", "refuted", "inconclusive", "undecided")
 PREDICTS = ("greater", "less", "within")   # effect > threshold, effect < threshold, |effect| <= threshold

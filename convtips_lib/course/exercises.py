@@ -272,3 +272,27 @@ def check_paper_gap(answer, accuracy: float, paper: float = 0.8842) -> bool:
     return _verdict(answer, ok, "percentage points: 100 x (this run's accuracy - 0.8842), e.g. 0.893 -> +0.88.",
                     f"{truth:+.2f} points. With 656 test cells one cell is 0.15 points, and the 95 % interval of an "
                     "accuracy near 88 % spans about +-2.5 points.")
+
+
+# ------------------------------------------------------------------ lesson 09: what held
+__all__ += ["check_held_count", "check_unsettled_tip"]
+
+
+def check_held_count(answer, table) -> bool:
+    """Lesson 09: how many tips of the `what_held` table held (verdict 'supported') in this run."""
+    truth = int((table["verdict"] == "supported").sum())
+    ok = answer is not None and int(answer) == truth
+    return _verdict(answer, ok, "count the rows of the table whose verdict is 'supported' "
+                    "((table.verdict == 'supported').sum()).",
+                    f"{truth} of the {len(table)} tips held in this run.")
+
+
+def check_unsettled_tip(answer, table) -> bool:
+    """Lesson 09: the tip (its name) whose inconclusive claim had the widest interval (largest half-width); with no
+    inconclusive claim, answer 'none'."""
+    open_ = table[table["verdict"] == "inconclusive"]
+    truth = "none" if open_.empty else str(open_.loc[open_["half_width"].idxmax(), "tip"])
+    ok = answer is not None and str(answer).strip().lower() == truth.lower()
+    return _verdict(answer, ok, "keep the rows whose verdict is 'inconclusive' and take the tip of the one with the "
+                    "largest half_width (or 'none' if there is none).",
+                    f"{truth!r}: that tip needs the most power (more seeds, cells or the gpu profile) to settle.")

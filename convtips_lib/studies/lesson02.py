@@ -190,12 +190,13 @@ def cv_linear_curve(features: dict, y, paths, folds: list, fractions, seeds=(0,)
     {name: x (N, D), a row per cell of `paths`}, fraction and seed, `fit_fn(x_train, y_train, x_test, y_test, **kw)`
     fits on a stratified `frac` of each fold's train cells (`subsample`: nested, the same cells for every feature
     set) and predicts that fold's test cells. One row per (features, frac, seed): the predictions pooled over the
-    folds in fold order (every cell once, the same order in every row), n_train per fold (mean), seconds summed.
+    folds in fold order (every cell once, the same order in every row), n_train per fold (mean), seconds summed
+    (a draw of the same cells as an earlier seed's, e.g. every draw at frac 1, is fitted once and its row repeated).
     Nothing is chosen, so the tune cells are not read."""
     from ..topics.handcrafted import svm_baseline
     fit_fn = fit_fn or svm_baseline
     where, y = {str(p): i for i, p in enumerate(paths)}, np.asarray(y)
-    rows = []
+    rows, done = [], {}   # fits by (features, cells): every seed draws the same cells at frac 1, fitted once
     for seed in seeds:
         for frac in fractions:
             parts = []
@@ -205,7 +206,10 @@ def cv_linear_curve(features: dict, y, paths, folds: list, fractions, seeds=(0,)
                               [where[str(p)] for p in roles.loc[roles["role"] == "test", "path"]]))
             for name, x in features.items():
                 x = np.asarray(x)
-                outs = [fit_fn(x[tr], y[tr], x[te], y[te], **kw) for tr, te in parts]
+                key = (name, tuple(tuple(tr) for tr, _ in parts))
+                if key not in done:
+                    done[key] = [fit_fn(x[tr], y[tr], x[te], y[te], **kw) for tr, te in parts]
+                outs = done[key]
                 y_true, y_pred = (np.concatenate([o[k] for o in outs]) for k in ("y_true", "y_pred"))
                 n_train = float(np.mean([len(tr) for tr, _ in parts]))
                 rows.append(dict(features=name, frac=frac, seed=seed, n_train=n_train,

@@ -392,3 +392,18 @@ def threshold_widget(ev):
     t = w.FloatSlider(0.5, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False)
     box, _, _ = _control_panel(dict(threshold=t), lambda threshold: threshold_demo(ev, threshold).round(3))
     return box
+
+
+# ------------------------------------------------------------------ lesson 09: what held
+__all__ += ["held_widget"]
+
+
+def held_widget(table: pd.DataFrame):
+    """Pick a verdict and a lesson: the tips of the course's `what_held` table that match (`held_view`)."""
+    import ipywidgets as w
+    from ..studies.lesson09 import held_view
+    verdict = w.Dropdown(options=["all", *dict.fromkeys(table["verdict"])], description="verdict")
+    lesson = w.Dropdown(options=["all", *dict.fromkeys(table["lesson"])], description="lesson")
+    box, _, _ = _control_panel(dict(verdict=verdict, lesson=lesson),
+                               lambda verdict, lesson: held_view(table, verdict, lesson).round(3))
+    return box
