@@ -105,3 +105,17 @@ def test_every_tip_names_a_lesson_and_the_start_of_one_of_its_claims():
         assert f'"{literal}' in _code(t["lesson"]), \
             f"tip {t['tip']!r}: no claim of {t['lesson']} starts with {literal!r}"
         assert t["ref"][1].startswith("https://") and t["rule"] and t["instead"]
+
+
+def test_a_binomial_share_is_described_with_its_interval_and_acronyms_keep_their_case():
+    from convtips_lib.core.measure import exact, proportion
+    from convtips_lib.core.results import describe
+    share = proportion(13, 27, "share")
+    row = dict(claim="x", effect=share.effect, ci=[share.low, share.high], unit="share", verdict="inconclusive",
+               method=share.method)
+    assert "95 % CI" in describe(row) and "exact" not in describe(row)
+    check = exact(1.0)
+    assert "exact" in describe(dict(row, ci=[1.0, 1.0], method=check.method, verdict="supported"))
+    tip = dict(TWO[0], rule="Train with SGD and momentum")
+    records = [_record("04_x", [_claim("Over-sampling raises it", "inconclusive")])]
+    assert "train with SGD and momentum" in held_markdown(what_held(records, (tip,)))

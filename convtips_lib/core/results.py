@@ -103,7 +103,8 @@ def describe(row: dict) -> str:
     """A claim row as prose: '+0.084 balanced accuracy, 95 % CI [+0.051, +0.118]: supported'; an inconclusive one
     also says what the run could see ('...: inconclusive; this run cannot see effects below 0.030')."""
     unit = f" {row['unit']}" if row.get("unit") else ""
-    ci = "exact" if str(row.get("method", "")).startswith("exact") else f"95 % CI {interval_text(*row['ci'], None)}"
+    exact = str(row.get("method", "")).startswith("exact (")   # `exact`'s zero-width check, not a binomial interval
+    ci = "exact" if exact else f"95 % CI {interval_text(*row['ci'], None)}"
     text = f"{signed(row['effect'])}{unit}, {ci}: {row['verdict']}"
     if row["verdict"] == "inconclusive" and row.get("detectable") is not None:
         text += f"; this run cannot see effects below {row['detectable']:.3f}"

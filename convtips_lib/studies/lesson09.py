@@ -185,14 +185,18 @@ def what_held(records: list, tips=COURSE_TIPS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _lowered(text: str) -> str:
+    return text[:1].lower() + text[1:]   # mid-sentence, acronyms (SGD, FLOPs) kept
+
+
 def _rule_sentence(row) -> str:
     """The rule of thumb as this run's verdict allows it to be said."""
     if row["verdict"] == "supported":
         return f"**{row['rule']}.** Held in this run: {row['said']}."
     if row["verdict"] == "refuted":
-        return f"**{row['instead']}.** The tip ({row['rule'].lower()}) did not hold: {row['said']}."
+        return f"**{row['instead']}.** The tip ({_lowered(row['rule'])}) did not hold: {row['said']}."
     if row["verdict"] == "inconclusive":
-        return f"*Unsettled:* {row['rule'].lower()} — this run could not tell: {row['said']}."
+        return f"*Unsettled:* {_lowered(row['rule'])} — this run could not tell: {row['said']}."
     if row["verdict"] == "undecided":
         return f"*Not decided* in the {row['profile']} profile ({row['said']}); run the cpu or gpu profile."
     return f"*Not measured:* lesson {row['lesson'][:2]} left no record in this run."
