@@ -44,7 +44,7 @@ from ..topics.imbalance import (
 
 __all__ = ["PAPER_AUC", "HARSH_RATIO", "REMEDIES", "HEAD_REMEDIES", "NET_REMEDIES", "with_labels", "subset_train",
            "shrink_train", "head_remedy", "tune_decision", "tune_score", "tune_lr", "head_grid", "SCENARIOS", "fold_scenario", "cv_head_grid",
-           "SIZE_REMEDIES", "size_grid",
+           "SIZE_REMEDIES", "NATURAL_REMEDIES", "size_grid",
            "best_remedy",
            "remedy_frame", "train_remedy", "always_predict"]
 
@@ -71,6 +71,10 @@ REMEDIES = {   # name -> what it changes
 HEAD_REMEDIES = tuple(r for r in REMEDIES if r != "minority augmentation")   # cached features cannot be augmented
 
 NET_REMEDIES = ("plain", "class weights (inverse)", "over-sampling", "under-sampling", "minority augmentation")
+
+# under ELPV's natural imbalance: does weighting matter at all, and is under-sampling as good as over-sampling with
+# the most data the dataset has (the large-data half of "over-sample small data, under-sample large")
+NATURAL_REMEDIES = ("plain", "class weights (inverse)", "over-sampling", "under-sampling")
 
 
 def _known(remedy: str, allowed) -> None:
