@@ -1,5 +1,7 @@
 """Tests for convtips_lib.topics.optim: every optimizer trains, schedules, the Adam -> SGD switch, the sweep's
 best rates (chosen on the tune cells only) and sensitivity, on tiny tensor data."""
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,8 +11,9 @@ from torch import nn
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.train import NoTuneCells, learner
 from convtips_lib.topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, fit_schedule, lr_grid, opt_func, sgd_lr_from_adam
-from convtips_lib.studies.lesson05 import (best_lrs, epoch_preds, loss_curves, lr_sensitivity, lr_sweep,
-                                          sensitivity_gap, small_net, train_optimizer)
+from convtips_lib.studies.lesson05 import (chosen_lrs, cv_sweep, cv_train, init_drop, init_drop_gap,
+                                          loss_curves, lr_sensitivity, lr_width_gap, scale_init, small_net,
+                                          steps_ratio, steps_to_target, train_optimizer)
 
 
 def _draw(g, n):
@@ -44,7 +47,7 @@ def test_every_optimizer_lowers_the_loss(dls, name):
     run = train_optimizer(dls, name, DEFAULT_LRS[name] / 10 if name == "sgd" else DEFAULT_LRS[name], 3, seed=0,
                           net=_tiny).row(history=True)
     assert run["finite"] and np.mean(run["losses"][-6:]) < np.mean(run["losses"][:6])
-    assert len(run["history"]) == 3 and len(run["epoch_preds"]) == 3
+    assert len(run["history"]) == 3
 
 
 def test_unknown_optimizer_lists_the_known():
@@ -127,49 +130,56 @@ def test_sgd_lr_from_adam_matches_a_hand_computation():
 
 
 def _sweep():
-    """A sweep whose test columns (balanced_accuracy, y_pred) and tune columns disagree on the best rate: on test
-    Adam is best at 1e-3 and SGD at 0.1 (1.0 diverged, 0.99 on test); on tune Adam is best at 1e-2, SGD at 0.01,
-    and SGD's diverged run scores best of all."""
+    """A pooled sweep (one row per optimizer and rate, two folds) whose test columns and tune columns disagree on
+    the best rate: on test Adam is best at 1e-3 and SGD at 0.1 (1.0 diverged); on each fold's tune cells Adam is best
+    at 1e-2 in fold 0 and 1e-4 in fold 1, SGD at 0.01 in both, and SGD's diverged run scores best of all."""
     y = np.array([0, 1] * 50)
-    right = lambda k: np.where(np.arange(100) < k, y, 1 - y)  # noqa: E731 - predictions right on the first k images
-    rows = [dict(optimizer="adam", lr=lr, balanced_accuracy=acc, tune_balanced_accuracy=tune, finite=True, y_true=y,
-                 y_pred=right(int(acc * 100)))
-            for lr, acc, tune in ((1e-4, 0.80, 0.70), (1e-3, 0.81, 0.71), (1e-2, 0.805, 0.75))]
-    rows += [dict(optimizer="sgd", lr=lr, balanced_accuracy=acc, tune_balanced_accuracy=tune, finite=f, y_true=y,
-                  y_pred=right(int(acc * 100)))
-             for lr, acc, tune, f in ((0.01, 0.60, 0.80, True), (0.1, 0.84, 0.62, True), (1.0, 0.99, 0.99, False))]
+    right = lambda k: np.where(np.arange(100) < k, y, 1 - y)  # noqa: E731 - predictions right on the first k cells
+    rows = [dict(optimizer="adam", lr=lr, balanced_accuracy=acc, fold_tune=tune, finite=True, fold_finite=[True] * 2,
+                 y_true=y, y_pred=right(int(acc * 100)))
+            for lr, acc, tune in ((1e-4, 0.80, [0.70, 0.9]), (1e-3, 0.81, [0.71, 0.6]), (1e-2, 0.80, [0.75, 0.5]))]
+    rows += [dict(optimizer="sgd", lr=lr, balanced_accuracy=acc, fold_tune=tune, finite=f, fold_finite=[f, f],
+                  y_true=y, y_pred=right(int(acc * 100)))
+             for lr, acc, tune, f in ((0.01, 0.60, [0.8, 0.8], True), (0.1, 0.84, [0.62, 0.6], True),
+                                      (1.0, 0.99, [0.99, 0.99], False))]
     return pd.DataFrame(rows)
 
 
-def test_best_lrs_follow_the_tune_cells_and_never_pick_a_diverged_run():
-    assert best_lrs(_sweep()) == {"adam": 1e-2, "sgd": 0.01}   # on test it would be {adam: 1e-3, sgd: 0.1}
+def test_chosen_lrs_follow_each_folds_tune_cells_and_never_pick_a_diverged_run():
+    assert chosen_lrs(_sweep()) == {"adam": [1e-2, 1e-4], "sgd": [0.01, 0.01]}   # on test: adam 1e-3, sgd 0.1
 
 
-def test_best_lrs_never_read_the_test_columns():
+def test_chosen_lrs_never_read_the_test_columns():
     sweep = _sweep()
     poisoned = sweep.assign(balanced_accuracy=np.random.default_rng(0).permutation(sweep["balanced_accuracy"]),
-                            accuracy=-1.0, y_pred=[np.zeros(100, int)] * len(sweep))
-    poisoned.loc[poisoned["lr"] == 1e-4, "balanced_accuracy"] = 10.0    # a test score no choice may follow
-    assert best_lrs(poisoned) == best_lrs(sweep) == {"adam": 1e-2, "sgd": 0.01}
-    worse = sweep.assign(tune_balanced_accuracy=sweep["tune_balanced_accuracy"].where(sweep["lr"] != 1e-2, 0.0))
-    assert best_lrs(worse)["adam"] == 1e-3                # the tune column alone moves the choice
+                            y_pred=[np.zeros(100, int)] * len(sweep))
+    poisoned.loc[poisoned["lr"] == 1e-3, "balanced_accuracy"] = 10.0    # a test score no choice may follow
+    assert chosen_lrs(poisoned) == chosen_lrs(sweep)
+    worse = sweep.copy()
+    worse.at[2, "fold_tune"] = [0.0, 0.5]
+    assert chosen_lrs(worse)["adam"] == [1e-3, 1e-4]                     # the tune scores alone move the choice
 
 
-def test_best_lrs_refuse_a_sweep_without_tune_cells():
+def test_chosen_lrs_refuse_a_sweep_without_tune_cells():
+    with pytest.raises(ValueError, match="fold_tune"):
+        chosen_lrs(_sweep().drop(columns="fold_tune"))
     with pytest.raises(NoTuneCells, match="tune=True"):
-        best_lrs(_sweep().drop(columns="tune_balanced_accuracy"))
+        chosen_lrs(_sweep().assign(fold_tune=[[np.nan, np.nan]] * 6))
 
 
-def test_lr_sensitivity_counts_rates_within_a_point_of_the_best():
-    sens = lr_sensitivity(_sweep()).set_index("optimizer")
+def test_lr_sensitivity_measures_the_width_of_the_good_rates_in_decades():
+    sens = lr_sensitivity(_sweep(), within=0.015).set_index("optimizer")
     assert sens.loc["adam", "n_good"] == 3 and sens.loc["adam", "decades"] == pytest.approx(2)
-    assert sens.loc["sgd", "n_good"] == 1 and sens.loc["sgd", "good_share"] == pytest.approx(1 / 3)
+    assert sens.loc["sgd", "n_good"] == 1 and sens.loc["sgd", "decades"] == 0
     assert sens.loc["sgd", "test_best"] == pytest.approx(0.84)     # the diverged run's 0.99 is not a best
+    narrow = lr_sensitivity(_sweep(), within=0.005).set_index("optimizer")
+    assert narrow.loc["adam", "n_good"] == 1 and narrow.loc["adam", "decades"] == 0
 
 
-def test_sensitivity_gap_has_an_interval_around_the_share_difference():
-    est = sensitivity_gap(_sweep(), "adam", "sgd", n=500)
-    assert est.effect == pytest.approx(1 - 1 / 3) and est.low <= est.effect <= est.high
+def test_lr_width_gap_has_an_interval_around_the_width_difference():
+    est = lr_width_gap(_sweep(), "adam", "sgd", within=0.015, n=500)
+    assert est.effect == pytest.approx(2.0) and est.low <= est.effect <= est.high
+    assert lr_width_gap(_sweep(), "sgd", "adam", within=0.015, n=200).effect == pytest.approx(-2.0)
 
 
 def test_a_diverged_run_is_out_of_the_band_in_the_table_and_in_the_interval_alike():
@@ -178,22 +188,77 @@ def test_a_diverged_run_is_out_of_the_band_in_the_table_and_in_the_interval_alik
     sweep.at[5, "y_pred"] = np.where(np.arange(100) < 84, y, 1 - y)   # the diverged run predicts like the best one
     sweep.at[5, "balanced_accuracy"] = 0.84
     sens = lr_sensitivity(sweep).set_index("optimizer")
-    assert sens.loc["sgd", "n_good"] == 1
-    est = sensitivity_gap(sweep, "adam", "sgd", n=200)
-    assert est.effect == pytest.approx(sens.loc["adam", "good_share"] - sens.loc["sgd", "good_share"])
+    assert sens.loc["sgd", "n_good"] == 1 and sens.loc["sgd", "decades"] == 0
+    est = lr_width_gap(sweep, "adam", "sgd", n=200)
+    assert est.effect == pytest.approx(sens.loc["adam", "decades"] - sens.loc["sgd", "decades"])
 
 
-def test_a_real_sweep_records_tune_scores_and_chooses_by_them(tune_dls):
-    sweep = lr_sweep(tune_dls, ["sgd"], {"sgd": [1e-4, 0.05]}, 2, seed=0)
-    assert {"tune_balanced_accuracy", "balanced_accuracy"} <= set(sweep)
-    assert best_lrs(sweep) == {"sgd": float(sweep.loc[sweep["tune_balanced_accuracy"].idxmax(), "lr"])}
+def _fold_dls(seed=1, n_folds=2):
+    """Fold-like DataLoaders of separable tiny 'images', each with its own tune cells."""
+    g = torch.Generator().manual_seed(seed)
+    return [tensor_dls(*_draw(g, 64), *_draw(g, 40), ["a", "b"], bs=16, tune=_draw(g, 30)) for _ in range(n_folds)]
 
 
-def test_loss_curves_and_epoch_preds_shapes(dls):
+def test_cv_train_pools_every_fold_and_keeps_each_folds_tune_score_and_losses():
+    fdls = _fold_dls()
+    run = cv_train(fdls, "sgd", [0.05, 0.01], 2, seed=0, net=_tiny)
+    assert len(run.y_pred) == 80 and run.extra["fold_lrs"] == [0.05, 0.01] and run.settings["lr"] == "per fold"
+    assert len(run.extra["fold_tune"]) == 2 and all(0 <= t <= 1 for t in run.extra["fold_tune"])
+    assert len(run.extra["fold_losses"]) == 2 and len(run.extra["fold_losses"][0]) == 2 * 4
+    assert cv_train(fdls, "sgd", 0.05, 1, seed=0, net=_tiny).settings["lr"] == 0.05
+    with pytest.raises(ValueError, match="3 learning rates for 2 folds"):
+        cv_train(fdls, "sgd", [0.1, 0.2, 0.3], 1, net=_tiny)
+
+
+def test_a_real_cv_sweep_chooses_by_each_folds_tune_cells():
+    fdls = _fold_dls()
+    sweep = cv_sweep(fdls, ["sgd"], {"sgd": [1e-4, 0.05]}, 2, seed=0)
+    chosen = chosen_lrs(sweep)["sgd"]
+    for fold in range(2):
+        tune = {r.lr: r.fold_tune[fold] for r in sweep.itertuples()}
+        assert chosen[fold] == max(tune, key=tune.get)
+
+
+def test_steps_to_target_counts_the_first_crossing_and_censors_a_miss():
+    assert steps_to_target([0.9, 0.6, 0.4, 0.5, 0.3], 0.45) == 3
+    assert steps_to_target([0.9, 0.8], 0.1) == 3                   # never reached: one step more than it had
+
+
+def test_steps_ratio_is_the_ratio_of_median_steps_over_folds_and_seeds():
+    runs = pd.DataFrame([dict(optimizer="sgd", fold_losses=[[0.9] * 9 + [0.1], [0.9] * 7 + [0.1]]),
+                         dict(optimizer="sgd", fold_losses=[[0.9] * 11 + [0.1], [0.9] * 9 + [0.1]]),
+                         dict(optimizer="adam", fold_losses=[[0.9, 0.1], [0.9] * 2 + [0.1]]),
+                         dict(optimizer="adam", fold_losses=[[0.1], [0.9, 0.1]])])
+    est = steps_ratio(runs, "sgd", "adam", 0.5, n=200)      # sgd steps 10, 8, 12, 10; adam 2, 3, 1, 2
+    assert est.effect == pytest.approx(10 / 2) and est.low <= est.effect <= est.high and est.metric == "x fewer steps"
+
+
+def test_scale_init_scales_conv_and_linear_weights_and_keeps_the_forward_behind_batchnorm():
+    torch.manual_seed(0)
+    a = small_net(2).eval()
+    b = scale_init(copy.deepcopy(a), 4.0)
+    assert torch.allclose(b[0].weight, 4 * a[0].weight) and torch.allclose(b[-1].weight, 4 * a[-1].weight)
+    x = torch.randn(3, 3, 32, 32)
+    a.train(), b.train()
+    feats = lambda m: m[:-1](x)  # noqa: E731 - everything before the linear head
+    assert torch.allclose(feats(a), feats(b), atol=1e-3)   # up to BatchNorm's eps
+
+
+def test_init_drop_and_its_gap_read_the_scaled_runs_against_scale_one():
+    y = np.array([0, 1] * 50)
+    right = lambda k: np.where(np.arange(100) < k, y, 1 - y)  # noqa: E731
+    preds = {("sgd", 1.0): right(90), ("sgd", 4.0): right(60), ("sgd", 0.25): right(70),
+             ("adam", 1.0): right(85), ("adam", 4.0): right(80), ("adam", 0.25): right(85)}
+    drops = init_drop(y, preds, (0.25, 4.0))
+    assert drops["sgd"] == pytest.approx(0.25) and drops["adam"] == pytest.approx(0.025)
+    est = init_drop_gap(y, preds, (0.25, 4.0), n=300)
+    assert est.effect == pytest.approx(0.225) and est.low <= est.effect <= est.high
+
+
+def test_loss_curves_shapes(dls):
     runs = pd.DataFrame([train_optimizer(dls, "adam", 1e-3, 2, seed=s, net=_tiny).row(history=True) for s in (0, 1)])
     curve = loss_curves(runs, smooth=3)
     assert set(curve["seed"]) == {0, 1} and curve.groupby("seed")["step"].max().tolist() == [12, 12]
-    assert epoch_preds(runs, 1)["adam"].shape == (2, 40)
 
 
 def test_small_net_runs_on_small_images():

@@ -16,7 +16,7 @@ from torch import nn
 from .compat import renamed_kwargs
 
 __all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
-           "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "exact", "proportion",
+           "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "median_ratio", "exact", "proportion",
            "count_params", "count_flops", "latency", "latencies", "timed_in_turns"]
 
 
@@ -201,20 +201,26 @@ def mcnemar(y_true, pred_a, pred_b) -> dict:
     return dict(only_a_right=only_a, only_b_right=only_b, pvalue=p)
 
 
-def timing_ratio(slow_s, fast_s, n: int = 2000, seed: int = 0, fast_extra_s: float = 0.0, reps: int = 1) -> Estimate:
-    """How many times faster: (reps x median(slow)) / (fast_extra_s + reps x median(fast)), from repeated timings
-    (seconds), with a 95 % CI from resampling each set of timings (scipy's bootstrap, unpaired)."""
+def median_ratio(slow, fast, n: int = 2000, seed: int = 0, metric: str = "ratio", of: str = "values",
+                 fast_extra: float = 0.0, reps: int = 1) -> Estimate:
+    """(reps x median(slow)) / (fast_extra + reps x median(fast)) of two sets of positive measurements (seconds,
+    steps...), with a 95 % CI from resampling each set (scipy's bootstrap, unpaired); `of` names them."""
     from scipy.stats import bootstrap as scipy_bootstrap
-    slow, fast = np.asarray(slow_s, dtype=float), np.asarray(fast_s, dtype=float)
-    ratio = lambda s, f, axis=-1: reps * np.median(s, axis) / (fast_extra_s + reps * np.median(f, axis))  # noqa: E731
-    if min(len(slow), len(fast)) < 2:   # one timing has no spread: the interval is unknown (an inconclusive verdict)
-        return Estimate(float(ratio(slow, fast)), float("nan"), float("nan"), "speed-up (x)",
-                        "a single timing: no interval")
+    slow, fast = np.asarray(slow, dtype=float), np.asarray(fast, dtype=float)
+    ratio = lambda s, f, axis=-1: reps * np.median(s, axis) / (fast_extra + reps * np.median(f, axis))  # noqa: E731
+    if min(len(slow), len(fast)) < 2:   # one measurement has no spread: the interval is unknown (inconclusive)
+        return Estimate(float(ratio(slow, fast)), float("nan"), float("nan"), metric, f"fewer than two {of}: no interval")
     res = scipy_bootstrap((slow, fast), ratio, vectorized=True, n_resamples=n, method="percentile",
                           random_state=np.random.default_rng(seed))
     low, high = res.confidence_interval
-    return Estimate(float(ratio(slow, fast)), float(low), float(high), "speed-up (x)",
-                    f"ratio of medians of {len(slow)} and {len(fast)} timings, bootstrap, {n} resamples")
+    return Estimate(float(ratio(slow, fast)), float(low), float(high), metric,
+                    f"ratio of medians of {len(slow)} and {len(fast)} {of}, bootstrap, {n} resamples")
+
+
+def timing_ratio(slow_s, fast_s, n: int = 2000, seed: int = 0, fast_extra_s: float = 0.0, reps: int = 1) -> Estimate:
+    """How many times faster: (reps x median(slow)) / (fast_extra_s + reps x median(fast)), from repeated timings
+    (seconds), with a 95 % CI from resampling each set of timings (`median_ratio`)."""
+    return median_ratio(slow_s, fast_s, n, seed, "speed-up (x)", "timings", fast_extra_s, reps)
 
 
 def proportion(k: int, n: int, metric: str = "share") -> Estimate:

@@ -69,12 +69,17 @@ class ImbCfg(_Section):
 
 @dataclass(frozen=True)
 class OptCfg(_Section):
-    """Lesson 05: optimizers on a small network from scratch."""
-    img_size: int                # image side, px
-    frac: float                  # share of the train cells (the tune cells held out)
-    epochs: int                  # epochs of every run (the same budget for every optimizer)
+    """Lesson 05: optimizers on a small ConvNet from scratch, cross-validated over every cell."""
+    img_size: int                # image side, px (every cell preloaded at this size)
+    folds: int                   # k of the k-fold cross-validation (every cell predicted once; rates chosen per
+                                 # fold on its own tune cells)
+    optimizers: tuple            # optimizers swept (the claims compare sgd and adam)
+    epochs: int                  # epochs of every run (the same steps for every optimizer)
     decades: tuple               # lr sweep, decades around each optimizer's default (chosen on the tune cells)
-    n_seeds: int                 # seeds of the final comparison at each optimizer's chosen lr
+    n_seeds: int                 # seeds of the final comparison at each optimizer's chosen rates
+    converge_epochs: int         # epochs of the constant-rate runs that count steps to the loss target
+    loss_target: float           # training loss (cross-entropy) whose first crossing counts as converged
+    init_scales: tuple           # initial-weight scales besides 1 (SGD's reliance on initialisation)
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,7 @@ def _old_name(name: str) -> tuple:
 _ZOO_SMALL = ("resnet18", "resnet34", "resnet50", "mobilenetv3_large_100", "tf_efficientnet_lite0",
               "tf_efficientnet_lite1", "tf_efficientnet_lite2", "convnext_tiny", "vgg16")
 
+_LR_DECADES = (-1.5, -1.125, -0.75, -0.375, 0, 0.375, 0.75, 1.125, 1.5)   # 9 rates over 3 decades
 _ENS_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")   # the offline bodies
 
 PROFILES = {
@@ -209,7 +215,8 @@ PROFILES = {
         transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,), folds=2, svm_seeds=1),
         aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
         imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
-        opt=OptCfg(img_size=32, frac=0.25, epochs=2, decades=(0,), n_seeds=1),
+        opt=OptCfg(img_size=32, folds=2, optimizers=("sgd", "adam"), epochs=2, decades=(-0.5, 0.5), n_seeds=1,
+                   converge_epochs=1, loss_target=0.5, init_scales=(4.0,)),
         ens=EnsCfg(archs=("efficientnet_lite0", "efficientnet_lite1"), n_members=4, folds=2, lrs=(1e-2,), valid_n=96),
         prune=PruneCfg(img_size=32, widths=(8, 16, 32, 64), blocks=1, frac=0.25, epochs=2, lrs=(3e-3,), ft_div=3.0,
                        ratio=0.6, steps=2, ft_epochs=1, block_epochs=1),
@@ -224,7 +231,8 @@ PROFILES = {
                                 svm_seeds=3),
         aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
-        opt=OptCfg(img_size=32, frac=1.0, epochs=6, decades=(-1, -0.5, 0, 0.5, 1), n_seeds=2),
+        opt=OptCfg(img_size=32, folds=2, optimizers=("sgd", "adam"), epochs=30, decades=_LR_DECADES, n_seeds=3,
+                   converge_epochs=8, loss_target=0.35, init_scales=(0.25, 4.0)),   # 30 epochs x 9 rates: 12 min
         ens=EnsCfg(archs=_ENS_ARCHS, n_members=5, folds=5, lrs=(3e-3, 1e-2, 3e-2), valid_n=0),
         prune=PruneCfg(img_size=64, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=8, lrs=(1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=3, ft_epochs=2, block_epochs=1),
@@ -239,7 +247,8 @@ PROFILES = {
                                 svm_seeds=5),
         aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
-        opt=OptCfg(img_size=64, frac=1.0, epochs=30, decades=(-1.5, -1, -0.5, 0, 0.5, 1, 1.5), n_seeds=3),
+        opt=OptCfg(img_size=64, folds=5, optimizers=("sgd", "adam", "adamw", "rmsprop", "adadelta"), epochs=60,
+                   decades=_LR_DECADES, n_seeds=5, converge_epochs=20, loss_target=0.3, init_scales=(0.25, 4.0)),
         ens=EnsCfg(archs=_ENS_ARCHS, n_members=7, folds=5, lrs=(3e-3, 1e-2, 3e-2), valid_n=0),
         prune=PruneCfg(img_size=128, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=30, lrs=(3e-4, 1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=5, ft_epochs=5, block_epochs=3),

@@ -186,14 +186,15 @@ def check_momentum_factor(answer, momentum: float = 0.9) -> bool:
 
 
 def check_most_robust(answer, sensitivity) -> bool:
-    """Lesson 05: the optimizer whose swept learning rates most often land within one point of its best."""
+    """Lesson 05: the optimizer whose good learning rates (within two points of its best) span the most decades."""
     table = sensitivity.set_index("optimizer")
-    best = table["good_share"].max()
-    winners = sorted(table.index[table["good_share"] == best])
+    best = table["decades"].max()
+    winners = sorted(table.index[table["decades"] == best])
     ok = answer is not None and str(answer) in winners
-    return _verdict(answer, ok, "look at the good_share column of the sensitivity table: the share of swept "
-                    "learning rates within one point of that optimizer's best.",
-                    f"{', '.join(winners)}: {best:.0%} of its learning rates were within one point of its best.")
+    return _verdict(answer, ok, "look at the decades column of the sensitivity table: how many decades of "
+                    "learning rate lie between the smallest and the largest rate within two points of that "
+                    "optimizer's best.",
+                    f"{', '.join(winners)}: its good rates spanned {best:.2f} decades, the widest band of this run.")
 
 
 # ------------------------------------------------------------------ lesson 06: ensembles and multi-crop
