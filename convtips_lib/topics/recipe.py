@@ -14,7 +14,7 @@ import numpy as np
 from fastai.vision.all import Callback
 
 from ..core.compat import renamed_kwargs, warn_deprecated
-from ..core.data import attach_tune, folder_dls
+from ..core.data import attach_tune, folder_dls, stratified_pick
 from ..core.measure import Evaluation, classification_metrics, evaluate
 from ..core.store import atomic_write
 from ..core.train import FIT_SCHEDULES, History, fit, make_learner, tune_loader
@@ -162,16 +162,6 @@ def _labels(ds) -> list:
     return [str(ds.vocab[int(ds.tls[-1][i])]) for i in range(len(ds))]
 
 
-def _stratified_pick(labels: list, pct: float, seed: int) -> np.ndarray:
-    """(N,) bool: `pct` of each class's items (rounded; at least one, never all of a class), seeded."""
-    labels, rng = np.asarray(labels), np.random.default_rng(seed)
-    pick = np.zeros(len(labels), dtype=bool)
-    for c in sorted(set(labels)):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        pick[idx[:min(len(idx) - 1, max(1, round(pct * len(idx))))]] = True
-    return pick
-
-
 def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "none"):
     """Hold a stratified `tune_pct` of `dls`' training images out as `dls.tune` (validation transforms, in order):
     the images a choice reads. The others train (over-sampled per class with `balance` 'oversample'); the
@@ -180,7 +170,7 @@ def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "n
     from fastai.data.core import Datasets
     ds = dls.train_ds
     labels = _labels(ds)
-    pick = _stratified_pick(labels, tune_pct, seed) if tune_pct else np.zeros(len(labels), dtype=bool)
+    pick = stratified_pick(labels, tune_pct, seed) if tune_pct else np.zeros(len(labels), dtype=bool)
     keep = [i for i in range(len(labels)) if not pick[i]]
     if pick.any():
         fit_ds = Datasets(tls=[tl._new([tl.items[i] for i in keep], split_idx=0) for tl in ds.tls], n_inp=ds.n_inp)
