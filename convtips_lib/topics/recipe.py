@@ -28,6 +28,21 @@ BALANCES = ("none", "oversample")   # lesson 04: plain sampling, or every class 
 WEIGHTS = ("imagenet", None)        # lesson 01: the published ImageNet weights, or a random initialisation
 
 
+_WHOLE = {   # the recipe's whole-number settings: (lowest, highest, what they count)
+    "img_size": (32, 2048, "px, the side of the square input; the networks halve it five times"),
+    "freeze_epochs": (0, 1000, "epochs of the new head alone"),
+    "epochs": (1, 1000, "epochs of the whole network"),
+    "bs": (2, 4096, "images per batch; batch norm needs two"),
+    "seed": (0, 2 ** 32 - 1, "numpy's range"),
+}
+
+
+def _check_whole(name: str, value, lo: int, hi: int, what: str) -> None:
+    """A ValueError naming the recipe setting, its value and its range unless `value` is a whole number in it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"recipe {name} must be a whole number from {lo:,} to {hi:,} ({what}), got {value!r}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Every choice of a training recipe. The defaults are lesson 08's cpu recipe (EfficientNet-Lite0 at 160 px,
@@ -50,19 +65,18 @@ class Recipe:
     seed: int = 42
 
     def __post_init__(self):
-        for name in ("img_size", "freeze_epochs", "epochs", "bs"):
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            raise ValueError(f"recipe arch must be an architecture name such as 'efficientnet_lite0', got {self.arch!r}")
+        for name, (lo, hi, what) in _WHOLE.items():
+            _check_whole(name, getattr(self, name), lo, hi, what)
+            object.__setattr__(self, name, int(getattr(self, name)))   # numpy's integers as JSON's
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:   # NaN fails 0 < lr too
+            raise ValueError(f"recipe lr must be a number between 0 and 1 (e.g. 2e-3), got {lr!r}")
+        for name, choices in (("policy", POLICIES), ("balance", BALANCES), ("schedule", FIT_SCHEDULES)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "freeze_epochs" else 1):
-                raise ValueError(f"recipe {name} must be a whole number >= {0 if name == 'freeze_epochs' else 1}, "
-                                 f"got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
-            raise ValueError(f"recipe lr must be a number between 0 and 1 (e.g. 2e-3), got {self.lr!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"recipe policy {self.policy!r} is unknown: choose one of {', '.join(POLICIES)}")
-        if self.balance not in BALANCES:
-            raise ValueError(f"recipe balance {self.balance!r} is unknown: choose one of {', '.join(BALANCES)}")
-        if self.schedule not in FIT_SCHEDULES:
-            raise ValueError(f"recipe schedule {self.schedule!r} is unknown: choose one of {', '.join(FIT_SCHEDULES)}")
+            if not isinstance(v, str) or v not in choices:
+                raise ValueError(f"recipe {name} {v!r} is unknown: choose one of {', '.join(choices)}")
         for name in ("tta", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
