@@ -227,16 +227,23 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
     return learn
 
 
+def recipe_folder_dls(path, recipe: Recipe, cfg, valid_pct: float = 0.25, tune_pct: float = TUNE_PCT,
+                      on_bad: str = "raise"):
+    """The DataLoaders `train_recipe` trains on: the image folder `path` read and checked by `folder_dls` (at the
+    recipe's size, batch, seed and augmentation; on_bad='skip' leaves unreadable images out, as `dls.skipped`), with
+    `tune_pct` of the training images held out (`split_tune`) when the recipe keeps its best epoch."""
+    dls = folder_dls(path, cfg, valid_pct, tfms=policy_tfms(recipe.policy, recipe.img_size), seed=recipe.seed,
+                     bs=recipe.bs, img_size=recipe.img_size, on_bad=on_bad)
+    return split_tune(dls, tune_pct if recipe.keep_best else 0.0, recipe.seed, recipe.balance)
+
+
 def train_recipe(path, recipe: Recipe, cfg, valid_pct: float = 0.25, distributed: bool = False,
-                 tune_pct: float = TUNE_PCT):
+                 tune_pct: float = TUNE_PCT, on_bad: str = "raise"):
     """Train `recipe` on the image folder `path` (class sub-folders, or train/ and valid/): the fine-tuned
     Learner. `valid_pct` of the images (or valid/) report its accuracy; with `keep_best`, `tune_pct` of the
     training images are held out (`split_tune`) to choose the epoch on. One Learner: every tip is a transform, a
     sampler or a setting of fit."""
-    dls = folder_dls(path, cfg, valid_pct, tfms=policy_tfms(recipe.policy, recipe.img_size), seed=recipe.seed,
-                     bs=recipe.bs, img_size=recipe.img_size)
-    dls = split_tune(dls, tune_pct if recipe.keep_best else 0.0, recipe.seed, recipe.balance)
-    return fit_recipe(dls, recipe, distributed)
+    return fit_recipe(recipe_folder_dls(path, recipe, cfg, valid_pct, tune_pct, on_bad), recipe, distributed)
 
 
 TTA_PASSES = 5   # fastai's tta: 4 augmented passes and the plain image (forward passes per image)
