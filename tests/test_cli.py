@@ -291,3 +291,80 @@ def test_train_refuses_a_missing_folder_and_a_bad_valid_pct(tmp_path, capsys):
     assert "--valid-pct" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--balance", "smote", "--out", str(tmp_path / "o")]) == 2
     assert "recipe balance 'smote' is unknown: choose one of none, oversample" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- convtips train: inputs checked before --out is touched
+
+def _old_run(out: Path) -> Path:
+    (out / "results").mkdir(parents=True)
+    (out / "report.html").write_text("the previous report")
+    return out / "report.html"
+
+
+def test_train_keeps_the_previous_report_when_an_input_is_wrong(tmp_path, capsys, image_folder):
+    report = _old_run(tmp_path / "run")
+    assert main(["train", str(tmp_path / "dta"), "--out", str(tmp_path / "run")]) == 2
+    assert "no folder" in capsys.readouterr().err and report.read_text() == "the previous report"
+    data = image_folder(tmp_path / "data" / "train")
+    image_folder(tmp_path / "data" / "valid", counts=(("bright", 2), ("dark", 2), ("grey", 2)))
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    assert "'grey' have images in" in capsys.readouterr().err and report.read_text() == "the previous report"
+    assert main(["train", str(data), "--img-size", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "img_size must be a whole number from 32" in capsys.readouterr().err
+
+
+def test_train_refuses_a_recipe_file_with_a_wrong_type(tmp_path, capsys, image_folder):
+    (tmp_path / "r.json").write_text('{"seed": "abc"}')
+    assert main(["train", str(image_folder(tmp_path / "data")), "--recipe", str(tmp_path / "r.json"),
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "recipe seed must be a whole number from 0 to 4,294,967,295" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_an_out_inside_the_data_folder_and_data_inside_what_it_writes(tmp_path, capsys, image_folder):
+    data = image_folder(tmp_path / "data")
+    assert main(["train", str(data), "--out", str(data / "results")]) == 2
+    assert "lies inside the data folder" in capsys.readouterr().err and not (data / "results").exists()
+    data = image_folder(tmp_path / "run" / "results" / "mine")
+    assert main(["train", str(data), "--out", str(tmp_path / "run")]) == 2
+    assert "which convtips train overwrites" in capsys.readouterr().err
+
+
+def test_train_refuses_a_second_run_into_the_same_out_naming_the_lock(tmp_path, capsys, image_folder):
+    from filelock import FileLock
+    from convtips_lib.course.train_job import LOCK_FILE
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(out / LOCK_FILE, timeout=0):   # as a run in another process holds it
+        assert main(["train", str(image_folder(tmp_path / "data")), "--out", str(out), "--profile", "smoke"]) == 2
+    assert f"holds the lock file {out / LOCK_FILE}" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_keeps_the_old_report_and_removes_its_lock(tmp_path, monkeypatch, image_folder):
+    from convtips_lib.course import train_job
+    from convtips_lib.topics.recipe import Recipe
+
+    def fails(*a, **k):
+        assert (tmp_path / "run" / train_job.LOCK_FILE).exists()
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(train_job, "fit_recipe", fails)
+    report = _old_run(tmp_path / "run")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train_job.train_folder(image_folder(tmp_path / "data"), Recipe(img_size=32, bs=4), profile("smoke"),
+                               tmp_path / "run")
+    assert report.read_text() == "the previous report" and not (tmp_path / "run" / train_job.LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_train_skips_bad_images_when_asked_counts_them_and_replaces_the_report(tmp_path, capsys, image_folder):
+    data = image_folder(tmp_path / "data")
+    (data / "dark" / "broken.png").write_bytes(b"not a png")
+    report = _old_run(tmp_path / "run")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--img-size", "32", "--epochs", "1",
+            "--profile", "smoke"]
+    assert main(args) == 2 and "broken.png" in capsys.readouterr().err
+    assert main(args + ["--skip-bad-images"]) == 0
+    assert "skipped 1 unreadable image(s) (--skip-bad-images)" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "run" / "results" / "train.json").read_text())["metrics"]
+    assert metrics["skipped_images"] == [str(data / "dark" / "broken.png")]
+    assert "broken.png" in report.read_text() and not (tmp_path / "run" / ".convtips-train.lock").exists()

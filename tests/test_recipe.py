@@ -4,6 +4,7 @@ distributed context), the ablation switches one tip at a time at the same budget
 fastai's out-of-the-box recipe trains, and the error and cost views compute what they say. Every choice (the epoch
 kept, the recipe's settings, tta) follows the tune images and never the images that judge."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -444,3 +445,38 @@ def test_choose_tta_predicts_the_tune_images_only(tmp_path, image_folder):
     assert seen and all(dl is learn.dls.tune for dl in seen)            # never the validation loader
     assert row["tip"] == "test-time augmentation" and row["course"] is True and row["other"] is False
     assert chosen.tta == (not row["switched"]) and len(ev_tune.y_true) == len(learn.dls.tune.dataset)
+
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(img_size=1), "recipe img_size must be a whole number from 32 to 2,048 (px"),
+    (dict(img_size=4096), "img_size must be a whole number from 32 to 2,048"),
+    (dict(seed="abc"), "recipe seed must be a whole number from 0 to 4,294,967,295 (numpy's range), got 'abc'"),
+    (dict(seed=-1), "seed must be a whole number from 0"),
+    (dict(seed=2.0), "seed must be a whole number"),
+    (dict(bs=1), "recipe bs must be a whole number from 2 to 4,096"),
+    (dict(epochs=True), "recipe epochs must be a whole number from 1"),
+    (dict(freeze_epochs=10 ** 6), "freeze_epochs must be a whole number from 0 to 1,000"),
+    (dict(lr=float("nan")), "recipe lr must be a number between 0 and 1"),
+    (dict(lr="0.01"), "recipe lr must be a number between 0 and 1"),
+    (dict(arch=""), "recipe arch must be an architecture name"),
+    (dict(arch=3), "recipe arch must be an architecture name"),
+    (dict(policy=["flips"]), "recipe policy ['flips'] is unknown"),
+    (dict(schedule=None), "recipe schedule None is unknown"),
+])
+def test_every_setting_is_range_and_type_checked_naming_field_value_and_range(bad, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        Recipe(**bad)
+
+
+def test_a_recipe_file_and_the_command_line_go_through_the_same_checks(tmp_path):
+    from convtips_lib.course.train_job import load_recipe
+    (tmp_path / "r.json").write_text(json.dumps({"seed": "abc"}))
+    with pytest.raises(ValueError, match="recipe seed must be a whole number.*got 'abc'"):
+        load_recipe(tmp_path / "r.json")
+    with pytest.raises(ValueError, match="recipe img_size must be a whole number from 32"):
+        load_recipe(None, img_size=1)
+
+
+def test_numpy_integers_are_stored_as_plain_ints(tmp_path):
+    r = Recipe(seed=np.int64(7), epochs=np.int32(2))
+    assert type(r.seed) is int and Recipe.load(r.save(tmp_path / "r.json")) == Recipe(seed=7, epochs=2)

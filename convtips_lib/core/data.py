@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from functools import lru_cache
 from importlib import resources
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, GrandparentSplitter,
-                               IntToFloatTensor, PILImage, RandomSplitter, RegexLabeller, Resize, TransformBlock,
-                               URLs, get_image_files, parent_label, untar_data)
+from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, IndexSplitter,
+                               IntToFloatTensor, PILImage, RegexLabeller, Resize, TransformBlock, URLs,
+                               image_extensions, untar_data)
 
 from .compat import renamed_kwargs
 from .env import seed_everything
@@ -47,30 +48,69 @@ class DataUnreachableError(ConnectionError):
     """An online dataset that could not be downloaded."""
 
 
-_FIX = "Replace or delete the file, or build the data with on_bad='skip' to leave it out."
+_FIX = ("Replace or delete the file, or build the data with on_bad='skip' (convtips train --skip-bad-images) to "
+        "leave it out.")
 _EIGHT_BIT = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+MAX_PIXELS = 50_000_000    # a larger image file (a 50-megapixel photo: 8,660 x 5,774) is read downscaled to this
 
 
 def _describe(src) -> str:
     return "the image bytes" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
-def _open_file(src, name: str) -> Image.Image:
-    """PIL's lazy open of a path or file bytes; a missing, unreadable or absurdly large file raises BadImageError."""
-    try:
-        im = Image.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src)
+def _pil_open(src) -> Image.Image:
+    """PIL's lazy open without its 'could be decompression bomb DOS attack' warning: `MAX_PIXELS` handles large
+    images, and PIL's own error (over 2 x Image.MAX_IMAGE_PIXELS) still stops absurd ones."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else src)
+
+
+def _fit_size(width: int, height: int) -> tuple:
+    """(w, h) of an image of width x height px shrunk, aspect kept, to at most `MAX_PIXELS`."""
+    f = min(1.0, (MAX_PIXELS / (width * height)) ** 0.5)
+    return max(1, int(width * f)), max(1, int(height * f))
+
+
+def _loaded(im: Image.Image) -> Image.Image:
+    """The decoded pixels of a lazily opened image; one over `MAX_PIXELS` downscaled to fit (JPEG: decoded at a
+    reduced scale), so a 12,000 x 12,000 scan costs what a 50-megapixel photo does."""
+    size = _fit_size(im.width, im.height)
+    if size == im.size:
         im.load()
         return im
+    im.draft(im.mode, size)
+    return im.resize(size, Image.Resampling.BOX)
+
+
+def _bomb_message(name: str) -> str:
+    return (f"cannot read image {name}: it has more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (twice PIL's "
+            "Image.MAX_IMAGE_PIXELS), far more than any camera takes (a 'decompression bomb'?). Downscale it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file. {_FIX}")
+
+
+def _open_file(src, name: str) -> Image.Image:
+    """A path or file bytes, decoded (over `MAX_PIXELS`: downscaled); a missing, unreadable or absurdly large file
+    raises BadImageError."""
+    try:
+        return _loaded(_pil_open(src))
     except Image.DecompressionBombError as e:
-        raise BadImageError(f"cannot read image {name}: {e} It is far larger than any photo (a 'decompression "
-                            f"bomb'?). {_FIX}") from e
+        raise BadImageError(_bomb_message(name)) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise BadImageError(f"cannot read image {name}: {e}. {_FIX}") from e
 
 
+def _bit_depth(hi: float) -> int:
+    """Bits of a camera's data whose brightest pixel is `hi`, in a 16-bit container: the smallest even depth from 10
+    to 16 that holds it (4095 -> 12, 4096 -> 14)."""
+    bits = int(hi).bit_length()
+    return min(16, max(10, bits + bits % 2))
+
+
 def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
-    """Pixel values of any dtype -> uint8 0-255: 16-bit scaled by 255/65535 (not clipped), floats from [0, 1] or
-    [0, 255]. Written by hand: PIL's convert() clips 16-bit values (almost all pixels white) and refuses floats."""
+    """Pixel values of any dtype -> uint8 0-255: 16-bit containers scaled by their bit depth (`_bit_depth`: 12-bit
+    data by 255/4095, not squeezed into 17 grey levels by 255/65535; never clipped), floats from [0, 1] or [0, 255].
+    Written by hand: PIL's convert() clips 16-bit values (almost all pixels white) and refuses floats."""
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
@@ -80,7 +120,7 @@ def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if np.issubdtype(a.dtype, np.integer):
         if lo >= 0 and (a.dtype.itemsize == 2 or hi > 255) and hi <= 65535:   # 16-bit (e.g. EL cameras)
-            return np.round(a.astype(np.float32) * (255 / 65535)).astype(np.uint8)
+            return np.round(a.astype(np.float32) * (255 / (2 ** _bit_depth(hi) - 1))).astype(np.uint8)
         if lo >= 0 and hi <= 255:
             return a.astype(np.uint8)
     elif lo >= 0 and hi <= 1:
@@ -108,9 +148,11 @@ def _to_hwc3(a: np.ndarray, name: str) -> np.ndarray:
 def rgb_image(src, name: str | None = None) -> Image.Image:
     """Any image as an 8-bit RGB PIL image: a file path or file bytes, a PIL image, or an array/tensor (H, W[, C]).
 
-    16-bit files and arrays (common for electroluminescence cameras) are scaled to 0-255, not clipped; float arrays
-    must hold [0, 1] or [0, 255]; an empty image, a decompression bomb or an unreadable file raises `BadImageError`
-    naming it."""
+    16-bit files and arrays (electroluminescence cameras write 12 to 16 bits) are scaled to 0-255 by their bit depth,
+    not by their own range, so a dark image stays dark: 10, 12, 14 or 16 bits, the smallest that holds the image's
+    brightest pixel (12-bit data: x 255/4095; a 12-bit image with no pixel above 1023 reads as 10-bit). Float arrays
+    must hold [0, 1] or [0, 255]. A file over `MAX_PIXELS` is read downscaled to fit; an empty image, a
+    decompression bomb or an unreadable file raises `BadImageError` naming it."""
     if name is None:
         name = _describe(src) if isinstance(src, (str, Path, bytes, bytearray, memoryview)) else "the image"
     if isinstance(src, (str, Path, bytes, bytearray, memoryview)):
@@ -177,25 +219,42 @@ class OpenResized:
         return _open_resized(str(path), self.size, mtime)
 
 
+def _checked_size(path) -> tuple:
+    """(width, height) of the image file `path`, after PIL's verify(); `BadImageError` naming it if it is unusable."""
+    try:
+        with _pil_open(path) as im:
+            if 0 in im.size:
+                raise ValueError(f"it is empty ({im.width} x {im.height} pixels)")
+            im.verify()
+            return im.size
+    except Image.DecompressionBombError as e:
+        raise BadImageError(_bomb_message(path)) from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadImageError(f"cannot read image {path}: {e}. {_FIX}") from e
+
+
 def check_images(paths, on_bad: str = "raise") -> list:
-    """The paths that open as images; a bad one raises `BadImageError` (on_bad='raise') or is skipped with a warning."""
+    """The paths that open as images; a bad one raises `BadImageError` (on_bad='raise') or is skipped with a warning.
+    Images over `MAX_PIXELS` are named in a warning: they are read downscaled."""
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad must be 'raise' or 'skip', not {on_bad!r}")
-    good, bad = [], []
+    good, bad, large = [], [], []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                if 0 in im.size:
-                    raise ValueError(f"it is empty ({im.width} x {im.height} pixels)")
-                im.verify()
-            good.append(p)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            size = _checked_size(p)
+        except BadImageError:
             if on_bad == "raise":
-                raise BadImageError(f"cannot read image {p}: {e}. Replace or delete the file, "
-                                    "or pass on_bad='skip' to leave it out.") from e
+                raise
             bad.append(p)
+            continue
+        good.append(p)
+        if _fit_size(*size) != size:
+            large.append(f"{p} ({size[0]} x {size[1]} -> {' x '.join(map(str, _fit_size(*size)))})")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s): " + ", ".join(map(str, bad[:10])), stacklevel=2)
+    if large:
+        warnings.warn(f"{len(large)} image(s) have more than MAX_PIXELS ({MAX_PIXELS:,}) pixels and are read "
+                      "downscaled to fit: " + ", ".join(large[:10]), stacklevel=2)
     return good
 
 
@@ -458,46 +517,186 @@ def _check_size(name: str, value, hint: str) -> None:
         raise ValueError(f"{name} must be a positive integer ({hint}) or None for the profile's value, got {value!r}")
 
 
-def _folder_splitter(path: Path, valid_pct: float, seed: int):
-    for valid in ("valid", "val"):
-        if (path / "train").is_dir() and (path / valid).is_dir():
-            return GrandparentSplitter(train_name="train", valid_name=valid)
+class DataFolderError(ValueError):
+    """A folder of images whose layout cannot train a classifier as it is: the message says what to change."""
+
+
+_HELD_OUT = ("valid", "val", "test")   # the folder next to train/ that holds the validation images, by preference
+
+
+def stratified_pick(labels: list, pct: float, seed: int) -> np.ndarray:
+    """(N,) bool: `pct` of each class's items (rounded; at least one, never all of a class), seeded."""
+    labels, rng = np.asarray(labels), np.random.default_rng(seed)
+    pick = np.zeros(len(labels), dtype=bool)
+    for c in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        pick[idx[:min(len(idx) - 1, max(1, round(pct * len(idx))))]] = True
+    return pick
+
+
+def _split_folders(path: Path) -> tuple:
+    """(training folder, held-out folder or None): train/ and valid/ (or val/, or test/) when there is a train/,
+    else (path, None); a folder left out beside them is named in a warning."""
+    if not (path / "train").is_dir():
+        return path, None
+    held = next((path / n for n in _HELD_OUT if (path / n).is_dir()), None)
+    used = {"train", getattr(held, "name", None)}
+    left = sorted(d.name + "/" for d in path.iterdir() if d.is_dir() and d.name not in used and d.name[0] != ".")
+    if left:
+        warnings.warn(f"{path} has train/{' and ' + held.name + '/' if held else ''}: {', '.join(left)} left out "
+                      "(neither trained nor validated on)", stacklevel=4)
+    return path / "train", held
+
+
+def _follow(folder: Path, real_base: Path, seen: set) -> bool:
+    """Whether to walk into `folder`: a real sub-folder, or a link to a folder neither inside nor above the data
+    folder (`real_base`, resolved), each real folder once."""
+    real = Path(os.path.realpath(folder))
+    overlaps = real == real_base or real_base in real.parents or real in real_base.parents
+    if real in seen or (folder.is_symlink() and overlaps):
+        warnings.warn(f"not following the folder link {folder} -> {real}: it leads back into the data folder or to "
+                      "a folder already read, so its images would be listed twice (or forever)", stacklevel=5)
+        return False
+    seen.add(real)
+    return True
+
+
+def _walk_images(folder: Path, base: Path) -> list:
+    """Image files under `folder`, sorted, hidden files and folders skipped; folder links as `_follow` says (fastai's
+    get_image_files follows every link: `ln -s .. loop` lists the images dozens of times)."""
+    real_base, seen, files = Path(os.path.realpath(base)), set(), []
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if d[0] != "." and _follow(Path(top, d), real_base, seen)]
+        files += [Path(top, n) for n in sorted(names) if n[0] != "." and Path(n).suffix.lower() in image_extensions]
+    return files
+
+
+def _once_each(files: list) -> list:
+    """`files` with every image file once (by resolved path): a later link to a listed file is left out, with a
+    warning, so no image is both trained and validated on."""
+    seen, keep, dropped = set(), [], []
+    for f in files:
+        real = os.path.realpath(f)
+        (dropped if real in seen else keep).append(f)
+        seen.add(real)
+    if dropped:
+        warnings.warn(f"{len(dropped)} path(s) lead to images already listed and are left out (each image is used "
+                      f"once), e.g. {dropped[0]} -> {os.path.realpath(dropped[0])}", stacklevel=4)
+    return keep
+
+
+class _ClassFolder:
+    """The label of an image path: its folder `depth` levels below `root` (0: the first level); deeper folders are
+    part of the class (functional/2019/a.png is 'functional')."""
+
+    def __init__(self, root: Path, depth: int):
+        self.root, self.depth = Path(root), depth
+
+    def __call__(self, path) -> str:
+        return Path(path).relative_to(self.root).parts[self.depth]
+
+
+def _check_in_class_folders(files: list, top: Path) -> None:
+    loose = [f for f in files if f.parent == top]
+    if loose:
+        raise DataFolderError(f"{len(loose)} image(s) lie directly in {top}, not in a class sub-folder (e.g. "
+                              f"{loose[0].name}): move each into {top}/<class>/ (the first folder level below {top} "
+                              "names the class; deeper folders belong to it), or remove it")
+
+
+def _check_valid_pct(valid_pct: float) -> None:
     if not 0 < valid_pct < 1:
         raise ValueError(f"valid_pct must lie strictly between 0 and 1 (the share of images held out for validation, "
                          f"e.g. 0.25), got {valid_pct!r}; or split the folder yourself into train/ and valid/")
-    return RandomSplitter(valid_pct=valid_pct, seed=seed)
+
+
+def _names(classes) -> str:
+    return ", ".join(map(repr, sorted(classes)))
+
+
+def _check_two_each(labels: pd.Series, path: Path) -> None:
+    """Every class of a folder to split at random has two images or more: one to train on, one to validate on."""
+    small = [c for c, n in labels.value_counts().items() if n < 2]
+    if small:
+        raise DataFolderError(f"class(es) {_names(small)} have a single image under {path}: training and validation "
+                              "both need at least one image of every class; add images to its folder (or remove it)")
+
+
+def _check_classes(df: pd.DataFrame, train: Path, held: Path | None) -> None:
+    """Two classes or more, each with training and validation images; else `DataFolderError` naming them."""
+    fit, valid = set(df["label"][~df["is_valid"]]), set(df["label"][df["is_valid"]])
+    if len(fit | valid) < 2:
+        raise DataFolderError(f"found one class only ({_names(fit | valid)}) under {train.parent if held else train}: "
+                              "put each class in its own sub-folder")
+    if valid - fit:
+        raise DataFolderError(f"class(es) {_names(valid - fit)} have images in {held} but none in {train}: a model "
+                              f"cannot learn a class it never trains on; add images to {train}/<class>, or remove "
+                              f"the class from {held}")
+    if fit - valid:
+        raise DataFolderError(f"class(es) {_names(fit - valid)} have no images in {held}: their accuracy could not be "
+                              f"measured (a recall of 0 would be recorded); add some to {held}/<class>")
+
+
+def _is_valid(df: pd.DataFrame, path: Path, held: Path | None, valid_pct: float, seed: int) -> np.ndarray:
+    """(N,) True for the validation images: those in the held-out folder, else a stratified, seeded `valid_pct` of
+    every class (`stratified_pick`)."""
+    if held is not None:
+        return np.array([held in Path(p).parents for p in df["path"]])
+    _check_two_each(df["label"], path)
+    return stratified_pick(list(df["label"]), valid_pct, seed)
+
+
+def _read_folder(path, valid_pct: float, seed: int, label_re: str | None, on_bad: str) -> tuple:
+    """(table of path, label, is_valid; the labeller) of a folder of images, every check made (`folder_table`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no folder {path}: give a folder of images in class sub-folders "
+                                "(e.g. data/cats/1.jpg, data/dogs/2.jpg)")
+    train, held = _split_folders(path)
+    if held is None:
+        _check_valid_pct(valid_pct)
+    tops = [train] + ([held] if held else [])
+    files = _once_each([f for top in tops for f in _walk_images(top, path)])
+    good = check_images(files, on_bad=on_bad)
+    if not good:
+        raise BadImageError(f"no readable images under {path} (looked for .jpg, .png, ... in every sub-folder)")
+    for top in tops if label_re is None else []:
+        _check_in_class_folders(good, top)
+    label = RegexLabeller(label_re) if label_re else _ClassFolder(path, int(train != path))
+    df = pd.DataFrame({"path": good, "label": [label(f) for f in good]})
+    df["is_valid"] = _is_valid(df, path, held, valid_pct, seed)
+    _check_classes(df, train, held)
+    df.attrs["skipped"] = sorted(set(files) - set(good))
+    return df, label
+
+
+def folder_table(path, valid_pct: float = 0.25, seed: int = 0, label_re: str | None = None,
+                 on_bad: str = "raise") -> pd.DataFrame:
+    """One row per image of a folder: path, label (its first folder level below `path`, or below train/ and
+    valid/; `label_re` on file names instead), is_valid; every check `folder_dls` makes, without a model. Layouts:
+    class folders, split at random (a seeded, stratified `valid_pct` of every class); train/ + valid/ (or val/, or
+    test/ as the held-out set); train/ alone (split at random). Folder links back into the data folder are not
+    followed, an image reached twice (by resolved path) counts once, and every class needs training and validation
+    images. The images skipped (on_bad='skip') are in `.attrs['skipped']`."""
+    return _read_folder(path, valid_pct, seed, label_re, on_bad)[0]
 
 
 @renamed_kwargs(size="img_size")
 def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, tfms: list | None = None,
                on_bad: str = "raise", seed: int | None = None, bs: int | None = None,
                img_size: int | None = None, sampling_weights: dict | None = None) -> DataLoaders:
-    """DataLoaders from a folder of images: labels from class sub-folders (or `label_re` on file names); a
-    `train/` + `valid/` layout is kept, else `valid_pct` of the images are held out. `bs`, `img_size` default to
-    the profile's; a training set smaller than one batch gets a smaller batch (with a warning).
-    `sampling_weights` {class: weight}: over-sampling, as in `elpv_dls`."""
-    path = Path(path)
+    """DataLoaders from a folder of images, read and checked as `folder_table` says. `bs`, `img_size` default to
+    the profile's; a training set smaller than one batch gets a smaller batch (with a warning). `sampling_weights`
+    {class: weight}: over-sampling, as in `elpv_dls`. `dls.skipped`: the unreadable files left out (on_bad='skip')."""
     _check_size("bs", bs, "images per batch")
     _check_size("img_size", img_size, "side of the square input in px")
-    if not path.is_dir():
-        raise FileNotFoundError(f"no folder {path}: give a folder of images in class sub-folders "
-                                "(e.g. data/cats/1.jpg, data/dogs/2.jpg)")
     seed = cfg.seed if seed is None else seed
-    splitter = _folder_splitter(path, valid_pct, seed)
-    files = check_images(get_image_files(path), on_bad=on_bad)
-    if not files:
-        raise BadImageError(f"no readable images under {path} (looked for .jpg, .png, ... in every sub-folder)")
+    df, label = _read_folder(path, valid_pct, seed, label_re, on_bad)
     seed_everything(seed)
-    get_y = RegexLabeller(label_re) if label_re else parent_label
-    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=get_y, splitter=splitter,
+    dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=label,
+                       splitter=IndexSplitter(np.flatnonzero(df["is_valid"])),
                        item_tfms=Resize(img_size or cfg.img_size), batch_tfms=list(tfms or []))
-    dsets = dblock.datasets(files)
-    n_train, n_valid = len(dsets.train), len(dsets.valid)
-    if n_train == 0 or n_valid == 0:
-        raise ValueError(f"{len(files)} images under {path} give {n_train} for training and {n_valid} for "
-                         "validation: both need at least one; add images or change valid_pct")
-    if len(dsets.vocab) < 2:
-        raise ValueError(f"found one class only ({list(dsets.vocab)}) under {path}: put each class in its own sub-folder")
+    files, n_train = list(df["path"]), int((~df["is_valid"]).sum())
     bs = bs or cfg.bs
     if n_train < bs:
         warnings.warn(f"{n_train} training images, fewer than one batch of {bs}: using batches of {n_train}",
@@ -505,8 +704,11 @@ def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, 
         bs = n_train
     kw = dict(bs=bs, num_workers=cfg.num_workers, seed=seed)
     if sampling_weights is None:
-        return dblock.dataloaders(files, **kw)
-    return dblock.weighted_dataloaders(files, _item_weights([get_y(f) for f in files], sampling_weights), **kw)
+        dls = dblock.dataloaders(files, **kw)
+    else:
+        dls = dblock.weighted_dataloaders(files, _item_weights(df["label"], sampling_weights), **kw)
+    dls.skipped = df.attrs["skipped"]
+    return dls
 
 
 def _dataset_url(name: str) -> str:

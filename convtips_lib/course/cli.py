@@ -89,19 +89,26 @@ def cmd_predict(args) -> int:
 
 def cmd_train(args) -> int:
     """Train the recipe on DATA_FOLDER; write <out>/model (weights, model.json, recipe.json), <out>/results (the
-    record and its figures) and <out>/report.html."""
+    record and its figures) and <out>/report.html. Every input is checked before --out is touched."""
     from ..core.profiles import profile
     from .train_job import load_recipe, train_folder
     cfg = profile(args.profile)
     recipe = load_recipe(args.recipe, arch=args.arch, img_size=args.img_size, epochs=args.epochs, balance=args.balance)
     if not 0 < args.valid_pct < 1:
         raise UsageError(f"--valid-pct must lie strictly between 0 and 1 (e.g. 0.25), got {args.valid_pct}")
-    out = prepare_out(args.out)
     print(f"convtips train: {args.data_folder}, {recipe.arch} at {recipe.img_size} px, {recipe.freeze_epochs} + "
-          f"{recipe.epochs} epoch(s), into {out}", flush=True)
-    job = train_folder(args.data_folder, recipe, cfg, out, args.valid_pct, distributed=args.distributed)
+          f"{recipe.epochs} epoch(s), into {args.out}", flush=True)
+    from ..core.data import BadImageError
+    try:
+        job = train_folder(args.data_folder, recipe, cfg, args.out, args.valid_pct, distributed=args.distributed,
+                           on_bad="skip" if args.skip_bad_images else "raise")
+    except BadImageError as e:   # an OSError: said as a usage error, as its message names the file and the fix
+        raise UsageError(str(e)) from e
     if job is None:   # not rank 0 of a distributed run: rank 0 reports
         return 0
+    if args.skip_bad_images:
+        print(f"skipped {len(job.skipped)} unreadable image(s) (--skip-bad-images), listed in the report under "
+              "skipped_images")
     ev = job.evaluation
     print(f"validation ({len(ev.y_true)} images): accuracy {ev.metrics['accuracy']:.3f}, balanced accuracy "
           f"{ev.metrics['balanced_accuracy']:.3f}; model {job.model_dir}; report {job.report}")
@@ -127,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--profile", default=None)
     train = sub.add_parser("train", help="train the course's recipe on a folder of images (one sub-folder per class)")
     train.add_argument("data_folder", help="images in class sub-folders (or train/ and valid/ holding them)")
-    train.add_argument("--out", default="runs/train", help="folder for model/, results/ and report.html")
+    train.add_argument("--out", default="runs/train",
+                       help="folder for model/, results/ and report.html (outside the data folder; the previous "
+                            "report is replaced only when the new one is complete)")
     train.add_argument("--recipe", default=None, help="a recipe JSON file (default: the course's recipe)")
     train.add_argument("--arch", default=None, help="override the recipe's architecture")
     train.add_argument("--img-size", type=int, default=None, help="override the recipe's image size (px)")
@@ -136,6 +145,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override the recipe's sampling: none, or oversample for classes of very unequal size "
                             "(lesson 04: it helped at 1:20, not at ELPV's 1:2.2)")
     train.add_argument("--valid-pct", type=float, default=0.25, help="share held out when there is no valid/ folder")
+    train.add_argument("--skip-bad-images", action="store_true",
+                       help="leave out images that cannot be read (counted and listed in the report) instead of "
+                            "stopping at the first")
     train.add_argument("--profile", default=None, help="smoke, cpu or gpu: data-loader workers (default: auto)")
     train.add_argument("--distributed", action="store_true",
                        help="train inside fastai's distrib_ctx: run under 'accelerate launch' to use several GPUs")

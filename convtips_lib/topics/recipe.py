@@ -14,7 +14,7 @@ import numpy as np
 from fastai.vision.all import Callback
 
 from ..core.compat import renamed_kwargs, warn_deprecated
-from ..core.data import attach_tune, folder_dls
+from ..core.data import attach_tune, folder_dls, stratified_pick
 from ..core.measure import Evaluation, classification_metrics, evaluate
 from ..core.store import atomic_write
 from ..core.train import FIT_SCHEDULES, History, fit, make_learner, tune_loader
@@ -26,6 +26,21 @@ __all__ = ["Recipe", "BALANCES", "WEIGHTS", "TTA_PASSES", "TUNE_PCT", "BestOnTun
 
 BALANCES = ("none", "oversample")   # lesson 04: plain sampling, or every class drawn equally often
 WEIGHTS = ("imagenet", None)        # lesson 01: the published ImageNet weights, or a random initialisation
+
+
+_WHOLE = {   # the recipe's whole-number settings: (lowest, highest, what they count)
+    "img_size": (32, 2048, "px, the side of the square input; the networks halve it five times"),
+    "freeze_epochs": (0, 1000, "epochs of the new head alone"),
+    "epochs": (1, 1000, "epochs of the whole network"),
+    "bs": (2, 4096, "images per batch; batch norm needs two"),
+    "seed": (0, 2 ** 32 - 1, "numpy's range"),
+}
+
+
+def _check_whole(name: str, value, lo: int, hi: int, what: str) -> None:
+    """A ValueError naming the recipe setting, its value and its range unless `value` is a whole number in it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"recipe {name} must be a whole number from {lo:,} to {hi:,} ({what}), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -50,19 +65,18 @@ class Recipe:
     seed: int = 42
 
     def __post_init__(self):
-        for name in ("img_size", "freeze_epochs", "epochs", "bs"):
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            raise ValueError(f"recipe arch must be an architecture name such as 'efficientnet_lite0', got {self.arch!r}")
+        for name, (lo, hi, what) in _WHOLE.items():
+            _check_whole(name, getattr(self, name), lo, hi, what)
+            object.__setattr__(self, name, int(getattr(self, name)))   # numpy's integers as JSON's
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:   # NaN fails 0 < lr too
+            raise ValueError(f"recipe lr must be a number between 0 and 1 (e.g. 2e-3), got {lr!r}")
+        for name, choices in (("policy", POLICIES), ("balance", BALANCES), ("schedule", FIT_SCHEDULES)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "freeze_epochs" else 1):
-                raise ValueError(f"recipe {name} must be a whole number >= {0 if name == 'freeze_epochs' else 1}, "
-                                 f"got {v!r}")
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 1:
-            raise ValueError(f"recipe lr must be a number between 0 and 1 (e.g. 2e-3), got {self.lr!r}")
-        if self.policy not in POLICIES:
-            raise ValueError(f"recipe policy {self.policy!r} is unknown: choose one of {', '.join(POLICIES)}")
-        if self.balance not in BALANCES:
-            raise ValueError(f"recipe balance {self.balance!r} is unknown: choose one of {', '.join(BALANCES)}")
-        if self.schedule not in FIT_SCHEDULES:
-            raise ValueError(f"recipe schedule {self.schedule!r} is unknown: choose one of {', '.join(FIT_SCHEDULES)}")
+            if not isinstance(v, str) or v not in choices:
+                raise ValueError(f"recipe {name} {v!r} is unknown: choose one of {', '.join(choices)}")
         for name in ("tta", "keep_best"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
@@ -162,16 +176,6 @@ def _labels(ds) -> list:
     return [str(ds.vocab[int(ds.tls[-1][i])]) for i in range(len(ds))]
 
 
-def _stratified_pick(labels: list, pct: float, seed: int) -> np.ndarray:
-    """(N,) bool: `pct` of each class's items (rounded; at least one, never all of a class), seeded."""
-    labels, rng = np.asarray(labels), np.random.default_rng(seed)
-    pick = np.zeros(len(labels), dtype=bool)
-    for c in sorted(set(labels)):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        pick[idx[:min(len(idx) - 1, max(1, round(pct * len(idx))))]] = True
-    return pick
-
-
 def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "none"):
     """Hold a stratified `tune_pct` of `dls`' training images out as `dls.tune` (validation transforms, in order):
     the images a choice reads. The others train (over-sampled per class with `balance` 'oversample'); the
@@ -180,7 +184,7 @@ def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "n
     from fastai.data.core import Datasets
     ds = dls.train_ds
     labels = _labels(ds)
-    pick = _stratified_pick(labels, tune_pct, seed) if tune_pct else np.zeros(len(labels), dtype=bool)
+    pick = stratified_pick(labels, tune_pct, seed) if tune_pct else np.zeros(len(labels), dtype=bool)
     keep = [i for i in range(len(labels)) if not pick[i]]
     if pick.any():
         fit_ds = Datasets(tls=[tl._new([tl.items[i] for i in keep], split_idx=0) for tl in ds.tls], n_inp=ds.n_inp)
@@ -223,16 +227,23 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
     return learn
 
 
+def recipe_folder_dls(path, recipe: Recipe, cfg, valid_pct: float = 0.25, tune_pct: float = TUNE_PCT,
+                      on_bad: str = "raise"):
+    """The DataLoaders `train_recipe` trains on: the image folder `path` read and checked by `folder_dls` (at the
+    recipe's size, batch, seed and augmentation; on_bad='skip' leaves unreadable images out, as `dls.skipped`), with
+    `tune_pct` of the training images held out (`split_tune`) when the recipe keeps its best epoch."""
+    dls = folder_dls(path, cfg, valid_pct, tfms=policy_tfms(recipe.policy, recipe.img_size), seed=recipe.seed,
+                     bs=recipe.bs, img_size=recipe.img_size, on_bad=on_bad)
+    return split_tune(dls, tune_pct if recipe.keep_best else 0.0, recipe.seed, recipe.balance)
+
+
 def train_recipe(path, recipe: Recipe, cfg, valid_pct: float = 0.25, distributed: bool = False,
-                 tune_pct: float = TUNE_PCT):
+                 tune_pct: float = TUNE_PCT, on_bad: str = "raise"):
     """Train `recipe` on the image folder `path` (class sub-folders, or train/ and valid/): the fine-tuned
     Learner. `valid_pct` of the images (or valid/) report its accuracy; with `keep_best`, `tune_pct` of the
     training images are held out (`split_tune`) to choose the epoch on. One Learner: every tip is a transform, a
     sampler or a setting of fit."""
-    dls = folder_dls(path, cfg, valid_pct, tfms=policy_tfms(recipe.policy, recipe.img_size), seed=recipe.seed,
-                     bs=recipe.bs, img_size=recipe.img_size)
-    dls = split_tune(dls, tune_pct if recipe.keep_best else 0.0, recipe.seed, recipe.balance)
-    return fit_recipe(dls, recipe, distributed)
+    return fit_recipe(recipe_folder_dls(path, recipe, cfg, valid_pct, tune_pct, on_bad), recipe, distributed)
 
 
 TTA_PASSES = 5   # fastai's tta: 4 augmented passes and the plain image (forward passes per image)
