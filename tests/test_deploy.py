@@ -2,6 +2,7 @@
 broken folders are refused with a clear error, and predictions on a mix of good and bad files name the bad ones and
 classify the rest."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from convtips_lib.core.data import folder_dls
-from convtips_lib.core.models import WeightsChecksumError
+from convtips_lib.core.models import WeightsChecksumError, pretrained, sha256sum
 from convtips_lib.core.profiles import profile
 from convtips_lib.core.train import make_learner
 from convtips_lib.topics.deploy import ModelFolderError, export_model, load_model, model_input, predict_files
@@ -142,3 +143,123 @@ def test_convtips_predict_prints_each_image_and_names_the_bad_ones(exported, tmp
     assert "gone.png" in out.err and out.out.startswith(str(good[0]))
     assert main(["predict", str(tmp_path / "no_model"), str(good[0])]) == 2
     assert "no model folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- model.json checked against the network it describes
+
+def _edited(folder, dest, weights=None, **fields):
+    """A copy of the model folder `folder` at `dest`, its model.json's `fields` replaced; `weights`: a state dict
+    written instead of the folder's weights.pth (its sha256 recorded)."""
+    dest.mkdir()
+    meta = json.loads((folder / "model.json").read_text())
+    if weights is None:
+        shutil.copy(folder / "weights.pth", dest / "weights.pth")
+    else:
+        torch.save(weights, dest / "weights.pth")
+        meta["sha256"] = sha256sum(dest / "weights.pth")
+    (dest / "model.json").write_text(json.dumps({**meta, **fields}))
+    return dest
+
+
+_STATS = dict(mean=[0.5] * 3, std=[0.5] * 3)
+BAD_FIELDS = [("vocab", ["bright", "dark", "grey"], "vocab"),        # longer than the 2 outputs
+              ("vocab", ["bright"], "vocab"),                         # shorter
+              ("vocab", "bd", "vocab"),                               # a string, of 2 letters as the 2 outputs
+              ("vocab", ["dark", "dark"], "vocab"),
+              ("vocab", ["bright", 2], "vocab"),
+              ("img_size", 0, "img_size"), ("img_size", "32", "img_size"), ("img_size", 32.5, "img_size"),
+              ("img_size", True, "img_size"), ("img_size", 10 ** 6, "img_size"),
+              ("stats", dict(_STATS, mean=[0.5]), "stats.mean"),
+              ("stats", dict(_STATS, std=[0, 0, 0]), "stats.std"),
+              ("stats", dict(_STATS, std=[0.5, "x", 0.5]), "stats.std"),
+              ("stats", dict(_STATS, std=[0.5, float("inf"), 0.5]), "stats.std"),
+              ("stats", [0.5, 0.5], "stats"),
+              ("resize", "stretch", "resize"), ("interpolation", "cubic", "interpolation"),
+              ("arch", "", "arch"), ("arch", ["efficientnet_lite0"], "arch"), ("sha256", 12, "sha256")]
+
+
+@pytest.mark.parametrize("field, value, name", BAD_FIELDS, ids=[f"{f}={v!r}" for f, v, _ in BAD_FIELDS])
+def test_a_bad_model_json_field_is_named_with_its_value_and_the_fix(exported, tmp_path, field, value, name):
+    _, folder, _ = exported
+    bad = _edited(folder, tmp_path / "m", **{field: value})
+    with pytest.raises(ModelFolderError) as e:
+        load_model(bad)
+    msg = str(e.value)
+    assert f"{name} is " in msg and "must be" in msg and "convtips train" in msg and "model.json" in msg, msg
+    assert str(bad / "model.json") in msg
+
+
+def test_predict_refuses_a_vocab_the_network_has_no_outputs_for(exported, tmp_path, capsys):
+    from convtips_lib.course.cli import main
+    _, folder, root = exported
+    good = sorted((root / "data" / "bright").glob("*.png"))[:2]
+    for n, vocab in enumerate((["bright", "dark", "grey"], ["bright"])):
+        bad = _edited(folder, tmp_path / f"m{n}", vocab=vocab)
+        assert main(["predict", str(bad), *map(str, good)]) == 2
+        out = capsys.readouterr()
+        assert out.out == "" and f"vocab lists {len(vocab)}" in out.err and "it has 2 outputs" in out.err
+
+
+def test_weights_of_another_network_are_explained_in_a_few_lines(exported, tmp_path):
+    _, folder, _ = exported
+    bad = _edited(folder, tmp_path / "m", weights=pretrained("resnet18", 2, weights=None).state_dict())
+    with pytest.raises(ModelFolderError, match="do not fit a efficientnet_lite0.*missing keys") as e:
+        load_model(bad)
+    assert len(str(e.value)) < 700 and "convtips train" in str(e.value) and e.value.__cause__ is None
+
+
+def test_a_folder_without_weights_or_with_nan_weights_is_refused(exported, tmp_path):
+    learn, folder, _ = exported
+    bare = _edited(folder, tmp_path / "bare")
+    (bare / "weights.pth").unlink()
+    with pytest.raises(ModelFolderError, match="weights.pth"):
+        load_model(bare)
+    sd = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    sd["head.1.bias"][0] = float("nan")
+    with pytest.raises(ModelFolderError, match="NaN or infinite.*head.1.bias"):
+        load_model(_edited(folder, tmp_path / "nan", weights=sd))
+
+
+def test_predict_never_gives_nan_as_a_probability(exported):
+    learn, folder, root = exported
+    model, meta = load_model(folder)
+    with torch.no_grad():
+        model.head[1].bias[0] = float("nan")      # a network that diverged, handed to predict_files directly
+    good = sorted((root / "data" / "dark").glob("*.png"))[:2]
+    rows = predict_files(model, meta, good)
+    assert all("probability" not in r and "not finite" in r["error"] for r in rows)
+
+
+def test_predict_files_refuses_a_vocab_that_does_not_fit_the_model(exported):
+    _, folder, root = exported
+    model, meta = load_model(folder)
+    good = sorted((root / "data" / "dark").glob("*.png"))[:1]
+    with pytest.raises(ModelFolderError, match="must be 2 class names.*the vocab lists 3"):
+        predict_files(model, dict(meta, vocab=["a", "b", "c"]), good)
+
+
+def test_convtips_predict_keeps_the_good_images_among_corrupt_and_missing_ones(exported, tmp_path, capsys):
+    from convtips_lib.course.cli import main
+    _, folder, root = exported
+    good = sorted((root / "data" / "bright").glob("*.png"))[:2]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good[0].read_bytes()[:80] + bytes(200))
+    files = [good[0], corrupt, tmp_path / "missing.jpg", good[1]]
+    assert main(["predict", str(folder), *map(str, files)]) == 1
+    out = capsys.readouterr()
+    assert [ln.split("\t")[0] for ln in out.out.splitlines()] == [str(good[0]), str(good[1])]
+    assert "nan" not in out.out.lower()
+    assert "corrupt.png" in out.err and "missing.jpg" in out.err and "2 of 4" in out.err
+
+
+def test_export_refuses_what_load_model_would_refuse(exported, tmp_path):
+    from convtips_lib.core.train import learner
+    learn, _, _ = exported
+    for kw, name in ((dict(img_size=0), "img_size is 0"), (dict(img_size=32, interpolation="cubic"), "interpolation")):
+        with pytest.raises(ModelFolderError, match=f"{name}.*Pass export_model"):
+            export_model(learn, tmp_path / "m", "efficientnet_lite0", **kw)
+    three = learner(learn.dls, pretrained("efficientnet_lite0", 3, weights=None))   # 3 outputs, 2 classes in dls
+    with pytest.raises(ModelFolderError, match="vocab is \\['bright', 'dark'\\], but must be 3 class names"):
+        export_model(three, tmp_path / "m", "efficientnet_lite0", 32)
+    assert not (tmp_path / "m").exists()
+    assert load_model(export_model(learn, tmp_path / "np", "efficientnet_lite0", np.int64(32)))[1]["img_size"] == 32

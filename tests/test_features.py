@@ -120,11 +120,20 @@ def test_cache_leaves_no_temporary_files(model, dls, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [feature_key(model, "head", dls)[:16] + ".pt"]
 
 
-def test_interrupted_build_leaves_no_cache_file(model, dls, tmp_path, monkeypatch):
-    monkeypatch.setattr(store.os, "replace", lambda *a, **kw: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError, match="disk full"):
-        cached_features(model, dls, folder=tmp_path)
+def test_a_failed_cache_write_keeps_the_features_and_leaves_no_file(model, dls, tmp_path, monkeypatch):
+    monkeypatch.setattr(store.os, "replace", lambda *a, **kw: (_ for _ in ()).throw(OSError(28, "disk full")))
+    with pytest.warns(UserWarning, match="could not store the cache entry.*disk full"):
+        feats = cached_features(model, dls, folder=tmp_path)
+    assert not feats.hit and feats.x_train.shape == (32, 1280) and feats.y_valid.shape == (32,)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_in_the_cache_entry_s_place_fails_before_extracting(model, dls, tmp_path, monkeypatch):
+    import convtips_lib.topics.features as features
+    (tmp_path / (feature_key(model, "head", dls)[:16] + ".pt")).mkdir()
+    monkeypatch.setattr(features, "_extract", lambda *a: pytest.fail("features extracted only to be lost"))
+    with pytest.raises(store.StorageError, match="a folder"):
+        cached_features(model, dls, folder=tmp_path)
 
 
 @pytest.mark.parametrize("garbage", [b"not a torch file", b""])

@@ -289,6 +289,41 @@ def test_pickled_model_file_is_refused_for_safety(tmp_path):
         load_weights(path)
 
 
+def _zip_without_torch(path):
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "a zip archive, not a torch.save file")
+
+
+@pytest.mark.parametrize("kind", ["text", "passwd-like", "zip", "empty", "folder", "pickle of garbage"])
+def test_a_file_that_is_no_checkpoint_is_named_and_refused(tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("hello world\n")
+    elif kind == "passwd-like":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n")
+    elif kind == "zip":
+        _zip_without_torch(path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\x80\x02garbage")
+    for load in (lambda: load_weights(path), lambda: pretrained("resnet18", 2, weights=path)):
+        with pytest.raises(WeightsFileError, match="not a PyTorch checkpoint") as e:
+            load()
+        assert str(path) in str(e.value) and "state_dict()" in str(e.value)
+
+
+def test_etc_passwd_is_not_taken_for_weights():
+    from pathlib import Path
+    if not Path("/etc/passwd").is_file():
+        pytest.skip("no /etc/passwd on this system")
+    with pytest.raises(WeightsFileError, match="/etc/passwd is not a PyTorch checkpoint"):
+        pretrained("resnet18", 2, weights="/etc/passwd")
+
+
 def test_lite_weights_in_their_own_key_layout_load_from_a_user_file(lite0_state_dict, tmp_path):
     path = tmp_path / "lite0_own_layout.pth"
     torch.save(lite0_state_dict, path)   # the `_blocks.0._bn1` names of the shipped file
@@ -317,8 +352,23 @@ def test_a_fine_tuned_classifier_saved_whole_loads_back(tmp_path):
 
 def test_weights_of_another_architecture_are_explained(resnet18_file):
     path, _ = resnet18_file
-    with pytest.raises(WeightsFileError, match="do not fit 'resnet34'.*missing keys"):
+    with pytest.raises(WeightsFileError, match="do not fit 'resnet34'.*missing keys") as e:
         pretrained("resnet34", 2, weights=path)
+    assert e.value.__cause__ is None and e.value.__suppress_context__   # not torch's list of every key
+
+
+def test_a_mismatch_is_explained_in_a_few_lines(resnet18_file):
+    path, _ = resnet18_file
+    with pytest.raises(WeightsFileError) as e:
+        pretrained("efficientnet_lite0", 2, weights=path)   # 291 missing, 100+ unexpected keys, others' shapes
+    msg = str(e.value)
+    assert len(msg) < 600 and msg.count("'") <= 20, msg
+    assert "missing" in msg and "unexpected" in msg and "another architecture" in msg
+    with pytest.raises(WeightsFileError, match=r"head.1.weight: \(3, 512\) in the file, \(5, 512\)"):
+        torch.manual_seed(0)
+        net = pretrained("resnet18", 3, weights=None)
+        torch.save(net.state_dict(), path.with_name("r18_3class.pth"))
+        pretrained("resnet18", 5, weights=path.with_name("r18_3class.pth"))
 
 
 def test_unreachable_hub_is_detected_in_seconds_without_hf_hub_offline(monkeypatch, tmp_path):

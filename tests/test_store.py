@@ -1,6 +1,7 @@
 """Tests for convtips_lib.core.store: atomic writes, cache folders, keys, keyed tensor files."""
 from pathlib import Path
 
+import errno
 import os
 
 import pytest
@@ -134,3 +135,36 @@ def test_unwritable_cache_folder_fails_before_the_build(tmp_path, shape):
     assert built == []   # nothing was computed only to be lost
     with pytest.raises(StorageError, match=str(folder)):
         atomic_write(folder / "r.json", "{}")
+
+
+def test_a_folder_where_the_cache_entry_goes_fails_before_the_build(tmp_path):
+    (tmp_path / "x.pt").mkdir()
+    built = []
+    with pytest.raises(StorageError, match=r"x\.pt.*folder") as e:
+        cached(tmp_path / "x.pt", "k", ("x",), lambda: built.append(1) or {"x": torch.zeros(1)})
+    assert built == [] and "CONVTIPS_CACHE" in str(e.value)
+
+
+def _disk_full(*a, **kw):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _no_permission(*a, **kw):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize("where, fail", [("os.replace", _disk_full), ("tempfile.mkstemp", _no_permission)],
+                         ids=["disk full", "permission"])
+def test_a_write_that_fails_after_the_build_keeps_the_result_with_one_warning(tmp_path, monkeypatch, where, fail):
+    module, name = where.split(".")
+    monkeypatch.setattr(getattr(store, module), name, fail)
+    calls = []
+    build = lambda: calls.append(1) or dict(x=torch.arange(3))  # noqa: E731
+    with pytest.warns(UserWarning) as caught:
+        payload, hit, _ = cached(tmp_path / "c.pt", "k", ("x",), build)
+    assert not hit and torch.equal(payload["x"], torch.arange(3)) and payload["key"] == "k"
+    assert len(caught) == 1 and str(tmp_path / "c.pt") in str(caught[0].message)
+    assert "CONVTIPS_CACHE" in str(caught[0].message) and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert not cached(tmp_path / "c.pt", "k", ("x",), build)[1] and calls == [1, 1]   # built again, now stored
+    assert cached(tmp_path / "c.pt", "k", ("x",), build)[1] and calls == [1, 1]

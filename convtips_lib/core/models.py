@@ -134,27 +134,57 @@ def sha256sum(path) -> str:
     return h.hexdigest()
 
 
+_SAVE_HINT = "save one with torch.save(model.state_dict(), path), or download the file again"
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")   # what torch.save writes: a zip archive, or (before torch 1.6) a pickle
+
+
+def _not_a_checkpoint(path: Path, why: str) -> WeightsFileError:
+    return WeightsFileError(f"{path} is not a PyTorch checkpoint (state dict: parameter name -> tensor): {why}. "
+                            f"Give the weights file itself: {_SAVE_HINT}")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def _read_checkpoint(path: Path):
+    """torch.load(path, weights_only=True); a folder, an empty file or one torch cannot read: `WeightsFileError`."""
+    if path.is_dir():
+        raise _not_a_checkpoint(path, "it is a folder")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise _not_a_checkpoint(path, "the file is empty")
+    if not head.startswith(_TORCH_MAGIC):
+        raise _not_a_checkpoint(path, "it is neither of the formats torch.save writes (a zip archive or a pickle)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:   # weights_only refuses pickled Python objects (a whole model, a Learner)
+        if "Unsupported global" not in str(e):
+            raise _not_a_checkpoint(path, "torch cannot unpickle it (a damaged or foreign pickle)") from None
+        raise WeightsFileError(f"refusing {path}: it holds Python objects, not only tensors, and loading it could run "
+                               "code. Save the weights alone: torch.save(model.state_dict(), path)") from None
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises IndexError, KeyError, RuntimeError, EOFError ...
+        raise _not_a_checkpoint(path, f"torch cannot read it ({_first_line(e)}); it is truncated, or a zip or pickle "
+                                      "of something else") from None
+
+
 def load_weights(path, sha256: str | None = None) -> dict:
     """A state dict from `path`, refused when its sha256 differs; always `torch.load(weights_only=True)`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no weights file {path}")
-    if sha256 is not None and (got := sha256sum(path)) != sha256:
+    if sha256 is not None and path.is_file() and (got := sha256sum(path)) != sha256:
         raise WeightsChecksumError(f"refusing {path}: sha256 is {got}, expected {sha256}. The file is corrupt or "
                                    "not the published one: reinstall its package or download it again.")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:   # weights_only refuses pickled Python objects (a whole model, a Learner)
-        raise WeightsFileError(f"refusing {path}: it holds Python objects, not only tensors, and loading it could run "
-                               "code. Save the weights alone: torch.save(model.state_dict(), path)") from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise WeightsFileError(f"cannot load weights from {path} ({type(e).__name__}: {e}). The file is truncated "
-                               "or not a PyTorch file: download or save it again") from e
+    sd = _read_checkpoint(path)
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):   # a training checkpoint around the weights
         sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsFileError(f"{path} holds a {type(sd).__name__}, not a state dict (parameter name -> tensor): "
-                               "save one with torch.save(model.state_dict(), path)")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise _not_a_checkpoint(path, f"it holds a {type(sd).__name__}, not a dict of names to tensors")
+    if not sd:
+        raise _not_a_checkpoint(path, "it holds an empty dict")
     return sd
 
 
@@ -399,18 +429,30 @@ def _to_timm_layout(sd: dict, model: nn.Module, arch: str) -> dict:
                                "were they saved for another lite size?") from e
 
 
+def _examples(keys: list, n: int = 2) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def state_mismatch(own: dict, sd: dict) -> str:
+    """A few lines on how the state dict `sd` differs from a network's `own`: counts and examples of the missing
+    keys, the unexpected ones and those of another shape (torch's own message lists every key)."""
+    missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    shapes = [f"{k}: {tuple(sd[k].shape)} in the file, {tuple(own[k].shape)} in the network" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    parts = [f"{len(ks)} {what} (e.g. {_examples(ks)})" for ks, what in
+             ((missing, "missing keys"), (extra, "unexpected keys"), (shapes, "keys of another shape")) if ks]
+    return "; ".join(parts) or "the keys and shapes match"
+
+
 def _load_into(model: nn.Module, sd: dict, weights, arch: str) -> None:
-    """load_state_dict, with a mismatch explained: how many keys are missing or unexpected, and examples."""
+    """load_state_dict, with a mismatch explained in a few lines: how many keys are missing, unexpected or of
+    another shape, a few examples, and what to do."""
     try:
         model.load_state_dict(sd)
-    except RuntimeError as e:
-        own = model.state_dict()
-        missing, extra = [k for k in own if k not in sd], [k for k in sd if k not in own]
-        shapes = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-        raise WeightsFileError(
-            f"the weights in {weights} do not fit {arch!r}: {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(extra)} unexpected (e.g. {extra[:2]}), {len(shapes)} of another shape (e.g. {shapes[:2]}). Were "
-            "they saved from another architecture, or with another n_out?") from e
+    except RuntimeError:
+        raise WeightsFileError(f"the weights in {weights} do not fit {arch!r}: {state_mismatch(model.state_dict(), sd)}. "
+                               "Were they saved from another architecture, or with another n_out? Pass the arch and "
+                               "n_out they were trained with.") from None
 
 
 def _weights_from_legacy(weights, kw: dict):

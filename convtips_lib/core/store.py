@@ -105,13 +105,34 @@ def load_tensors(path, key: str, fields: Iterable[str]) -> dict | None:
         return None
 
 
+def _check_entry(path: Path) -> None:
+    """`StorageError` unless a file can be written at `path`: its folder writable and no folder in its place."""
+    writable_dir(path.parent)
+    if path.exists() and not path.is_file():
+        raise StorageError(f"cannot write the cache entry {path}: a folder (or other non-file) is in its place. "
+                           "Remove it, or point CONVTIPS_CACHE at another folder.")
+
+
+def _store(path: Path, payload: dict) -> None:
+    """`save_tensors`; a failed write (disk full, no permission) is one warning, as the payload is already built."""
+    try:
+        save_tensors(path, payload)
+    except OSError as e:
+        e = e.__cause__ if isinstance(e, StorageError) and isinstance(e.__cause__, OSError) else e   # the OS's words
+        warnings.warn(f"could not store the cache entry {path} ({type(e).__name__}: {e.strerror or e}); the result "
+                      "is used now but not kept, so the next run builds it again. Free disk space, or point "
+                      "CONVTIPS_CACHE at a writable folder.", stacklevel=4)
+
+
 def cached(path, key: str, fields: tuple, build: Callable[[], dict]) -> tuple:
-    """(payload, hit, seconds): load `path` when it holds `key`, else build, store atomically and return it."""
+    """(payload, hit, seconds): load `path` when it holds `key`, else build, store atomically and return it. Where
+    the entry cannot be written, `StorageError` before the (slow) build; a write failing after it only warns."""
     t = time.perf_counter()
+    path = Path(path)
     payload = load_tensors(path, key, fields)
     hit = payload is not None
     if not hit:
-        writable_dir(Path(path).parent)   # fail before the (slow) build, not after it
+        _check_entry(path)
         payload = dict(build(), key=key)
-        save_tensors(path, payload)
+        _store(path, payload)
     return payload, hit, time.perf_counter() - t

@@ -84,7 +84,11 @@ def cmd_predict(args) -> int:
             print(f"convtips: cannot classify {r['path']}: {r['error']}", file=sys.stderr)
         else:
             print(f"{r['path']}\t{r['label']}\t{r['probability']:.3f}")
-    return int(any("error" in r for r in rows))
+    failed = sum("error" in r for r in rows)
+    if failed:
+        print(f"convtips: {failed} of {len(rows)} image(s) could not be classified (named above); the others are "
+              "printed on stdout", file=sys.stderr)
+    return int(failed > 0)
 
 
 def cmd_train(args) -> int:
