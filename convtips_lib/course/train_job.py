@@ -96,7 +96,7 @@ def _make_out(out: Path) -> Path:
 def _out_lock(out: Path):
     """Hold <out>/`LOCK_FILE` while a run writes into `out` (released if the process dies); a second run is
     refused, naming it; removed at the end, also on error."""
-    from filelock import FileLock, Timeout   # a dependency of torch
+    from filelock import FileLock, Timeout
     path = out / LOCK_FILE
     lock = FileLock(path, timeout=0)
     try:
