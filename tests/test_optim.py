@@ -11,7 +11,7 @@ from torch import nn
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.train import NoTuneCells, learner
 from convtips_lib.topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, fit_schedule, lr_grid, opt_func, sgd_lr_from_adam
-from convtips_lib.studies.lesson05 import (chosen_lrs, cv_sweep, cv_train, init_drop, init_drop_gap,
+from convtips_lib.studies.lesson05 import (lrs_per_fold, cv_sweep, cv_train, init_drop, init_drop_gap,
                                           loss_curves, lr_sensitivity, lr_width_gap, scale_init, small_net,
                                           steps_ratio, steps_to_target, train_optimizer)
 
@@ -146,7 +146,7 @@ def _sweep():
 
 
 def test_chosen_lrs_follow_each_folds_tune_cells_and_never_pick_a_diverged_run():
-    assert chosen_lrs(_sweep()) == {"adam": [1e-2, 1e-4], "sgd": [0.01, 0.01]}   # on test: adam 1e-3, sgd 0.1
+    assert lrs_per_fold(_sweep()) == {"adam": [1e-2, 1e-4], "sgd": [0.01, 0.01]}   # on test: adam 1e-3, sgd 0.1
 
 
 def test_chosen_lrs_never_read_the_test_columns():
@@ -154,17 +154,17 @@ def test_chosen_lrs_never_read_the_test_columns():
     poisoned = sweep.assign(balanced_accuracy=np.random.default_rng(0).permutation(sweep["balanced_accuracy"]),
                             y_pred=[np.zeros(100, int)] * len(sweep))
     poisoned.loc[poisoned["lr"] == 1e-3, "balanced_accuracy"] = 10.0    # a test score no choice may follow
-    assert chosen_lrs(poisoned) == chosen_lrs(sweep)
+    assert lrs_per_fold(poisoned) == lrs_per_fold(sweep)
     worse = sweep.copy()
     worse.at[2, "fold_tune"] = [0.0, 0.5]
-    assert chosen_lrs(worse)["adam"] == [1e-3, 1e-4]                     # the tune scores alone move the choice
+    assert lrs_per_fold(worse)["adam"] == [1e-3, 1e-4]                     # the tune scores alone move the choice
 
 
 def test_chosen_lrs_refuse_a_sweep_without_tune_cells():
     with pytest.raises(ValueError, match="fold_tune"):
-        chosen_lrs(_sweep().drop(columns="fold_tune"))
+        lrs_per_fold(_sweep().drop(columns="fold_tune"))
     with pytest.raises(NoTuneCells, match="tune=True"):
-        chosen_lrs(_sweep().assign(fold_tune=[[np.nan, np.nan]] * 6))
+        lrs_per_fold(_sweep().assign(fold_tune=[[np.nan, np.nan]] * 6))
 
 
 def test_lr_sensitivity_measures_the_width_of_the_good_rates_in_decades():
@@ -213,7 +213,7 @@ def test_cv_train_pools_every_fold_and_keeps_each_folds_tune_score_and_losses():
 def test_a_real_cv_sweep_chooses_by_each_folds_tune_cells():
     fdls = _fold_dls()
     sweep = cv_sweep(fdls, ["sgd"], {"sgd": [1e-4, 0.05]}, 2, seed=0)
-    chosen = chosen_lrs(sweep)["sgd"]
+    chosen = lrs_per_fold(sweep)["sgd"]
     for fold in range(2):
         tune = {r.lr: r.fold_tune[fold] for r in sweep.itertuples()}
         assert chosen[fold] == max(tune, key=tune.get)

@@ -16,7 +16,7 @@ from ..core.measure import bootstrap, classification_metrics, median_ratio
 from ..core.train import Run, best_on_tune, learner, pool_folds, valid_preds
 from ..topics.optim import SwitchOptimizer, fit_schedule, opt_func
 
-__all__ = ["small_net", "scale_init", "train_optimizer", "cv_train", "cv_sweep", "chosen_lrs", "lr_sensitivity",
+__all__ = ["small_net", "scale_init", "train_optimizer", "cv_train", "cv_sweep", "lrs_per_fold", "lr_sensitivity",
            "lr_width_gap", "steps_to_target", "steps_ratio", "init_drop", "init_drop_gap", "loss_curves",
            "OPT_WITHIN"]
 
@@ -108,7 +108,7 @@ def _fold_rows(sweep: pd.DataFrame, metric: str) -> pd.DataFrame:
                          for r in sweep.itertuples() for i, (t, f) in enumerate(zip(r.fold_tune, r.fold_finite))])
 
 
-def chosen_lrs(sweep: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:
+def lrs_per_fold(sweep: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:
     """{optimizer: [the rate chosen for each fold]}: per fold the swept rate with the best tune score on that
     fold's own tune cells (`best_on_tune`), never the test cells, never a run that diverged there."""
     if "fold_tune" not in sweep:
