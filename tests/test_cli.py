@@ -291,3 +291,11 @@ def test_train_refuses_a_missing_folder_and_a_bad_valid_pct(tmp_path, capsys):
     assert "--valid-pct" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--balance", "smote", "--out", str(tmp_path / "o")]) == 2
     assert "recipe balance 'smote' is unknown: choose one of none, oversample" in capsys.readouterr().err
+
+
+def test_run_refuses_to_write_into_the_lessons_folder(lessons):
+    before = {p.name: p.read_bytes() for p in lessons.iterdir()}
+    for out in (lessons, lessons / "runs"):
+        rc, _, err = _run("run", "--profile", "smoke", "--out", out, "--lessons-dir", lessons)
+        assert rc == 2 and "the lessons folder" in err and "Choose a folder outside it" in err
+    assert {p.name: p.read_bytes() for p in lessons.iterdir()} == before    # nothing written, nothing overwritten

@@ -29,7 +29,7 @@ def cmd_run(args) -> int:
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UsageError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy's range), got {args.seed}: e.g. --seed 1")
     lessons = find_lessons(args.lessons, args.lessons_dir)
-    out = prepare_out(args.out)
+    out = prepare_out(args.out, lessons)
     seed = "" if args.seed is None else f", seed {args.seed}"
     print(f"convtips run: {len(lessons)} lesson(s), profile {cfg.name}{seed}, "
           f"cell timeout {args.timeout or 'none'} s, into {out}", flush=True)
