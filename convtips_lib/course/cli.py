@@ -174,11 +174,11 @@ _OS_FIXES = {   # errno -> what to do, for an OS error the library did not word 
     errno.ENOENT: "check the path",
 }
 _CLI_FIXES = {   # a library error (class name) -> its fix on the command line, added to the library's message
-    "HubUnreachableError": "On the command line: --arch efficientnet_lite0 (or _lite1, _lite2) needs no download.",
+    "HubUnreachableError": "On the command line: --arch efficientnet_lite0 trains offline.",
 }
 
 
-def exit_code(e: BaseException) -> int:
+def _exit_code(e: BaseException) -> int:
     """The exit code for `e`: the input (2), the machine (3), Ctrl-C (130), else a failure (1)."""
     data = sys.modules.get(f"{_LIBRARY}.core.data")   # not loaded: its BadImageError cannot have been raised
     if isinstance(e, KeyboardInterrupt):
@@ -219,7 +219,7 @@ def _worker_message(e: BaseException) -> str:
     return message if name.rsplit(".", 1)[-1] == type(e).__name__ else last
 
 
-def error_line(e: BaseException, debug: bool = False) -> str:
+def _error_line(e: BaseException, debug: bool = False) -> str:
     """`e` as one `convtips: ...` line: the library's message (it names the fix), an OS error with its path and
     fix, or, for an unexpected error, its type, its message's start and (unless `debug`) the --debug hint."""
     if isinstance(e, KeyboardInterrupt):
@@ -230,7 +230,7 @@ def error_line(e: BaseException, debug: bool = False) -> str:
     if isinstance(e, ModuleNotFoundError) and e.name and "pip install" not in text:
         text += f": pip install {e.name.split('.')[0]}"
     text = " ".join(f"{text} {_CLI_FIXES.get(type(e).__name__, '')}".split()) or type(e).__name__
-    if known and exit_code(e) != EXIT_FAILED:
+    if known and _exit_code(e) != EXIT_FAILED:
         return f"convtips: {text}"
     short = text if len(text) <= 300 else text[:297] + "..."
     return f"convtips: unexpected {type(e).__name__}: {short}" + ("" if debug else f" ({_DEBUG_HINT})")
@@ -243,7 +243,7 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv=None) -> int:
     """Entry point of the `convtips` console script: an error is one `convtips: ...` line and an exit code
-    (`exit_code`); with --debug its traceback (and warnings in Python's own format) too."""
+    (`_exit_code`); with --debug its traceback (and warnings in Python's own format) too."""
     args = _parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():
@@ -255,8 +255,8 @@ def main(argv=None) -> int:
         except (Exception, KeyboardInterrupt) as e:   # noqa: BLE001 - every error ends in one line and an exit code
             if debug:
                 traceback.print_exc()
-            print(error_line(e, debug), file=sys.stderr)
-            return exit_code(e)
+            print(_error_line(e, debug), file=sys.stderr)
+            return _exit_code(e)
 
 
 if __name__ == "__main__":
