@@ -368,3 +368,148 @@ def test_train_skips_bad_images_when_asked_counts_them_and_replaces_the_report(t
     metrics = json.loads((tmp_path / "run" / "results" / "train.json").read_text())["metrics"]
     assert metrics["skipped_images"] == [str(data / "dark" / "broken.png")]
     assert "broken.png" in report.read_text() and not (tmp_path / "run" / ".convtips-train.lock").exists()
+
+
+# ---------------------------------------------------------------- errors: one line, a fix and an exit code
+import errno  # noqa: E402
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+import convtips_lib  # noqa: E402
+from convtips_lib.course import cli  # noqa: E402
+
+ERROR_CODES = {   # every error class of the library -> its exit code: 2 the input, 3 the machine
+    "UsageError": 2, "ProfileError": 2, "ModelFolderError": 2, "UnknownModelError": 2, "WeightsChecksumError": 2,
+    "WeightsFileError": 2, "NoTuneCells": 2, "BadImageError": 2,
+    "DataUnreachableError": 3, "HubUnreachableError": 3, "StorageError": 3,
+}
+
+
+def _library_errors() -> dict:
+    """name -> class of every Exception subclass defined in convtips_lib (each module imported)."""
+    for m in pkgutil.walk_packages(convtips_lib.__path__, "convtips_lib."):
+        importlib.import_module(m.name)
+    found, todo = {}, [Exception]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.__module__.startswith("convtips_lib.") and not issubclass(cls, Warning):
+            found[cls.__name__] = cls
+    return found
+
+
+def _failing(monkeypatch, error: BaseException):
+    """Make `convtips info` raise `error` from inside the command."""
+    def cmd_info(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_info", cmd_info)
+
+
+def test_every_library_error_class_has_an_exit_code():
+    assert set(_library_errors()) == set(ERROR_CODES)   # a new error class: give it its code in ERROR_CODES
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_CODES))
+def test_each_library_error_is_one_line_with_its_fix_and_exit_code(monkeypatch, name):
+    _failing(monkeypatch, _library_errors()[name]("what went wrong: how to fix it"))
+    rc, _, err = _run("info")
+    assert rc == ERROR_CODES[name] and err.startswith("convtips: what went wrong: how to fix it")
+    assert err.count("\n") == 1 and "Traceback" not in err and "--debug" not in err
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_prints_the_traceback_before_the_line(monkeypatch, where):
+    from convtips_lib.course.runner import UsageError
+    _failing(monkeypatch, UsageError("bad value: pass a good one"))
+    rc, _, err = _run(*(["--debug", "info"] if where == "before" else ["info", "--debug"]))
+    assert rc == 2 and err.startswith("Traceback") and "raise error" in err
+    assert err.strip().splitlines()[-1] == "convtips: bad value: pass a good one"
+    _failing(monkeypatch, RuntimeError("boom"))
+    rc, _, err = _run("--debug", "info")
+    assert rc == 1 and "Traceback" in err and err.strip().splitlines()[-1] == "convtips: unexpected RuntimeError: boom"
+
+
+def test_an_unexpected_error_is_named_in_one_line_with_the_debug_hint(monkeypatch):
+    _failing(monkeypatch, RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA"))
+    rc, _, err = _run("info")
+    assert rc == 1 and err == ("convtips: unexpected RuntimeError: CUDA error: device-side assert triggered Compile "
+                               "with TORCH_USE_CUDA_DSA (run with --debug for the traceback)\n")
+
+
+def test_a_value_error_from_outside_the_library_gets_the_debug_hint(monkeypatch):
+    _failing(monkeypatch, ValueError("Expected more than 1 value per channel when training"))
+    rc, _, err = _run("info")
+    assert rc == 2 and err.startswith("convtips: unexpected ValueError: Expected more than 1 value")
+    assert "--debug" in err
+
+
+@pytest.mark.parametrize("code, words, fix", [(errno.EACCES, "permission denied", "check its permissions"),
+                                              (errno.ENOSPC, "no space left on device", "free space"),
+                                              (errno.EROFS, "read-only file system", "read-only")])
+def test_an_os_error_names_the_path_and_the_fix(monkeypatch, code, words, fix):
+    _failing(monkeypatch, OSError(code, os.strerror(code), "/data/out/model.pth"))
+    rc, _, err = _run("info")
+    assert rc == 3 and err.startswith(f"convtips: {words}: /data/out/model.pth: ") and fix in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_full_disk_during_the_write_itself_names_the_file(monkeypatch, tmp_path):
+    import convtips_lib.core.store as store
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    target = tmp_path / "out" / "run.json"
+    monkeypatch.setattr(store.os, "fdopen", lambda fd, mode: (os.close(fd), Full())[1])
+    monkeypatch.setattr(cli, "cmd_info", lambda args: store.atomic_write(target, "[]"))
+    rc, _, err = _run("info")
+    assert rc == 3 and err.startswith(f"convtips: cannot write {target}: No space left on device")
+    assert "Free space" in err and err.count("\n") == 1 and not list(target.parent.iterdir())
+
+
+def test_ctrl_c_is_a_short_line_and_exit_code_130(monkeypatch):
+    _failing(monkeypatch, KeyboardInterrupt())
+    assert _run("info")[::2] == (130, "convtips: interrupted (Ctrl-C)\n")
+
+
+def test_an_error_from_a_dataloader_worker_shows_its_original_message(monkeypatch):
+    from convtips_lib.core.data import BadImageError
+    _failing(monkeypatch, BadImageError(
+        "Caught BadImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "worker.py", line 1, in fetch\nconvtips_lib.core.data.BadImageError: cannot read image a.png: '
+        "truncated. Replace or delete the file\n"))
+    rc, _, err = _run("info")
+    assert (rc, err) == (2, "convtips: cannot read image a.png: truncated. Replace or delete the file\n")
+
+
+def test_warnings_are_one_line_each(monkeypatch):
+    import warnings
+
+    def cmd_info(args):
+        warnings.warn("12 training images, fewer than one batch of 32:\n using batches of 12")
+        return 0
+    monkeypatch.setattr(cli, "cmd_info", cmd_info)
+    assert _run("info")[::2] == (0, "convtips: warning: 12 training images, fewer than one batch of 32: using "
+                                    "batches of 12\n")
+
+
+def test_train_offline_with_a_hub_architecture_says_which_arch_needs_no_download(tmp_path, monkeypatch, image_folder):
+    import torchvision
+    from urllib.error import URLError
+
+    def offline(*a, **kw):
+        raise URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    rc, _, err = _run("train", image_folder(tmp_path / "data"), "--arch", "tv:resnet18", "--out", tmp_path / "o",
+                      "--profile", "smoke")
+    line = err.strip().splitlines()[-1]
+    assert rc == 3 and line.startswith("convtips: could not fetch pretrained weights for 'tv:resnet18'")
+    assert "--arch efficientnet_lite0" in line and "Traceback" not in err
+
+
+def test_run_refuses_to_write_into_the_lessons_folder(lessons):
+    before = {p.name: p.read_bytes() for p in lessons.iterdir()}
+    for out in (lessons, lessons / "runs"):
+        rc, _, err = _run("run", "--profile", "smoke", "--out", out, "--lessons-dir", lessons)
+        assert rc == 2 and "the lessons folder" in err and "Choose a folder outside it" in err
+    assert {p.name: p.read_bytes() for p in lessons.iterdir()} == before    # nothing written, nothing overwritten

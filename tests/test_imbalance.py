@@ -434,3 +434,14 @@ def test_the_fold_choice_reads_only_that_fold_s_tune_cells(cell_feats):
     clean, dirty = (cv_head_grid(v, paths, fold, "binary, natural", **args) for v in (x, scrambled))
     assert clean["lrs_by_fold"].iloc[0] == dirty["lrs_by_fold"].iloc[0]
     assert clean["balanced_accuracy"].iloc[0] > dirty["balanced_accuracy"].iloc[0] + 0.1
+
+
+def test_a_whole_network_remedy_with_fewer_cells_than_a_batch_still_trains(recwarn):
+    from convtips_lib.core.profiles import profile
+    from convtips_lib.studies.lesson04 import train_remedy
+    cfg = profile("smoke")
+    df = imbalanced_frame(elpv_roles(32, 8), 1 / 20, seed=0)
+    run = train_remedy(cfg, df, "under-sampling", steps=2, frac=0.1)
+    assert run.extra["n_train"] < cfg.bs and run.extra["steps"] >= 2          # was 0 steps: no batch of 64
+    assert np.isfinite(run.history["train_loss"]).all()
+    assert not [w for w in recwarn if "generator is empty" in str(w.message)]

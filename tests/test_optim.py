@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fastai.optimizer import OptimWrapper
 from torch import nn
 
 from convtips_lib.core.data import tensor_dls
@@ -127,6 +128,35 @@ def test_sgd_lr_from_adam_matches_a_hand_computation():
     assert sgd_lr_from_adam(opt, momentum=0.9) == pytest.approx(0.01 / 3 * (1 - 0.9), rel=1e-5)
     with pytest.raises(ValueError, match="no Adam state"):
         sgd_lr_from_adam(torch.optim.Adam([nn.Parameter(torch.zeros(2))]))
+
+
+def test_sgd_lr_from_fastai_adam_matches_torch_adam_on_the_same_gradients():
+    """fastai's own Adam keeps sqr_avg and step (hypers sqr_mom, eps) where torch's keeps exp_avg_sq and step (betas,
+    eps): after the same gradients both give the same debiased second moment, so the same SGD rate."""
+    from fastai.optimizer import Adam
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(2, 7, generator=g) for _ in range(3)]
+    pf, pt = nn.Parameter(torch.zeros(2, 7)), nn.Parameter(torch.zeros(2, 7))
+    fastai_adam = Adam([pf], lr=0.01, mom=0.9, sqr_mom=0.999, eps=1e-8, wd=0.0)
+    torch_adam = torch.optim.Adam([pt], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    for grad in grads:
+        pf.grad, pt.grad = grad.clone(), grad.clone()
+        fastai_adam.step()
+        torch_adam.step()
+    assert torch.allclose(fastai_adam.state[pf]["sqr_avg"], torch_adam.state[pt]["exp_avg_sq"])
+    assert sgd_lr_from_adam(fastai_adam) == pytest.approx(sgd_lr_from_adam(torch_adam), rel=1e-6)
+    assert sgd_lr_from_adam(OptimWrapper(opt=torch_adam)) == sgd_lr_from_adam(torch_adam)   # as opt_func('adam')
+
+
+def test_switch_refuses_torch_rmsprop_up_front_unless_given_a_scale(dls):
+    learn = learner(dls, _tiny(2), opt_func=opt_func("rmsprop"), cbs=[SwitchOptimizer(1)], seed=0)
+    with pytest.raises(ValueError, match="trains with torch's RMSprop: use Adam"):
+        learn.fit(2, 1e-3)
+    assert learn.history.rows == []                        # refused before the first epoch
+    fixed = SwitchOptimizer(1, lr_scale=3.0)
+    learn = learner(dls, _tiny(2), opt_func=opt_func("rmsprop"), cbs=[fixed], seed=0)
+    learn.fit(2, 1e-3)
+    assert fixed.switched_at == 1 and type(learn.opt.opt).__name__ == "SGD"
 
 
 def _sweep():

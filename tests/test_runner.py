@@ -106,3 +106,29 @@ def test_finish_run_exit_codes_after_a_signal(tmp_path, capsys, signum, code, wo
     assert [r["status"] for r in json.loads((out / "run.json").read_text())] == ["ok", "interrupted", "not run"]
     assert finish_run(Run([Outcome("00_a", "ok", 1.0), Outcome("01_b")], signum), out) == code
     assert f"{word} after lesson 00_a; the lessons after it did not run" in capsys.readouterr().err
+
+
+def test_prepare_out_refuses_to_overwrite_the_lessons_it_runs(tmp_path):
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    source = _notebook(lessons / "00_a.ipynb", "x = 1")
+    original = source.read_bytes()
+    with pytest.raises(UsageError, match="is the lessons folder .*Choose a folder outside it"):
+        prepare_out(lessons, [source])
+    with pytest.raises(UsageError, match="is inside the lessons folder"):
+        prepare_out(lessons / "runs" / "latest", [source])
+    copy = tmp_path / "copy"                                  # any folder holding a notebook no run wrote
+    copy.mkdir()
+    (copy / "00_a.ipynb").write_bytes(original)
+    with pytest.raises(UsageError, match="holds 00_a.ipynb, a notebook no `convtips run` wrote"):
+        prepare_out(copy, [source])
+    assert source.read_bytes() == original and sorted(p.name for p in lessons.iterdir()) == ["00_a.ipynb"]
+    assert sorted(p.name for p in copy.iterdir()) == ["00_a.ipynb"]   # refused before anything was written
+
+
+def test_prepare_out_reuses_a_folder_of_an_earlier_run(tmp_path):
+    lessons, out = tmp_path / "lessons", tmp_path / "out"
+    lessons.mkdir()
+    source = _notebook(lessons / "00_a.ipynb", "x = 1")
+    run_notebook(source, out / "00_a.ipynb", timeout=60)          # marked as written by a run
+    assert prepare_out(out, [source]) == out.resolve() and (out / "logs").is_dir()

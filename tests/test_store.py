@@ -107,6 +107,21 @@ def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json"]
 
 
+def test_a_full_disk_while_writing_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import io
+    target = tmp_path / "r.json"
+    target.write_text("old content")
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(store.os, "fdopen", lambda fd, mode: (os.close(fd), Full())[1])
+    with pytest.raises(StorageError, match=f"cannot write {target}: No space left on device .*Free space") as e:
+        atomic_write(target, "new")
+    assert e.value.errno == errno.ENOSPC and target.read_text() == "old content" and _leftovers(tmp_path) == []
+
+
 def test_atomic_write_failure_without_old_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda src, dst: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):

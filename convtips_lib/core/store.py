@@ -1,6 +1,7 @@
 """Storage every cache and record shares: atomic writes, content hashes for cache keys, keyed tensor files."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -27,9 +28,19 @@ class StorageError(OSError):
 
 
 def _folder_problem(folder: Path, e: OSError) -> StorageError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _full_disk(folder, e)
     return StorageError(f"cannot write to the folder {folder} ({type(e).__name__}: {e.strerror or e}). Point "
                         "CONVTIPS_CACHE (caches) or --out (results) at a writable folder, or remove the file in the "
                         "way.")
+
+
+def _full_disk(path: Path, e: OSError) -> StorageError:
+    """A StorageError naming `path` on a full disk (or quota), keeping `e`'s errno."""
+    err = StorageError(f"cannot write {path}: {e.strerror or e} (the disk or your quota is full). Free space there, "
+                       "or point --out (results) or CONVTIPS_CACHE (caches) at a folder on another disk.")
+    err.errno = e.errno
+    return err
 
 
 def writable_dir(folder) -> Path:
@@ -57,8 +68,10 @@ def atomic_write(path, data: bytes | str) -> Path:
             f.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full_disk(path, e) from e
         raise
     return path
 

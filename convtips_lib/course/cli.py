@@ -5,12 +5,19 @@ classifies images with such a model folder.
 
 A run writes into --out: the executed notebooks (one that did not finish is kept, marked incomplete), results/ (each
 lesson's JSON and figures), logs/ (each lesson's kernel log), run.json (each lesson's status) and report.html.
+
+An error prints one `convtips: ...` line saying what went wrong and how to fix it (`--debug`: the traceback too).
+Exit codes: 0 done; 1 a lesson or an image failed, or an unexpected error; 2 the input (an argument, a file, an
+image); 3 the machine (disk full, permissions, network, a missing package); 130 Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 from .runner import STATUSES, Outcome, UsageError, find_lessons, finish_run, kernel_env, prepare_out, run_lessons
@@ -29,7 +36,7 @@ def cmd_run(args) -> int:
     if args.seed is not None and not 0 <= args.seed < 2 ** 32:
         raise UsageError(f"--seed must be an integer from 0 to 2**32 - 1 (numpy's range), got {args.seed}: e.g. --seed 1")
     lessons = find_lessons(args.lessons, args.lessons_dir)
-    out = prepare_out(args.out)
+    out = prepare_out(args.out, lessons)
     seed = "" if args.seed is None else f", seed {args.seed}"
     print(f"convtips run: {len(lessons)} lesson(s), profile {cfg.name}{seed}, "
           f"cell timeout {args.timeout or 'none'} s, into {out}", flush=True)
@@ -158,21 +165,114 @@ def _parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify image files with an exported model folder")
     predict.add_argument("model_dir", help="a folder written by export_model (model.json + weights.pth)")
     predict.add_argument("images", nargs="+", help="image files")
+    _add_debug(ap, sub)
     return ap
 
 
+def _add_debug(ap: argparse.ArgumentParser, sub) -> None:
+    """--debug before or after the sub-command (`convtips --debug train ...`, `convtips train ... --debug`)."""
+    text = "on an error, print its traceback as well as the one-line message"
+    ap.add_argument("--debug", action="store_true", help=text)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+EXIT_FAILED, EXIT_INPUT, EXIT_MACHINE, EXIT_INTERRUPTED = 1, 2, 3, 130
+_LIBRARY = __package__.split(".")[0]               # convtips_lib
+_LIBRARY_DIR = Path(__file__).resolve().parents[1]
+_DEBUG_HINT = "run with --debug for the traceback"
+_OS_FIXES = {   # errno -> what to do, for an OS error the library did not word itself
+    errno.ENOSPC: "free space on that disk, or choose another --out (or CONVTIPS_CACHE) on another disk",
+    errno.EDQUOT: "free space within your disk quota, or choose another --out (or CONVTIPS_CACHE)",
+    errno.EACCES: "check its permissions, or choose another --out (or CONVTIPS_CACHE) that you can write",
+    errno.EPERM: "check its permissions, or choose another --out (or CONVTIPS_CACHE) that you can write",
+    errno.EROFS: "that disk is read-only: choose another --out (or CONVTIPS_CACHE)",
+    errno.ENOENT: "check the path",
+}
+_CLI_FIXES = {   # a library error (class name) -> its fix on the command line, added to the library's message
+    "HubUnreachableError": "On the command line: --arch efficientnet_lite0 trains offline.",
+}
+
+
+def _exit_code(e: BaseException) -> int:
+    """The exit code for `e`: the input (2), the machine (3), Ctrl-C (130), else a failure (1)."""
+    data = sys.modules.get(f"{_LIBRARY}.core.data")   # not loaded: its BadImageError cannot have been raised
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, (ValueError, FileNotFoundError, getattr(data, "BadImageError", ()))):   # UsageError, ...
+        return EXIT_INPUT
+    if isinstance(e, (OSError, ImportError)):   # disk, permissions, network (ConnectionError), packages
+        return EXIT_MACHINE
+    return EXIT_FAILED
+
+
+def _raised_by_library(e: BaseException) -> bool:
+    """Whether `e` is one of the library's errors or was raised in its code: its message then names the fix."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else None
+    return type(e).__module__.startswith(f"{_LIBRARY}.") or (where is not None and _LIBRARY_DIR in where.parents)
+
+
+def _os_message(e: OSError) -> str | None:
+    """'no space left on device: /out/x.json: free space ...' for an error of the OS, None for any other OSError."""
+    if e.errno is None or not e.strerror:
+        return None
+    where = f": {e.filename}" if e.filename is not None else ""
+    fix = _OS_FIXES.get(e.errno)
+    return f"{e.strerror[:1].lower()}{e.strerror[1:]}{where}" + (f": {fix}" if fix else "")
+
+
+def _worker_message(e: BaseException) -> str:
+    """`e`'s message; for an error re-raised from a DataLoader worker ('Caught X in DataLoader worker process 0.
+    Original Traceback ...'), the original one: the last line of that traceback without the class name."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name, _, message = last.partition(": ")
+    return message if name.rsplit(".", 1)[-1] == type(e).__name__ else last
+
+
+def _error_line(e: BaseException, debug: bool = False) -> str:
+    """`e` as one `convtips: ...` line: the library's message (it names the fix), an OS error with its path and
+    fix, or, for an unexpected error, its type, its message's start and (unless `debug`) the --debug hint."""
+    if isinstance(e, KeyboardInterrupt):
+        return "convtips: interrupted (Ctrl-C)"
+    text, known = _worker_message(e), _raised_by_library(e)
+    if isinstance(e, OSError) and not type(e).__module__.startswith(f"{_LIBRARY}.") and _os_message(e):
+        text, known = _os_message(e), True   # the OS's own error ('[Errno 28] ...'), wherever it was raised
+    if isinstance(e, ModuleNotFoundError) and e.name and "pip install" not in text:
+        text += f": pip install {e.name.split('.')[0]}"
+    text = " ".join(f"{text} {_CLI_FIXES.get(type(e).__name__, '')}".split()) or type(e).__name__
+    if known and _exit_code(e) != EXIT_FAILED:
+        return f"convtips: {text}"
+    short = text if len(text) <= 300 else text[:297] + "..."
+    return f"convtips: unexpected {type(e).__name__}: {short}" + ("" if debug else f" ({_DEBUG_HINT})")
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """`warnings.showwarning` for the console: 'convtips: warning: ...' on one line, without the source line."""
+    print(f"convtips: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
-    """Entry point of the `convtips` console script."""
+    """Entry point of the `convtips` console script: an error is one `convtips: ...` line and an exit code
+    (`_exit_code`); with --debug its traceback (and warnings in Python's own format) too."""
     args = _parser().parse_args(argv)
-    try:
-        return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "train": cmd_train,
-                "predict": cmd_predict}[args.cmd](args)
-    except (ValueError, FileNotFoundError) as e:   # UsageError and ProfileError are ValueErrors
-        print(f"convtips: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("convtips: interrupted", file=sys.stderr)
-        return 130
+    debug = getattr(args, "debug", False)
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _warning_line
+        try:
+            return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "train": cmd_train,
+                    "predict": cmd_predict}[args.cmd](args)
+        except (Exception, KeyboardInterrupt) as e:   # noqa: BLE001 - every error ends in one line and an exit code
+            if debug:
+                traceback.print_exc()
+            print(_error_line(e, debug), file=sys.stderr)
+            return _exit_code(e)
 
 
 if __name__ == "__main__":

@@ -440,12 +440,38 @@ def run_lessons(lessons: Sequence[str | Path], out: str | Path, env: dict, timeo
     return Run(outcomes, interrupt.signum)
 
 
-def prepare_out(path: str | Path) -> Path:
-    """The --out folder with results/ and logs/ inside, created if missing; a clear error when it cannot be."""
+def _written_by_a_run(nb: Path) -> bool:
+    """Whether notebook `nb` is an executed notebook `convtips run` wrote (marked in its metadata by `_mark`)."""
+    try:
+        return "status" in json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("convtips", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _refuse_sources(out: Path, path, sources: Sequence[Path]) -> None:
+    """UsageError when the run folder `out` is (or lies inside) the folder of a source notebook, or holds a
+    notebook of a source's name that no run wrote: the run would overwrite the lessons it executes."""
+    for folder in sorted({Path(nb).resolve().parent for nb in sources}):
+        if out == folder or folder in out.parents:
+            raise UsageError(f"--out {path} is {'' if out == folder else 'inside '}the lessons folder {folder}: the "
+                             "executed notebooks would overwrite or mix with the lessons. Choose a folder outside it, "
+                             "e.g. --out runs/latest")
+    for nb in sources:
+        target = out / Path(nb).name
+        if target.exists() and not _written_by_a_run(target):
+            raise UsageError(f"--out {path} holds {target.name}, a notebook no `convtips run` wrote (a source "
+                             "lesson?): the run would overwrite it. Choose another --out, e.g. --out runs/latest, "
+                             "or move that notebook away")
+
+
+def prepare_out(path: str | Path, sources: Sequence[str | Path] = ()) -> Path:
+    """The --out folder with results/ and logs/ inside, created if missing; a clear error when it cannot be, or when
+    the run would overwrite one of `sources` (the lesson notebooks it executes)."""
     out = Path(path).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {path} is a file, not a folder: pass a folder for the executed notebooks and the "
                          "report (created if missing), e.g. --out runs/mine")
+    _refuse_sources(out, path, [Path(nb) for nb in sources])
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
         raise UsageError(f"--out {path} lies inside {existing}, which is a file: choose a path under a folder")

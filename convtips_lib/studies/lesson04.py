@@ -362,7 +362,9 @@ def train_remedy(cfg, df: pd.DataFrame, remedy: str, steps: int, frac: float = 1
     df = remedy_frame(df, remedy, frac, seed)
     names = df[~df["is_valid"]]["label_bin"].astype(str).to_numpy()
     weights = oversample_weights(names) if remedy == "over-sampling" else None
-    dls = elpv_dls(cfg, frac=1.0, seed=seed, df=df, sampling_weights=weights)
+    # a batch at most as large as the training set: under-sampling's few cells (a handful in smoke) would otherwise
+    # fill no batch (fastai drops the last incomplete one), and the run would train no step
+    dls = elpv_dls(cfg, frac=1.0, seed=seed, df=df, sampling_weights=weights, bs=min(cfg.bs, len(names)))
     vocab = [str(v) for v in dls.vocab]
     cbs = []
     if remedy == "minority augmentation":

@@ -8,8 +8,8 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.schedule import ParamScheduler, SchedCos, SchedNo, combine_scheds, combined_cos
-from fastai.optimizer import OptimWrapper
+from fastai.callback.schedule import LRFinder, ParamScheduler, SchedCos, SchedNo, combine_scheds, combined_cos
+from fastai.optimizer import Lookahead, OptimWrapper, Optimizer
 from fastai.vision.all import Callback
 
 from ..core.train import fit, history
@@ -72,50 +72,101 @@ def fit_schedule(learn, epochs: int, lr: float, schedule: str = "one-cycle") -> 
     return history(learn)
 
 
-def sgd_lr_from_adam(opt, momentum: float = 0.9) -> float:
-    """An SGD learning rate that takes about Adam's present steps: the median over parameters of
-    lr / (sqrt(v_hat) + eps), times (1 - momentum) as momentum multiplies SGD's steps by 1 / (1 - momentum)."""
+def _fastai_adam(opt) -> bool:
+    """Whether `opt` is fastai's own Adam (`fastai.optimizer.Adam`: dampened averages, step count, `adam_step`)."""
+    steps = {getattr(cb, "func", cb).__name__ for cb in getattr(opt, "cbs", ())}
+    return isinstance(opt, Optimizer) and not isinstance(opt, Lookahead) and {
+        "average_grad", "average_sqr_grad", "step_stat", "adam_step"} <= steps
+
+
+def _torch_adam(opt) -> bool:
+    """Whether `opt` is torch's Adam or AdamW, bare or in fastai's OptimWrapper (`opt_func('adam')`)."""
+    return isinstance(getattr(opt, "opt", opt), (torch.optim.Adam, torch.optim.AdamW))
+
+
+def _adam_moments(opt):
+    """(lr, debiased second moment v_hat, eps) of every parameter Adam has stepped: torch's Adam (state exp_avg_sq,
+    step; betas, eps) or fastai's (state sqr_avg, step; hypers sqr_mom, eps), debiased alike by 1 - beta2^step."""
+    if _fastai_adam(opt):
+        for _, _, st, hyper in opt.all_params():
+            if st.get("step"):
+                yield hyper["lr"], st["sqr_avg"] / (1 - hyper["sqr_mom"] ** st["step"]), hyper["eps"]
+        return
     inner = getattr(opt, "opt", opt)
-    scales = []
     for group in inner.param_groups:
         beta2, eps = group.get("betas", (0.9, 0.999))[1], group.get("eps", 1e-8)
         for p in group["params"]:
             st = inner.state.get(p, {})
-            if "exp_avg_sq" not in st:
-                continue
-            step = float(st["step"])
-            v_hat = st["exp_avg_sq"] / (1 - beta2 ** step)
-            scales.append(float((group["lr"] / (v_hat.sqrt() + eps)).median()))
+            if "exp_avg_sq" in st:
+                yield group["lr"], st["exp_avg_sq"] / (1 - beta2 ** float(st["step"])), eps
+
+
+def sgd_lr_from_adam(opt, momentum: float = 0.9) -> float:
+    """An SGD learning rate that takes about Adam's present steps: the median over parameters of
+    lr / (sqrt(v_hat) + eps), times (1 - momentum) as momentum multiplies SGD's steps by 1 / (1 - momentum).
+    `opt`: torch's Adam or AdamW (bare or in fastai's OptimWrapper) or fastai's own Adam."""
+    scales = [float((lr / (v_hat.sqrt() + eps)).median()) for lr, v_hat, eps in _adam_moments(opt)]
     if not scales:
-        raise ValueError("the optimizer has no Adam state yet (exp_avg_sq): switch after at least one step")
+        raise ValueError("the optimizer has no Adam state yet (exp_avg_sq or sqr_avg): switch after at least one step")
     return float(np.median(scales)) * (1 - momentum)
 
 
+def _optimizer_name(opt) -> str:
+    """'torch's RMSprop', or 'fastai's Optimizer with radam_step' (its last step function)."""
+    if isinstance(opt, OptimWrapper):
+        return f"torch's {type(opt.opt).__name__}"
+    if isinstance(opt, Optimizer) and len(opt.cbs):
+        return f"fastai's {type(opt).__name__} with {getattr(opt.cbs[-1], 'func', opt.cbs[-1]).__name__}"
+    return type(opt).__name__
+
+
 class SwitchOptimizer(Callback):
-    """Start with the Learner's (adaptive) optimizer, then from epoch `at_epoch` (0-based) train with SGD +
-    `momentum` (Keskar & Socher, 2017, 'Improving generalization performance by switching from Adam to SGD').
-    The SGD learning rate follows the same schedule, scaled by `lr_scale` (default: `sgd_lr_from_adam` / Adam's
-    learning rate at the switch, so SGD's first steps are about as large as Adam's last). Parameter groups and
-    the schedule are kept; `switched_at`, `lr_scale` record what happened."""
+    """Start with the Learner's Adam, then from epoch `at_epoch` (0-based) train with SGD + `momentum` (Keskar &
+    Socher, 2017, 'Improving generalization performance by switching from Adam to SGD'). The SGD learning rate
+    follows the same schedule, scaled by `lr_scale` (default: `sgd_lr_from_adam` / Adam's learning rate at the
+    switch, so SGD's first steps are about as large as Adam's last). Adam: fastai's own (`Learner`'s default
+    `opt_func=Adam`) or torch's (`opt_func('adam')`, 'adamw'); any other optimizer only with `lr_scale`. Parameter
+    groups and the schedule are kept; `switched_at`, `lr_scale` record what happened."""
     order = ParamScheduler.order + 1   # after the scheduler has set this batch's learning rate
 
     def __init__(self, at_epoch: int, momentum: float = 0.9, lr_scale: float | None = None):
         if at_epoch < 1:
             raise ValueError(f"at_epoch must be >= 1 (train with Adam first), got {at_epoch}")
         self.at_epoch, self.momentum, self.fixed_scale = at_epoch, momentum, lr_scale
+        self.switched_at, self.lr_scale, self.adam_func, self.fitting = None, lr_scale, None, False
 
-    def before_fit(self):
-        self.switched_at, self.lr_scale = None, self.fixed_scale
+    def before_train(self):
+        # the first training phase of a fit: get_preds and validate run before_fit and before_epoch but never train;
+        # lr_find trains, but restores Adam's state afterwards, so it must keep Adam
+        if self.train_iter == 0 and not any(isinstance(cb, LRFinder) for cb in self.learn.cbs):
+            self.switched_at, self.lr_scale, self.adam_func, self.fitting = None, self.fixed_scale, None, True
+            if self.lr_scale is None:
+                self._check_adam()
 
     def before_epoch(self):
-        if self.epoch != self.at_epoch or self.switched_at is not None:
-            return
-        adam_lr = self.opt.hypers[-1]["lr"]
+        if self.fitting and self.epoch == self.at_epoch and self.switched_at is None:
+            self._switch()
+
+    def _check_adam(self) -> None:
+        """Refuse, before the first step, an optimizer whose state `sgd_lr_from_adam` cannot read."""
+        if not (_fastai_adam(self.opt) or _torch_adam(self.opt)):
+            raise ValueError(f"SwitchOptimizer reads Adam's state to carry its step size over to SGD, and the Learner "
+                             f"trains with {_optimizer_name(self.opt)}: use Adam (fastai's opt_func=Adam, the "
+                             "default, or ctl.opt_func('adam') / 'adamw'; after an earlier switch, fit with "
+                             "reset_opt=True), or pass lr_scale=, SGD's learning rate as a multiple of the scheduled one")
+
+    def _switch(self) -> None:
+        """From now on SGD + momentum over the same parameter groups, at `lr_scale` x the scheduled rate."""
         if self.lr_scale is None:
-            self.lr_scale = sgd_lr_from_adam(self.opt, self.momentum) / adam_lr
-        self.learn.opt_func = opt_func("sgd", momentum=self.momentum)
+            self.lr_scale = sgd_lr_from_adam(self.opt, self.momentum) / self.opt.hypers[-1]["lr"]
+        self.adam_func, self.learn.opt_func = self.learn.opt_func, opt_func("sgd", momentum=self.momentum)
         self.learn.create_opt()   # the same splitter: the same parameter groups, frozen ones stay frozen
         self.switched_at = self.epoch
+
+    def after_fit(self):
+        if self.adam_func is not None:   # the Learner keeps its own opt_func; its optimizer stays SGD until reset
+            self.learn.opt_func, self.adam_func = self.adam_func, None
+        self.fitting = False
 
     def before_batch(self):
         if self.switched_at is not None and self.training:
