@@ -380,7 +380,7 @@ from convtips_lib.course import cli  # noqa: E402
 
 ERROR_CODES = {   # every error class of the library -> its exit code: 2 the input, 3 the machine
     "UsageError": 2, "ProfileError": 2, "ModelFolderError": 2, "UnknownModelError": 2, "WeightsChecksumError": 2,
-    "WeightsFileError": 2, "NoTuneCells": 2, "BadImageError": 2,
+    "WeightsFileError": 2, "NoTuneCells": 2, "BadImageError": 2, "DataFolderError": 2,
     "DataUnreachableError": 3, "HubUnreachableError": 3, "StorageError": 3,
 }
 

@@ -115,6 +115,26 @@ def test_split_tune_without_a_share_leaves_the_training_images_alone(tmp_path, i
     assert _paths(dls.train_ds.items) == before and getattr(dls, "tune", None) is None
 
 
+def test_split_tune_leaves_a_batch_to_train_on_when_few_images_are_left(tmp_path, image_folder):
+    from convtips_lib.core.data import folder_dls
+    root = image_folder(tmp_path / "data", counts=(("bright", 6), ("dark", 6)))
+    dls = folder_dls(root, profile("smoke"), 0.25, seed=0, bs=8, img_size=32)   # 8 training images, batches of 8
+    split_tune(dls, 0.25, seed=0)                                               # 6 left: no batch of 8 without the fix
+    assert len(dls.train) >= 1 and dls.train.bs == len(dls.train_ds)
+
+
+def test_a_fit_whose_training_images_fill_no_batch_is_refused(tmp_path, image_folder):
+    from convtips_lib.core.data import folder_dls
+    from convtips_lib.core.train import check_trains, fit, make_learner
+    dls = folder_dls(image_folder(tmp_path / "data"), profile("smoke"), 0.25, seed=0, bs=4, img_size=32)
+    dls.train = dls.train.new(bs=len(dls.train_ds) + 1)    # the last incomplete batch is dropped: nothing to train
+    learn = make_learner(dls, "efficientnet_lite0", weights=None, depth="head", seed=0)
+    with pytest.raises(ValueError, match="make no batch of .*nothing would train"):
+        check_trains(learn)
+    with pytest.raises(ValueError, match="nothing would train"):
+        fit(learn, 1, 1e-3)
+
+
 def test_the_recipe_keeps_the_epoch_its_tune_images_chose(tmp_path, image_folder):
     root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
     r = Recipe(**dict(TINY, epochs=3))

@@ -22,7 +22,7 @@ from .models import Classifier, model_stats, pretrained
 from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
-__all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "fit_gradual", "history", "Run", "run_grid",
+__all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "check_trains", "fit_gradual", "history", "Run", "run_grid",
            "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate",
            "ValidateLast", "VALIDATE"]
 
@@ -175,6 +175,16 @@ def make_learner(dls, arch: str = DEFAULT_ARCH, weights="imagenet", depth="head"
 FIT_SCHEDULES = ("one-cycle", "constant")   # of lesson 05's SCHEDULES, the two fit runs in every phase
 
 
+def check_trains(learn: Learner) -> None:
+    """Refuse a fit that would take no optimizer step: fastai drops the last incomplete training batch, so fewer
+    training images than one batch train nothing (train loss nan) and only fastprogress's 'generator is empty'
+    would tell."""
+    if len(learn.dls.train) == 0:
+        n, bs = len(learn.dls.train_ds), learn.dls.train.bs
+        raise ValueError(f"{n} training images make no batch of {bs} (fastai drops the last incomplete batch), so "
+                         f"nothing would train: use batches of at most {n} images (bs=), or more training images")
+
+
 def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_epochs: int = 1,
         schedule: str = "one-cycle", validate: str = "every") -> pd.DataFrame:
     """Train with one-cycle at peak `lr` (or a constant `lr`: `schedule`), or fastai's `fine_tune` (`freeze_epochs`
@@ -183,6 +193,7 @@ def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_
     tune) cells after every epoch, or only after the last of each fit (`ValidateLast`)."""
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    check_trains(learn)
     if schedule not in FIT_SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(FIT_SCHEDULES)}")
     if validate not in VALIDATE:

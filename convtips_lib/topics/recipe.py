@@ -17,7 +17,7 @@ from ..core.compat import renamed_kwargs, warn_deprecated
 from ..core.data import attach_tune, folder_dls, stratified_pick
 from ..core.measure import Evaluation, classification_metrics, evaluate
 from ..core.store import atomic_write
-from ..core.train import FIT_SCHEDULES, History, fit, make_learner, tune_loader
+from ..core.train import FIT_SCHEDULES, History, check_trains, fit, make_learner, tune_loader
 from .augment import POLICIES, policy_tfms
 from .imbalance import oversample_weights
 
@@ -188,7 +188,8 @@ def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "n
     keep = [i for i in range(len(labels)) if not pick[i]]
     if pick.any():
         fit_ds = Datasets(tls=[tl._new([tl.items[i] for i in keep], split_idx=0) for tl in ds.tls], n_inp=ds.n_inp)
-        dls.train = dls.train.new(fit_ds)   # fastai's own `test_set` builds a subset the same way
+        # fastai's own `test_set` builds a subset the same way; a batch at most as large as what is left to train on
+        dls.train = dls.train.new(fit_ds, bs=min(dls.train.bs, len(keep)))
         attach_tune(dls, [ds.items[i] for i in np.flatnonzero(pick)])
     if balance == "oversample":
         fit_labels = [labels[i] for i in keep]
@@ -204,6 +205,7 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
     kept (`learn.kept_epoch`, 1-based; None when nothing was chosen: every epoch trained, the last kept).
     `distributed`: inside fastai's `distrib_ctx`, so `accelerate launch` spreads it over GPUs."""
     learn = make_learner(dls, recipe.arch, weights=recipe.weights, depth="head", seed=recipe.seed)
+    check_trains(learn)
     best = BestOnTune() if recipe.keep_best and tune_loader(dls) is not None else None
     if best is not None:
         learn.add_cb(best)
