@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from fastai.vision.all import Normalize, ProgressCallback
 
 from convtips_lib.core.data import elpv_dls
@@ -245,3 +246,17 @@ def test_validate_last_predicts_once_and_trains_the_same():
     assert every.metrics == last.metrics
     with pytest.raises(ValueError, match="every, last"):
         fit(l_last, 1, 1e-2, validate="never")
+
+
+def test_every_learner_on_cuda_trains_in_mixed_precision_and_on_cpu_in_fp32():
+    from fastai.callback.fp16 import MixedPrecision
+    from convtips_lib.core.data import tensor_dls
+    from convtips_lib.core.train import learner, on_cuda
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 2
+    mixed = lambda learn: any(isinstance(cb, MixedPrecision) for cb in learn.cbs)  # noqa: E731
+    net = lambda: nn.Sequential(nn.Flatten(), nn.Linear(192, 2))  # noqa: E731
+    dls = tensor_dls(x, y, x, y, ["a", "b"], bs=4)
+    assert not on_cuda(dls) and not mixed(learner(dls, net()))
+    assert mixed(learner(dls, net(), fp16=True))
+    dls.device = torch.device("cuda")          # no batch is drawn: no GPU is needed to see the choice
+    assert on_cuda(dls) and mixed(learner(dls, net())) and not mixed(learner(dls, net(), fp16=False))

@@ -22,7 +22,7 @@ from .models import Classifier, model_stats, pretrained
 from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
-__all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "check_trains", "fit_gradual", "history", "Run", "run_grid",
+__all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "check_trains", "on_cuda", "fit_gradual", "history", "Run", "run_grid",
            "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate",
            "ValidateLast", "VALIDATE"]
 
@@ -140,14 +140,23 @@ def _seed_loaders(dls, seed: int) -> None:
         dl.rng = random.Random(seed + i)
 
 
+def on_cuda(dls) -> bool:
+    """Whether `dls` put their batches on a CUDA device."""
+    device = getattr(dls, "device", None)
+    return device is not None and torch.device(device).type == "cuda"
+
+
 def learner(dls, model: nn.Module, loss_func=None, cbs=None, splitter=None, seed: int | None = None,
-            **kw) -> Learner:
-    """The one Learner factory: `METRICS`, `History`, quiet in CI, cross-entropy unless `loss_func`, seeded loaders."""
+            fp16: bool | None = None, **kw) -> Learner:
+    """The one Learner factory: `METRICS`, `History`, quiet in CI, cross-entropy unless `loss_func`, seeded loaders;
+    fastai's mixed precision (`to_fp16`) when `fp16`, by default whenever the batches are on a CUDA device."""
     if seed is not None:
         seed_everything(seed)
         _seed_loaders(dls, seed)
     learn = Learner(dls, model, loss_func=loss_func or CrossEntropyLossFlat(), metrics=_metrics(),
                     splitter=splitter or (lambda m: [list(m.parameters())]), cbs=[History(), *(cbs or [])], **kw)
+    if on_cuda(dls) if fp16 is None else fp16:
+        learn.to_fp16()
     if is_quiet():
         learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
         learn.logger = noop
