@@ -12,8 +12,11 @@ from convtips_lib.core.measure import count_flops, count_params
 from convtips_lib.core.train import NoTuneCells, fit, learner
 from convtips_lib.topics.prune import (ScoreImportance, check_ratio, export_check, export_pruned, filter_scores,
                                       l1_order, load_pruned, make_pruner, model_cost, onnx_latency, onnx_outputs,
-                                      prune_copy, prune_iteratively, prune_once, rank_agreement, ranking_batches)
-from convtips_lib.studies.lesson07 import Block, block_removal, first_reaching, fresh_learner, prunable_net, removable_blocks, removal_gap, train_from_scratch, without_block
+                                      prune_copy, prune_iteratively, prune_once, rank_agreement, ranked_channels,
+                                      ranking_batches)
+from convtips_lib.studies.lesson07 import (Block, block_removal, first_reaching, fresh_learner, prunable_net,
+                                           prune_by_each_ranking, removable_blocks, removal_gap, train_from_scratch,
+                                           without_block)
 
 TINY = dict(widths=(4, 8), blocks=1)
 
@@ -306,3 +309,78 @@ def test_activation_rankings_are_measured_on_the_tune_cells_never_the_test_cells
                       importance="apoz")
     assert seen == [dls.tune, dls.tune]
     assert ranking_batches(_tiny_dls()) is not None and ranking_batches(_tiny_dls()).dataset.x.shape[0] == 36
+
+
+# ---------------------------------------------------------------- every ranking to the same ratio
+
+def test_ranked_channels_count_a_shortcuts_coupled_channels_once():
+    plain, resnet = prunable_net(2, False, widths=(8, 16), blocks=1), prunable_net(2, True, widths=(8, 16), blocks=1)
+    assert ranked_channels(plain, 16) == 8 + 8 + 8 + 8 + 16 + 16 + 16        # every conv is its own group
+    # a stage's stride-2 conv and its block's last conv are added together: their channels are ranked once
+    assert ranked_channels(resnet, 16) == 8 + 8 + 8 + 16 + 16
+    resnet.train()
+    before = [b.clone() for b in resnet.buffers()]
+    ranked_channels(resnet, 16)
+    assert all(torch.equal(a, b) for a, b in zip(before, resnet.buffers()))   # BatchNorm statistics untouched
+
+
+def _trained_tiny(residual=True, tune=None):
+    learn = learner(_tiny_dls(tune=tune), prunable_net(2, residual, widths=(8, 16), blocks=1), seed=0)
+    fit(learn, 1, 1e-2)
+    return learn
+
+
+def test_every_ranking_prunes_a_fresh_copy_to_the_same_share_of_channels():
+    learn = _trained_tiny(tune="flipped")
+    p0, n0 = count_params(learn.model), ranked_channels(learn.model, 16)
+    rows = prune_by_each_ranking(learn, 16, 0.5, epochs=1, lr=1e-2, reps=1)
+    assert rows["ranking"].tolist() == ["random", "l1", "l2", "mean_activation", "apoz"]
+    assert rows["channels"].tolist() == [n0 // 2] * 5                     # the same share, whichever ranking
+    assert (rows["params"] < p0).all() and count_params(learn.model) == p0  # the trained network is left as it was
+    # the same share, taken from different layers: random and L1 choose different filters
+    widths = rows.set_index("ranking")["widths"]
+    assert widths["random"] != widths["l1"]
+    y = rows["y_true"].iloc[0]
+    assert all(np.array_equal(t, y) for t in rows["y_true"]) and len(y) == len(learn.dls.valid_ds)
+    assert all(len(p) == len(y) for p in rows["y_pred"]) and rows["pruned_ba"].between(0, 1).all()
+    assert {"flops", "balanced_accuracy", "ms_per_batch"} <= set(rows.columns)
+
+
+def test_each_ranking_starts_from_the_same_copy_and_seed():
+    learn = _trained_tiny()
+    twice = prune_by_each_ranking(learn, 16, 0.5, epochs=1, lr=1e-2, rankings=("l1", "l1"), reps=1, seed=3)
+    a, b = twice["y_pred"]
+    assert np.array_equal(a, b) and twice["pruned_ba"].iloc[0] == twice["pruned_ba"].iloc[1]
+    once = prune_once(fresh_learner(learn, 3), 16, 0.5, epochs=1, lr=1e-2, reps=1)   # what section 3 runs
+    assert np.array_equal(once["y_pred"], a)
+
+
+def test_random_and_l1_rankings_remove_different_filters():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 2)).eval()
+    by_l1 = _kept_filters(net, prune_copy(net, 8, 0.5))
+    by_random = _kept_filters(net, prune_copy(net, 8, 0.5, "random"))
+    assert by_l1 == _kept_filters(net, prune_copy(net, 8, 0.5))          # a ranking: the same filters every time
+    assert len(by_random) == len(by_l1) == 8 and by_random != by_l1       # the same number, other filters
+
+
+def test_prune_by_each_ranking_refuses_unknown_rankings_before_pruning_any(monkeypatch):
+    import convtips_lib.studies.lesson07 as lesson07
+    pruned = []
+    monkeypatch.setattr(lesson07, "prune_once", lambda *a, **kw: pruned.append(kw["importance"]))
+    learn = learner(_tiny_dls(), prunable_net(2, True, **TINY), seed=0)
+    for bad in (("l1", "taylor"), (), "l1"):
+        with pytest.raises(ValueError, match="one or more of l1, l2, random, mean_activation, apoz"):
+            prune_by_each_ranking(learn, 16, 0.5, epochs=1, lr=1e-2, rankings=bad)
+    assert pruned == []                                                  # refused before the first copy was pruned
+
+
+def test_tied_scores_still_remove_exactly_the_share_asked_for():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 2)).eval()
+    scores = filter_scores(net, torch.randn(16, 3, 8, 8)).assign(apoz=0.5)   # APoZ counts zeros: ties happen
+    kept = _kept_filters(net, prune_copy(net, 8, 0.5, ScoreImportance.of(scores, "apoz")))
+    l1 = net[0].weight.detach().abs().sum((1, 2, 3))
+    assert kept == sorted(l1.argsort(descending=True)[:4].tolist())      # 4 of 8, the ties broken by the L1 norm

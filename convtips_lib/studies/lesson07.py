@@ -1,5 +1,6 @@
 """Lesson 07's studies: a small residual and a plain network trained from scratch (each at the learning rate its
-tune cells chose), and whole blocks removed from each (Veit et al. 2016), with the gap between them."""
+tune cells chose), one network pruned by each filter ranking to the same ratio, and whole blocks removed from each
+(Veit et al. 2016), with the gap between them."""
 from __future__ import annotations
 
 import copy
@@ -16,9 +17,10 @@ from ..core.env import seed_everything
 from ..core.measure import bootstrap, evaluate
 from ..core.models import replace_module
 from ..core.train import NoTuneCells, Run, best_on_tune, fit, learner, tune_loader
+from ..topics.prune import IMPORTANCES, prune_once, ranked_channels
 
-__all__ = ["Block", "prunable_net", "block_removal", "train_from_scratch", "fresh_learner", "first_reaching",
-           "removal_gap"]
+__all__ = ["Block", "prunable_net", "block_removal", "train_from_scratch", "fresh_learner", "prune_by_each_ranking",
+           "first_reaching", "removal_gap"]
 
 
 class Block(nn.Module):
@@ -79,6 +81,27 @@ def _train_once(dls, residual: bool, widths, blocks: int, epochs: int, lr: float
 def fresh_learner(learn, seed: int = 0):
     """A new Learner on `learn`'s data with a deep copy of its model (to prune while keeping the original)."""
     return learner(learn.dls, copy.deepcopy(learn.model), seed=seed)
+
+
+def prune_by_each_ranking(learn, img_size: int, ratio: float, epochs: int, lr: float,
+                          rankings=("random", "l1", "l2", "mean_activation", "apoz"), reps: int = 5,
+                          seed: int = 0) -> pd.DataFrame:
+    """A fresh copy of `learn`'s network (`fresh_learner`, the same `seed`) pruned by the share `ratio` of its channels
+    in one shot with each of `rankings` (names of `IMPORTANCES`; 'random' is the control), then fine-tuned `epochs` at
+    `lr` (`prune_once`): only the ranking differs. One row per ranking: channels (`ranked_channels` left), widths
+    (output channels per conv layer), params, flops (per image), ms_per_batch, pruned_ba (balanced accuracy right
+    after the cut), then y_true, y_pred and metrics after fine-tuning (the validation cells)."""
+    unknown = [r for r in rankings if not isinstance(r, str) or r not in IMPORTANCES]
+    if unknown or not rankings:   # checked before the first copy trains, not after it
+        raise ValueError(f"rankings must name one or more of {', '.join(IMPORTANCES)}; got {list(rankings)!r}"
+                         + (f" (unknown: {', '.join(map(repr, unknown))})" if unknown else ""))
+    rows = []
+    for ranking in rankings:
+        pruned = fresh_learner(learn, seed)
+        row = prune_once(pruned, img_size, ratio, epochs, lr, reps, importance=ranking)
+        widths = tuple(m.out_channels for m in pruned.model.modules() if isinstance(m, nn.Conv2d))
+        rows.append(dict(ranking=ranking, channels=ranked_channels(pruned.model, img_size), widths=widths, **row))
+    return pd.DataFrame(rows)
 
 
 def removable_blocks(model: nn.Module) -> list:

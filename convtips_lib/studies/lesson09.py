@@ -14,6 +14,8 @@ __all__ = ["COURSE_TIPS", "what_held", "held_markdown", "held_view", "decided_sh
 # One row per (tip, claim): the lesson, a pattern its claim's text starts with, the rule the tip gives (imperative),
 # what to do instead where the run refuted it, and the reference. The patterns are checked against the records:
 # a tip whose lesson ran but whose claim is missing is an error (`what_held`), so a renamed claim cannot go unseen.
+_LI_2017 = ("Li et al. 2017, Pruning filters for efficient ConvNets", "https://arxiv.org/abs/1608.08710")   # 4 tips
+
 COURSE_TIPS = (
     dict(tip="Reuse a published model", lesson="01_reuse_pretrained", claim=r"Pretrained weights start far ahead",
          rule="Start from ImageNet weights, not from random ones",
@@ -158,11 +160,32 @@ COURSE_TIPS = (
     dict(tip="Prune for deployment", lesson="07_pruning", claim=r"\.\.\. for at most one point of balanced accuracy",
          rule="Prune filters and fine-tune: fewer FLOPs for little accuracy",
          instead="Here pruning cost more than a point of balanced accuracy",
-         ref=("Li et al. 2017, Pruning filters for efficient ConvNets", "https://arxiv.org/abs/1608.08710")),
+         ref=_LI_2017),
     dict(tip="Prune iteratively", lesson="07_pruning", claim=r"Iterative pruning beats one-shot",
          rule="Prune in several steps, fine-tuning after each",
          instead="Here one-shot pruning did better than iterative pruning",
-         ref=("Li et al. 2017, Pruning filters for efficient ConvNets", "https://arxiv.org/abs/1608.08710")),
+         ref=_LI_2017),
+    dict(tip="Rank filters before pruning", lesson="07_pruning",
+         claim=r"Ranking filters by L1 norm beats pruning random",
+         rule="Rank the filters by the L1 norm of their weights before you prune, rather than pick them at random",
+         instead="Here pruning random filters did better than the L1 ranking after the same fine-tuning",
+         ref=_LI_2017),
+    dict(tip="Rank filters by L2 norm", lesson="07_pruning", claim=r"Ranking by L2 norm prunes better than by L1",
+         rule="Rank the filters by the L2 norm of their weights rather than the L1 norm",
+         instead="Here the L2 norm pruned worse than the L1 norm: keep L1",
+         ref=_LI_2017),
+    dict(tip="Rank filters by mean activation", lesson="07_pruning",
+         claim=r"Ranking by mean activation prunes better than by L1",
+         rule="Rank the filters by their mean activation on held-out images rather than by their weights' L1 norm",
+         instead="Here mean activation pruned worse than the L1 norm, which needs no images",
+         ref=("Molchanov et al. 2017, Pruning convolutional neural networks for resource efficient inference",
+              "https://arxiv.org/abs/1611.06440")),
+    dict(tip="Rank filters by APoZ", lesson="07_pruning", claim=r"Ranking by APoZ prunes better than by L1",
+         rule="Rank the filters by APoZ (their share of zero activations on held-out images) rather than by their "
+              "weights' L1 norm",
+         instead="Here APoZ pruned worse than the L1 norm, which needs no images",
+         ref=("Hu et al. 2016, Network trimming: a data-driven neuron pruning approach towards efficient deep "
+              "architectures", "https://arxiv.org/abs/1607.03250")),
     dict(tip="Residual networks tolerate removal", lesson="07_pruning", claim=r"Removing a block hurts a plain network",
          rule="Choose an architecture with shortcuts if you will remove layers",
          instead="Here removing a block hurt the residual network as much",

@@ -20,8 +20,8 @@ from ..core.store import atomic_write, save_tensors
 from ..core.train import fit, tune_loader
 
 __all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "ScoreImportance", "ActivationImportance", "make_pruner",
-           "model_cost", "ranking_batches", "prune_iteratively", "prune_once", "prune_copy", "pruning_row",
-           "export_check", "export_pruned", "load_pruned", "onnx_latency", "RANKINGS"]
+           "ranked_channels", "model_cost", "ranking_batches", "prune_iteratively", "prune_once", "prune_copy",
+           "pruning_row", "export_check", "export_pruned", "load_pruned", "onnx_latency", "RANKINGS"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 
@@ -101,15 +101,19 @@ class ScoreImportance(tp.importance.Importance):
     normalises) so that the global ranking compares layers fairly; a group without a scored conv is not pruned."""
 
     def __init__(self, scores: dict):
-        self.scores = {name: torch.tensor(np.asarray(s, dtype=np.float32)) for name, s in scores.items()}
+        self.scores = {name: torch.tensor(np.asarray(s, dtype=np.float64)) for name, s in scores.items()}
         self._names = {}
 
     @classmethod
     def of(cls, scores: pd.DataFrame, ranking: str) -> "ScoreImportance":
-        """From `filter_scores`' table and one of `RANKINGS`; APoZ enters as 1 - APoZ (many zeros = weak)."""
+        """From `filter_scores`' table and one of `RANKINGS`; APoZ enters as 1 - APoZ (many zeros = weak). Ties
+        (APoZ counts zeros; a dead filter's mean activation is 0) are broken by the L1 norm, a millionth of the
+        score (kept in float64): torch-pruning removes every channel tied at its threshold, which would miss the share
+        asked for."""
         if ranking not in RANKINGS:
             raise ValueError(f"unknown ranking {ranking!r}: choose one of {', '.join(RANKINGS)}")
-        col = 1 - scores["apoz"] if ranking == "apoz" else scores[ranking]
+        l1 = scores["l1"] / scores.groupby("layer", sort=False)["l1"].transform("max").clip(lower=1e-12)
+        col = (1 - scores["apoz"] if ranking == "apoz" else scores[ranking]) + 1e-6 * l1
         return cls({layer: col[idx].to_numpy() for layer, idx in scores.groupby("layer", sort=False).groups.items()})
 
     def bind(self, model: nn.Module) -> "ScoreImportance":
@@ -141,12 +145,12 @@ class ScoreImportance(tp.importance.Importance):
         """(n,) importance of the n channels of `group` (its first item's), or None when no conv of it is scored."""
         self.measure()
         n = len(group[0].idxs)
-        total, count = torch.zeros(n), torch.zeros(n)
+        total, count = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
         for item in group:
             if (name := self._scored(item)) is not None:
                 root = torch.as_tensor(item.root_idxs, dtype=torch.long)
                 total.index_add_(0, root, self.layer_scores(name, item.dep.layer)[list(item.idxs)])
-                count.index_add_(0, root, torch.ones(len(root)))
+                count.index_add_(0, root, torch.ones(len(root), dtype=torch.float64))
         if not count.any():
             return None
         imp = total / count.clamp(min=1)
@@ -217,6 +221,15 @@ def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, i
     return tp.pruner.MetaPruner(model, example, importance=_importance(importance, model, batches),
                                 pruning_ratio=ratio, global_pruning=True, iterative_steps=steps,
                                 max_pruning_ratio=0.9, ignored_layers=head)
+
+
+def ranked_channels(model: nn.Module, img_size: int) -> int:
+    """The channels `make_pruner` ranks globally in `model`, the total its `ratio` is a share of: one per channel of
+    each group of coupled layers (the channels a shortcut adds together count once; the classifier's outputs are
+    kept). Counted on a copy: tracing the graph runs `model` once, which would move its BatchNorm statistics."""
+    pruner = make_pruner(copy.deepcopy(model).eval(), img_size, 0.0)
+    return sum(len(g[0].idxs) for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                                                 root_module_types=pruner.root_module_types))
 
 
 def model_cost(model: nn.Module, img_size: int, bs: int = 32, reps: int = 5) -> dict:
