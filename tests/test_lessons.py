@@ -26,6 +26,16 @@ def test_committed_without_outputs(nb):
     assert not dirty, f"cells {dirty} have outputs: strip them before committing (clean diffs)"
 
 
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_every_cell_has_its_own_id(path):
+    import json
+    cells = json.loads(path.read_text())["cells"]   # raw: nbformat.read would fill missing ids in, with a warning
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), \
+        f"cells {[i for i, x in enumerate(ids) if x is None]} have no id: nbformat 4.5 wants one per cell " \
+        "(nbformat.validator.normalize adds them); convtips run warns about every missing one"
+
+
 def test_first_cell_installs_only_in_colab(nb):
     first = nb.cells[0].source
     assert '"google.colab" in sys.modules' in first and "pip install" in first
