@@ -12,7 +12,7 @@ from torch import nn
 from convtips_lib.core.data import tensor_dls
 from convtips_lib.core.train import NoTuneCells, learner
 from convtips_lib.topics.optim import DEFAULT_LRS, OPTIMIZERS, SCHEDULES, SwitchOptimizer, fit_schedule, lr_grid, opt_func, sgd_lr_from_adam
-from convtips_lib.studies.lesson05 import (lrs_per_fold, cv_sweep, cv_train, init_drop, init_drop_gap,
+from convtips_lib.studies.lesson05 import (at_chosen, lrs_per_fold, cv_sweep, cv_train, init_drop, init_drop_gap,
                                           loss_curves, lr_sensitivity, lr_width_gap, scale_init, small_net,
                                           steps_ratio, steps_to_target, train_optimizer)
 
@@ -247,6 +247,16 @@ def test_a_real_cv_sweep_chooses_by_each_folds_tune_cells():
     for fold in range(2):
         tune = {r.lr: r.fold_tune[fold] for r in sweep.itertuples()}
         assert chosen[fold] == max(tune, key=tune.get)
+
+
+def test_at_chosen_pools_the_sweeps_own_runs_as_cv_train_would_train_them_again():
+    fdls = _fold_dls()
+    sweep = cv_sweep(fdls, ["sgd"], {"sgd": [1e-4, 0.05]}, 2, seed=0)
+    chosen = {"sgd": [0.05, 1e-4]}
+    row = at_chosen(sweep, chosen).iloc[0]
+    again = cv_train(fdls, "sgd", chosen["sgd"], 2, seed=0)
+    assert row["fold_lrs"] == [0.05, 1e-4] and np.array_equal(row["y_pred"], again.y_pred)
+    assert row["fold_losses"] == again.extra["fold_losses"] and row["balanced_accuracy"] == again.metrics["balanced_accuracy"]
 
 
 def test_steps_to_target_counts_the_first_crossing_and_censors_a_miss():

@@ -255,6 +255,7 @@ def test_says_picks_the_sentence_of_the_verdict():
     flat = res.claim("flat", Estimate(0.0, -0.02, 0.02, "m", "paired bootstrap"))
     assert says(up, **sentences) == "It held." and says(down, **sentences) == "It failed."
     assert says(flat, **sentences).startswith("Cannot tell. (This run cannot see effects below 0.020")
+    assert says(flat, **sentences, detectable=False) == "Cannot tell."   # after describe(row), which says it
     smoke = Results("00_test", profile("smoke")).claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
     assert says(smoke, **sentences).startswith("Not decided: this profile is too small")
     assert says(smoke, **sentences, undecided="Smoke.") == "Smoke."

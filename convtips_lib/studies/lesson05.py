@@ -5,6 +5,7 @@ scale at initialisation, and loss curves."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from ..core.measure import bootstrap, classification_metrics, median_ratio
 from ..core.train import Run, best_on_tune, learner, pool_folds, valid_preds
 from ..topics.optim import SwitchOptimizer, fit_schedule, opt_func
 
-__all__ = ["small_net", "scale_init", "train_optimizer", "cv_train", "cv_sweep", "lrs_per_fold", "lr_sensitivity",
+__all__ = ["small_net", "scale_init", "train_optimizer", "cv_train", "cv_sweep", "at_chosen", "lrs_per_fold", "lr_sensitivity",
            "lr_width_gap", "steps_to_target", "steps_ratio", "init_drop", "init_drop_gap", "loss_curves",
            "OPT_WITHIN"]
 
@@ -77,22 +78,38 @@ def _per_fold(lrs, n_folds: int) -> list:
     return lrs
 
 
-def cv_train(fold_dls: list, optimizer: str, lrs, epochs: int, seed: int = 0, **kw) -> Run:
-    """`train_optimizer` on every fold's DataLoaders (`fold_dls`, one per role table of `elpv_folds`) at that
-    fold's rate (`lrs`: one, or one per fold), pooled by `pool_folds`: every cell predicted once by a network that
-    never saw it. Extra: `fold_lrs`, `fold_tune` (each fold's tune balanced accuracy: what a choice reads),
-    `fold_finite`, `fold_losses` (each fold's loss per step), `losses` (the first fold's), `finite` (all folds),
-    `final_train_loss` (mean over folds), `switch_scale` (the first fold's)."""
-    lrs = _per_fold(lrs, len(fold_dls))
-    runs = [train_optimizer(d, optimizer, lr, epochs, seed, **kw) for d, lr in zip(fold_dls, lrs)]
+def _pooled(runs: list, lrs: list) -> Run:
+    """The fold `Run`s of one optimizer (one per fold, at `lrs`) as one pooled `Run` with `cv_train`'s extras."""
     pooled = pool_folds(runs, {**runs[0].settings, "lr": lrs[0] if len(set(lrs)) == 1 else "per fold"})
     pooled.extra.update(fold_lrs=lrs, fold_tune=[r.tune_metrics()["balanced_accuracy"] if r.has_tune else np.nan
                                                  for r in runs],
                         fold_finite=[r.extra["finite"] for r in runs], fold_losses=[r.extra["losses"] for r in runs],
                         losses=runs[0].extra["losses"], finite=all(r.extra["finite"] for r in runs),
                         final_train_loss=float(np.mean([r.extra["final_train_loss"] for r in runs])),
-                        switch_scale=runs[0].extra["switch_scale"])
+                        switch_scale=runs[0].extra["switch_scale"],
+                        fold_runs=[replace(r, learn=None) for r in runs])
     return pooled
+
+
+def cv_train(fold_dls: list, optimizer: str, lrs, epochs: int, seed: int = 0, **kw) -> Run:
+    """`train_optimizer` on every fold's DataLoaders (`fold_dls`, one per role table of `elpv_folds`) at that
+    fold's rate (`lrs`: one, or one per fold), pooled by `pool_folds`: every cell predicted once by a network that
+    never saw it. Extra: `fold_lrs`, `fold_tune` (each fold's tune balanced accuracy: what a choice reads),
+    `fold_finite`, `fold_losses` (each fold's loss per step), `losses` (the first fold's), `finite` (all folds),
+    `final_train_loss` (mean over folds), `switch_scale` (the first fold's), `fold_runs` (each fold's `Run`)."""
+    lrs = _per_fold(lrs, len(fold_dls))
+    return _pooled([train_optimizer(d, optimizer, lr, epochs, seed, **kw) for d, lr in zip(fold_dls, lrs)], lrs)
+
+
+def at_chosen(sweep: pd.DataFrame, chosen: dict) -> pd.DataFrame:
+    """The sweep's runs at each fold's chosen rate (`lrs_per_fold`), pooled over the folds: one row per optimizer,
+    the same run `cv_train(fold_dls, optimizer, chosen[optimizer], epochs, seed)` would train again."""
+    rows = []
+    for o, lrs in chosen.items():
+        g = sweep[sweep["optimizer"] == o]
+        runs = [g[g["lr"] == lr]["fold_runs"].iloc[0][i] for i, lr in enumerate(lrs)]
+        rows.append(_pooled(runs, lrs).row(history=True))
+    return pd.DataFrame(rows)
 
 
 def cv_sweep(fold_dls: list, optimizers, lrs: dict, epochs: int, seed: int = 0) -> pd.DataFrame:
