@@ -1,9 +1,7 @@
 """Lesson 09: every tip found in its lesson's record, worded by its verdict; the widget's callback and the checks."""
 import json
-import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from convtips_lib.course.exercises import check_held_count, check_unsettled_tip

@@ -78,8 +78,8 @@ class OptCfg(_Section):
     decades: tuple               # lr sweep, decades around each optimizer's default (chosen on the tune cells)
     n_seeds: int                 # seeds of the final comparison at each optimizer's chosen rates
     converge_epochs: int         # epochs of the constant-rate runs that count steps to the loss target
-    loss_target: float           # training loss (cross-entropy) whose first crossing counts as converged: a
-                                 # level both optimizers reach within converge_epochs (the class prior is 0.58)
+    loss_target: float           # training loss (cross-entropy) whose first crossing counts as converged (the
+                                 # class prior's is 0.58); a run that misses it in converge_epochs is censored
     init_scales: tuple           # initial-weight scales besides 1 (SGD's reliance on initialisation)
 
 

@@ -57,8 +57,7 @@ def train_optimizer(dls, optimizer: str, lr: float, epochs: int, seed: int = 0, 
     t = time.perf_counter()
     seed_everything(seed)
     cbs = [SwitchOptimizer(switch_at)] if switch_at else []
-    model = scale_init(net(dls.c), init_scale) if init_scale != 1.0 else net(dls.c)
-    learn = learner(dls, model, opt_func=opt_func(optimizer, **(opt_kw or {})), cbs=cbs, seed=seed)
+    learn = learner(dls, scale_init(net(dls.c), init_scale), opt_func=opt_func(optimizer, **(opt_kw or {})), cbs=cbs, seed=seed)
     hist = fit_schedule(learn, epochs, lr, schedule)
     losses = [float(x) for x in learn.recorder.losses]
     y_true, y_pred = valid_preds(learn)
