@@ -10,9 +10,8 @@ import convtips_lib.studies.lesson03 as study
 import convtips_lib.topics.augment as aug
 from fastai.vision.all import TensorImage
 
-from convtips_lib.core.data import elpv_dls, elpv_roles, subsample
-from convtips_lib.core.train import best_epoch, best_on_tune
-from convtips_lib.core.measure import metric_value, metric_with_ci
+from convtips_lib.core.data import elpv_dls, subsample
+from convtips_lib.core.measure import metric_value
 from convtips_lib.core.profiles import profile
 
 S = 48   # image side for the transform tests
@@ -27,8 +26,9 @@ def noise():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """The smoke profile at 32 px: one optimizer step per run."""
-    return profile("smoke").with_(img_size=32, bs=32, aug=dict(fracs=(0.05, 0.1), epochs=(1, 2), strengths=(0, 1)))
+    """The smoke profile at 32 px: eight optimizer steps (two epochs of four) per run, two rates."""
+    return profile("smoke").with_(img_size=32, bs=32, aug=dict(fracs=(0.05, 0.1), steps=8, epoch_steps=4,
+                                                               lrs=(1e-3, 1e-2), strengths=(0, 1)))
 
 
 # ------------------------------------------------------------------ PCA colour augmentation
@@ -181,12 +181,6 @@ def test_policy_strength_scales_and_caps():
         aug.policy_tfms("flips", S, -1)
 
 
-def test_policy_epochs(tiny):
-    assert [study.policy_epochs(tiny, f) for f in tiny.aug.fracs] == [1, 2]
-    with pytest.raises(ValueError, match="0.05, 0.1"):
-        study.policy_epochs(tiny, 0.3)
-
-
 def _runs(y, preds: dict) -> pd.DataFrame:
     return pd.DataFrame([dict(policy=p, frac=f, strength=1.0, seed=0, y_true=y, y_pred=np.asarray(v))
                          for (p, f), v in preds.items()])
@@ -219,27 +213,53 @@ def test_robustness_gain_matches_hand_computation():
     assert study.robustness_gain(y, without, with_, "accuracy").effect == pytest.approx(want)
 
 
-def test_strength_sweep_reuses_runs(tiny):
-    y = np.array([0, 1, 1, 0])
-    runs = _runs(y, {("none", 0.05): [0, 1, 0, 0], ("everything", 0.05): [0, 1, 1, 1], ("everything", 0.1): y})
-    runs["balanced_accuracy"] = 0.5
-    sweep = study.strength_sweep(tiny.with_(seed=0), runs)          # strengths (0, 1): nothing to train
-    assert list(sweep["strength"]) == [0, 1] and list(sweep["policy"]) == ["none", "everything"]
-    assert list(sweep["y_pred"].iloc[1]) == [0, 1, 1, 1]
-    table = metric_with_ci(sweep, "strength", "accuracy")
-    assert table["accuracy"].tolist() == [0.75, 0.75] and (table["low"] <= table["accuracy"]).all()
+def _fake_cv(calls):
+    """A stand-in for `cv_policy` that records its calls and scores each fold's tune cells by a known rule:
+    fold 0 prefers the larger rate, fold 1 the smaller; the strength 2 beats 1 on fold 0."""
+    def cv(cfg, cells, policy, frac, lrs, seed, strength=1.0, keep=False):
+        calls.append(dict(policy=policy, frac=frac, lrs=lrs, seed=seed, strength=strength))
+        per = [float(lrs)] * 2 if np.ndim(lrs) == 0 else list(lrs)
+        tune = [per[0] * 10 + strength / 10, 1 - per[1] * 10]
+        y = np.array([0, 1, 1, 0])
+        from convtips_lib.core.train import Run
+        return Run(dict(policy=policy, strength=strength, lr=per[0] if len(set(per)) == 1 else "per fold", seed=seed,
+                        frac=frac), pd.DataFrame({"epoch": [0]}), y, y, np.eye(2)[y], {"balanced_accuracy": 1.0}, 0.0,
+                   None, [], dict(fold_lrs=per, fold_tune=tune, steps=2, learners=["L0", "L1"] if keep else None))
+    return cv
 
 
-def test_the_strength_and_the_policy_are_chosen_on_the_tune_cells(tiny):
+def test_policy_grid_chooses_each_folds_rate_on_its_tune_cells(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study, "cv_policy", _fake_cv(calls))
+    runs, search, learners = study.policy_grid(tiny, None, policies=["none"], fracs=[0.1], seeds=[0, 1],
+                                               keep=[("none", 0.1)])
+    assert list(search["lr"]) == [1e-3, 1e-2]                              # every rate tried with the first seed
+    assert list(runs["fold_lrs"].iloc[0]) == [1e-2, 1e-3]                  # fold 0 prefers 1e-2, fold 1 1e-3
+    assert [c["lrs"] for c in calls[2:]] == [[1e-2, 1e-3], [1e-2, 1e-3]]   # trained at those rates, both seeds
+    assert list(runs["seed"]) == [0, 1] and learners[("none", 0.1)] == ["L0", "L1"]
+    assert runs["learners"].isna().all()                                  # no Learner kept in the table
+
+
+def test_strength_sweep_reuses_runs_and_uses_the_policys_rates(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(study, "cv_policy", _fake_cv(calls))
     y = np.array([0, 1, 1, 0])
-    runs = _runs(y, {("none", 0.05): [0, 1, 0, 0], ("everything", 0.05): [0, 1, 1, 1], ("flips", 0.05): y,
-                     ("none", 0.1): y, ("everything", 0.1): [0, 1, 1, 1]})
-    runs["balanced_accuracy"] = [0.6, 0.9, 0.7, 0.9, 0.5]          # the test cells would pick 'everything', 'none'
-    runs["tune_balanced_accuracy"] = [0.8, 0.7, 0.6, 0.4, 0.6]     # the tune cells pick 'none', 'everything'
-    sweep = study.strength_sweep(tiny.with_(seed=0), runs)
-    assert "tune_balanced_accuracy" in sweep and best_on_tune(sweep).iloc[0]["strength"] == 0
-    best = best_on_tune(runs, by="frac").set_index("frac")["policy"]
-    assert best.to_dict() == {0.05: "none", 0.1: "everything"}
+    runs = pd.DataFrame([dict(policy=p, frac=0.05, seed=tiny.seed, strength=1.0, y_true=y, y_pred=pred,
+                              fold_lrs=[3e-3, 1e-2], fold_tune=[0.5, 0.5], history=None)
+                         for p, pred in (("none", [0, 1, 0, 0]), ("flips+crop+rotation", [0, 1, 1, 1]))])
+    sweep = study.strength_sweep(tiny.with_(aug=dict(strengths=(0, 1, 2))), None, runs)
+    assert list(sweep["strength"]) == [0, 1, 2] and list(sweep["policy"][:2]) == ["none", "flips+crop+rotation"]
+    assert list(sweep["y_pred"].iloc[1]) == [0, 1, 1, 1] and "history" not in sweep
+    assert calls == [dict(policy="flips+crop+rotation", frac=0.05, lrs=[3e-3, 1e-2], seed=tiny.seed, strength=2)]
+
+
+def test_at_best_strength_scores_each_folds_own_choice():
+    folds = [pd.DataFrame({"role": ["test", "test", "train"]}), pd.DataFrame({"role": ["test", "tune", "test"]})]
+    y = np.array([0, 1, 1, 0])
+    sweep = pd.DataFrame([dict(strength=0, fold_tune=[0.9, 0.1], y_true=y, y_pred=[0, 0, 0, 0]),
+                          dict(strength=2, fold_tune=[0.2, 0.8], y_true=y, y_pred=[1, 1, 1, 1])])
+    out = study.at_best_strength(sweep, folds)
+    assert out["strengths"] == [0, 2] and list(out["y_pred"]) == [0, 0, 1, 1]   # fold 0's cells from strength 0
 
 
 def test_camera_shift_is_torchvisions_chain(noise):
@@ -256,44 +276,48 @@ def test_item_policy_on_a_uint8_item():
     assert out.shape == (3, 32, 32) and out.dtype == torch.uint8 and isinstance(out, TensorImage)
 
 
-# ------------------------------------------------------------------ runs on tiny images (one optimizer step each)
+# ------------------------------------------------------------------ runs on tiny images (two optimizer steps each)
 @pytest.fixture(scope="module")
-def run(tiny):
-    return study.train_policy(tiny, "everything", 0.1)
+def cells(tiny):
+    return study.aug_cells(tiny)
+
+
+@pytest.fixture(scope="module")
+def run(tiny, cells):
+    return study.cv_policy(tiny, cells, "flips+crop+rotation", 0.1, [1e-3, 1e-2], seed=0, keep=True)
 
 
 @pytest.mark.slow
-def test_train_policy_row_and_timings(run, tiny):
-    hist, row = run.history, run.row()
-    roles = elpv_roles()
-    n_train = int((subsample(roles[roles.role != "tune"], 0.1, tiny.seed).role == "train").sum())   # train cells
-    assert row["epochs"] == 2 == len(hist) and row["n_train"] == n_train
-    assert row["steps"] == 2 * (n_train // tiny.bs)                 # drop-last batches
-    assert len(row["y_pred"]) == len(row["y_true"]) == (elpv_roles(tiny.valid_n, tiny.tune_n).role == "test").sum()
-    assert len(row["step_s"]) == row["steps"] and (row["step_s"] > 0).all()
-    assert len(row["wait_s"]) == row["steps"] - row["epochs"]     # the first batch of each epoch is left out
-    assert 0 <= row["data_share"] <= 1
-
-
-@pytest.mark.slow
-def test_train_policy_predicts_the_tune_cells_for_every_choice(run, tiny):
+def test_cv_policy_predicts_every_cell_once_with_equal_steps(run, tiny, cells):
     row = run.row()
-    n_tune = (elpv_roles(tiny.valid_n, tiny.tune_n).role == "tune").sum()
-    assert run.has_tune and len(run.tune_y) == n_tune and len(run.tune_epoch_probs) == row["epochs"]
-    assert row["best_tune_epoch"] == best_epoch(run) and "tune_balanced_accuracy" in row
-    assert not set(run.learn.dls.train_ds.items["path"]) & set(run.learn.dls.tune.dataset.items["path"])
+    test_paths = np.concatenate([f.loc[f["role"] == "test", "path"].astype(str) for f in cells.folds])
+    assert sorted(test_paths) == sorted(map(str, cells.paths)) and len(row["y_pred"]) == len(cells.paths)
+    assert row["fold_lrs"] == [1e-3, 1e-2] and len(row["fold_tune"]) == tiny.aug.folds
+    assert row["steps"] == tiny.aug.steps and len(row["step_s"]) == tiny.aug.steps * tiny.aug.folds
+    roles = cells.folds[0]
+    n_train = int((subsample(roles[roles.role != "tune"].assign(is_valid=roles.role == "test"), 0.1, 0)
+                   .role == "train").sum())
+    assert row["n_train"] == pytest.approx(n_train, abs=2) and 0 <= row["data_share"] <= 1
+    small = study.cv_policy(tiny, cells, "none", 0.05, 1e-2, seed=0)
+    assert small.extra["steps"] == row["steps"]                           # fewer cells, the same steps
 
 
 @pytest.mark.slow
 def test_camera_eval_and_crop_probe(run):
-    row, learn = run.row(), run.learn
-    cams = study.camera_eval(learn)
+    row, fold_learners = run.row(), run.extra["learners"]
+    cams = study.camera_eval(fold_learners)
     assert list(cams) == ["original", *study.CAMERAS] and all(len(p) == len(row["y_true"]) for p in cams.values())
     assert np.array_equal(cams["original"], row["y_pred"])
-    probe = study.crop_probe(learn, scales=(0.2, 1.0), seed=0)
+    probe = study.crop_probe(fold_learners, scales=(0.2, 1.0), seed=0)
     assert list(probe["scale"]) == [0.2, 1.0] and (probe["cells"] == probe["cells"].iloc[0]).all()
     assert probe["lost"].iloc[-1] == 0          # a crop keeping the whole cell changes nothing
     assert ((probe["low"] <= probe["share"]) & (probe["share"] <= probe["high"])).all()
+
+
+@pytest.mark.slow
+def test_model_step_times(tiny):
+    times = study.model_step_times(tiny, n=2)
+    assert len(times) == 2 and (times > 0).all()
 
 
 def test_pipeline_speed(tiny):

@@ -657,3 +657,42 @@ def test_dataloaders_on_the_tune_frame_never_see_a_test_cell():
     test = set(elpv_frame().query("is_valid")["path"])
     seen = set(dls.train_ds.items["path"]) | set(dls.valid_ds.items["path"])
     assert len(dls.valid_ds) == TUNE_N and not seen & test
+
+
+# ------------------------------------------------------------------ preloaded cells with augmentation (lesson 03)
+def _roles(n: int = 40) -> pd.DataFrame:
+    """A role table over n fake cells: 20 train, 10 tune, 10 test, two classes alternating."""
+    role = ["train"] * 20 + ["tune"] * 10 + ["test"] * 10
+    return pd.DataFrame({"path": [f"c{i}" for i in range(n)], "role": role, "is_valid": [r == "test" for r in role],
+                         "label_4": [str(i % 2) for i in range(n)], "type": "mono"})
+
+
+def test_cycle_rows_repeats_each_row_evenly():
+    import torch
+    from convtips_lib.core.data import cycle_rows
+    x, y = torch.arange(7.0)[:, None], torch.arange(7)
+    xc, yc = cycle_rows(x, y, 20, seed=1)
+    counts = np.bincount(yc.numpy(), minlength=7)
+    assert len(yc) == 20 and set(counts) == {2, 3} and torch.equal(xc[:, 0].long(), yc)
+    with pytest.raises(ValueError, match="at least 7"):
+        cycle_rows(x, y, 6)
+
+
+def test_fold_tensor_dls_augments_only_training_and_counts_steps():
+    import torch
+    from fastai.vision.all import Flip
+    from convtips_lib.core.data import fold_tensor_dls
+    roles = _roles()
+    x, y = torch.rand(40, 3, 8, 8), torch.tensor([i % 2 for i in range(40)])
+    paths = list(roles["path"])
+    dls = fold_tensor_dls(x, y, paths, roles, ["0", "1"], bs=4, tfms=[Flip(p=1.0)], frac=0.5, seed=0, epoch_steps=3)
+    assert len(dls.train) == 3 and len(dls.train_ds) == 12                 # 3 full batches of 4, whatever the cells
+    assert len(torch.unique(dls.train_ds.x.flatten(1), dim=0)) == 10         # half of the 20 train cells, stratified
+    xb, _ = dls.valid.one_batch()
+    kept = torch.unique(dls.train_ds.x.flatten(1), dim=0).view(-1, 3, 8, 8)
+    m, s = kept.mean((0, 2, 3), keepdim=True), kept.std((0, 2, 3), keepdim=True)
+    assert torch.allclose(xb, (x[30:] - m) / s, atol=1e-5)   # the test cells: standardised by the kept cells, unflipped
+    xa, ya = dls.train.one_batch()
+    assert xa.shape == (4, 3, 8, 8)
+    flipped = ((xa * s + m).flip(-1)).flatten(1)                              # undo the flip: a train cell again
+    assert all((kept.flatten(1) - f).abs().amax(1).min() < 1e-5 for f in flipped)

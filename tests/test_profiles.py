@@ -27,7 +27,11 @@ def test_every_profile_is_usable(name):
     assert min(cfg.epochs, cfg.head_epochs, cfg.n_seeds, cfg.latency_reps) >= 1
     assert list(cfg.transfer.fractions) == sorted(set(cfg.transfer.fractions)) and 0 < cfg.transfer.fractions[0] and cfg.transfer.fractions[-1] <= 1
     assert cfg.ens.n_members >= 2                     # an ensemble has at least two members
-    assert len(cfg.aug.epochs) == len(cfg.aug.fracs) and all(0 < f <= 1 for f in cfg.aug.fracs)
+    assert list(cfg.aug.fracs) == sorted(set(cfg.aug.fracs)) and all(0 < f <= 1 for f in cfg.aug.fracs)
+    assert cfg.aug.policies[0] == "none" and cfg.aug.steps % cfg.aug.epoch_steps == 0   # whole epochs of equal steps
+    assert {0, 1} <= set(cfg.aug.strengths) and min(cfg.aug.n_seeds, len(cfg.aug.lrs)) >= 1
+    train_cells = 2624 * (1 - 1 / cfg.aug.folds) * 0.8 * max(cfg.aug.fracs)   # a fold's train cells, at most
+    assert cfg.aug.epoch_steps * cfg.bs >= train_cells, "every train cell fits in an epoch (cycle_rows)"
     assert len(set(cfg.zoo.archs)) == len(cfg.zoo.archs) > 1
 
 
@@ -153,7 +157,7 @@ def test_seeds_count_on_from_the_profile_seed():
 def test_with_changes_one_field_of_a_section_and_keeps_the_rest():
     cfg = profile("cpu")
     new = cfg.with_(aug=dict(fracs=(0.2, 0.4)), epochs=1)
-    assert new.aug.fracs == (0.2, 0.4) and new.aug.epochs == cfg.aug.epochs and new.epochs == 1
+    assert new.aug.fracs == (0.2, 0.4) and new.aug.steps == cfg.aug.steps and new.epochs == 1
     assert new.prune == cfg.prune and cfg.aug.fracs != (0.2, 0.4)
     with pytest.raises(TypeError):
         cfg.with_(aug=dict(no_such_field=1))

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 from fastai.vision.all import (CategoryBlock, ColReader, ColSplitter, DataBlock, DataLoaders, IndexSplitter,
-                               IntToFloatTensor, PILImage, RegexLabeller, Resize, TransformBlock, URLs,
+                               IntToFloatTensor, PILImage, RegexLabeller, Resize, Transform, TransformBlock, URLs,
                                image_extensions, untar_data)
 
 from .compat import renamed_kwargs
@@ -22,7 +23,8 @@ __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
            "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "CV_FOLDS", "elpv_folds",
            "split_cells", "cell_labels", "fold_tensor_dls", "preload_cells", "INTERPOLATIONS",
-           "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize"]
+           "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize", "cycle_rows", "image_batches",
+           "AsImage"]
 
 TASKS = {"binary": "label_bin", "4class": "label_4"}
 SPLIT_SEED = 2018          # the one train/valid split, the same in every lesson, profile and seed
@@ -401,17 +403,42 @@ def cell_labels(paths, task: str = "binary") -> tuple:
     return torch.tensor([code[names[str(p)]] for p in paths], dtype=torch.long), vocab
 
 
-def fold_tensor_dls(x, y, paths, roles: pd.DataFrame, vocab, bs: int = 64, standardise: bool = True) -> DataLoaders:
-    """`tensor_dls` for one role table over preloaded cells (see `split_cells`): train on its train cells, validate
-    on its test cells, `dls.tune` its tune cells; images standardised per channel with the train cells' own mean
-    and std (`standardise`), as `preload_dls` does."""
+def fold_tensor_dls(x, y, paths, roles: pd.DataFrame, vocab, bs: int = 64, standardise: bool = True,
+                    tfms: list | None = None, frac: float = 1.0, seed: int = 0,
+                    epoch_steps: int | None = None) -> DataLoaders:
+    """`tensor_dls` for one role table over preloaded cells (see `split_cells`): train on its train cells (a
+    stratified, nested `frac` of them, `subsample`), validate on its test cells, `dls.tune` its tune cells; images
+    standardised per channel with the train cells' own mean and std (`standardise`), as `preload_dls` does.
+    `tfms`: fastai batch transforms (augmentation) run on the training batches before that standardisation, so
+    they see images in [0, 1]. `epoch_steps`: an epoch is that many full batches whatever the number of train
+    cells (`cycle_rows`), so runs on different fractions count optimizer steps alike."""
+    if frac != 1.0:
+        kept = subsample(roles[roles["role"] != "tune"].assign(is_valid=roles["role"] == "test"), frac, seed)
+        roles = roles[(roles["role"] != "train") | roles["path"].isin(kept["path"])]
     parts = split_cells(x, y, paths, roles)
     (xt, yt), (xv, yv), (xu, yu) = parts["train"], parts["test"], parts["tune"]
+    stats = None
     if standardise:
         dims = (0, 2, 3) if xt.ndim == 4 else (0,)
-        mean, std = xt.mean(dims, keepdim=True), xt.std(dims, keepdim=True).clamp(min=1e-6)
-        xt, xv, xu = (xt - mean) / std, (xv - mean) / std, (xu - mean) / std
-    return tensor_dls(xt, yt, xv, yv, vocab, bs=bs, tune=(xu, yu))
+        stats = xt.mean(dims, keepdim=True), xt.std(dims, keepdim=True).clamp(min=1e-6)
+        if tfms is None:
+            (mean, std), stats = stats, None
+            xt, xv, xu = (xt - mean) / std, (xv - mean) / std, (xu - mean) / std
+    if epoch_steps is not None:
+        xt, yt = cycle_rows(xt, yt, epoch_steps * bs, seed)
+    return tensor_dls(xt, yt, xv, yv, vocab, bs=bs, tune=(xu, yu), tfms=tfms, stats=stats)
+
+
+def cycle_rows(x, y, n: int, seed: int = 0) -> tuple:
+    """(x, y) read as exactly `n` >= N rows: row i is a seeded permutation's row i mod N, so each of the N rows
+    appears floor(n/N) or ceil(n/N) times (the loader still shuffles every epoch)."""
+    import torch
+    if n < len(y):
+        raise ValueError(f"{n} rows per epoch would leave some of the {len(y)} rows out of every epoch: give at least "
+                         f"{len(y)} (e.g. raise the profile's epoch_steps)")
+    perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+    idx = perm[torch.arange(n) % len(y)]
+    return x[idx], y[idx]
 
 
 def tune_frame() -> pd.DataFrame:
@@ -752,26 +779,51 @@ class TensorPairs:
 
 def tensor_dls(x_train, y_train, x_valid, y_valid, vocab, bs: int = 64, num_workers: int = 0,
                sampling_weights: dict | None = None, tune: tuple | None = None,
-               val_bs: int | None = None) -> DataLoaders:
+               val_bs: int | None = None, tfms: list | None = None, stats: tuple | None = None) -> DataLoaders:
     """fastai DataLoaders over tensors (e.g. cached features): shuffled train batches, the last partial one dropped
     as an image loader does (unless it is the only one); the validation set in order. `dls.vocab`, `dls.c` as for
     images. `sampling_weights` {class name: weight}: over-sampling, as in `elpv_dls`. `tune` (x, y): the cells to
     choose on, as `dls.tune` (see `attach_tune`). The validation and tune cells go in batches of `val_bs` (default
-    4 x bs): prediction keeps no gradients, and with small tensors fastai's per-batch overhead is most of the cost."""
+    4 x bs): prediction keeps no gradients, and with small tensors fastai's per-batch overhead is most of the cost.
+    Image tensors (N, 3, H, W) only: `tfms`, fastai batch transforms on the training batches (augmentation), and
+    `stats` (mean, std), a `Normalize` after them on every loader (`image_batches`)."""
     from fastai.callback.data import WeightedDL
     from fastai.data.load import DataLoader
     train_kw = dict(bs=bs, shuffle=True, drop_last=len(y_train) > bs, num_workers=num_workers)
+    if tfms is not None or stats is not None:
+        train_kw["after_batch"] = image_batches(tfms or [], stats, split_idx=0)
     pairs = TensorPairs(x_train, y_train, vocab)
     if sampling_weights is None:
         train = DataLoader(pairs, **train_kw)
     else:
         train = WeightedDL(pairs, wgts=_item_weights([vocab[int(i)] for i in y_train], sampling_weights), **train_kw)
     val_bs = val_bs or 4 * bs
-    valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), bs=val_bs, shuffle=False, num_workers=num_workers)
+    plain = dict(bs=val_bs, shuffle=False, num_workers=num_workers)
+    if "after_batch" in train_kw:
+        plain["after_batch"] = image_batches([], stats, split_idx=1)
+    valid = DataLoader(TensorPairs(x_valid, y_valid, vocab), **plain)
     dls = DataLoaders(train, valid)
     if tune is not None:
-        dls.tune = DataLoader(TensorPairs(*tune, vocab), bs=val_bs, shuffle=False, num_workers=num_workers)
+        dls.tune = DataLoader(TensorPairs(*tune, vocab), **plain)
     return dls
+
+
+def image_batches(tfms: list, stats: tuple | None = None, split_idx: int = 0):
+    """The batch Pipeline of a loader over image tensors: the tensors as fastai `TensorImage`s (batch transforms
+    dispatch on that type), `tfms` (sorted by their `order`; the random ones only where `split_idx` is 0, training),
+    then `Normalize` with `stats` (mean, std) when given."""
+    from fastai.vision.all import Normalize, Pipeline
+    norm = [] if stats is None else [Normalize.from_stats(*(s.flatten() for s in stats))]
+    return Pipeline([AsImage(), *tfms, *norm], split_idx=split_idx)
+
+
+class AsImage(Transform):
+    """Plain image tensors (B, C, H, W) as fastai `TensorImage`s; labels (B,) pass unchanged."""
+    order = 0
+
+    def encodes(self, x: torch.Tensor):
+        from fastai.vision.all import TensorImage
+        return TensorImage(x) if x.ndim == 4 else x
 
 
 def plain_train_dl(dls, bs: int | None = None, shuffle: bool = False):

@@ -48,10 +48,17 @@ class TransferCfg(_Section):
 
 @dataclass(frozen=True)
 class AugCfg(_Section):
-    """Lesson 03: augmentation policies."""
-    fracs: tuple                 # the small and large fractions of the train cells in the policy comparison
-    epochs: tuple                # epochs at each of `fracs` (every policy the same steps; the two fractions about so)
-    strengths: tuple             # augmentation strengths (x published magnitudes) swept
+    """Lesson 03: augmentation policies on a small ConvNet from scratch, cross-validated over every cell."""
+    img_size: int                # image side, px (every cell preloaded at this size)
+    folds: int                   # k of the k-fold cross-validation (every cell predicted once; rates chosen per
+                                 # fold on its own tune cells)
+    fracs: tuple                 # the smallest and largest fractions of each fold's train cells compared
+    policies: tuple              # the policies compared ('none' first)
+    steps: int                   # optimizer steps of every run, whatever its fraction or policy
+    epoch_steps: int             # steps per epoch (the train cells cycled to fill it): steps / epoch_steps epochs
+    lrs: tuple                   # peak learning rates tried per policy and fraction (Adam, one-cycle; chosen on tune)
+    n_seeds: int                 # seeds of every policy run at its chosen rates
+    strengths: tuple             # augmentation strengths (x published magnitudes) swept at the smallest fraction
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,8 @@ PROFILES = {
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
         transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,), folds=2, svm_seeds=1),
-        aug=AugCfg(fracs=(0.05, 0.1), epochs=(1, 1), strengths=(0, 1)),
+        aug=AugCfg(img_size=32, folds=2, fracs=(0.1, 0.25), policies=("none", "flips+crop+rotation"), steps=5,
+                   epoch_steps=5, lrs=(1e-2,), n_seeds=1, strengths=(0, 1, 2)),
         imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
         opt=OptCfg(img_size=32, folds=2, optimizers=("sgd", "adam"), epochs=2, decades=(-0.5, 0.5), n_seeds=1,
                    converge_epochs=1, loss_target=0.5, init_scales=(4.0,)),
@@ -230,7 +238,8 @@ PROFILES = {
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=36, lrs=(2e-3, 1e-2), folds=5,   # 36 steps: in 12 min
                                 svm_seeds=3),
-        aug=AugCfg(fracs=(0.1, 0.25), epochs=(5, 2), strengths=(0, 1, 2.5)),   # 20 and 24 steps, for 12 min
+        aug=AugCfg(img_size=32, folds=2, fracs=(0.25, 1.0), policies=("none", "flips", "flips+crop+rotation"),
+                   steps=400, epoch_steps=40, lrs=(3e-3, 1e-2), n_seeds=2, strengths=(0, 0.5, 1, 2, 4)),   # 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
         opt=OptCfg(img_size=32, folds=2, optimizers=("sgd", "adam"), epochs=30, decades=_LR_DECADES, n_seeds=3,
                    converge_epochs=10, loss_target=0.45, init_scales=(0.25, 4.0)),   # 30 epochs x 9 rates: 12 min
@@ -246,7 +255,9 @@ PROFILES = {
         zoo=ZooCfg(archs=_ZOO_SMALL),
         transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2), folds=5,
                                 svm_seeds=5),
-        aug=AugCfg(fracs=(0.1, 1.0), epochs=(20, 5), strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
+        aug=AugCfg(img_size=64, folds=5, fracs=(0.1, 0.3, 1.0), policies=("none", "flips", "flips+crop+rotation",
+                   "everything"), steps=2000, epoch_steps=50, lrs=(1e-3, 3e-3, 1e-2), n_seeds=3,
+                   strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=5, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=1.0, net_steps=300),
         opt=OptCfg(img_size=64, folds=5, optimizers=("sgd", "adam", "adamw", "rmsprop", "adadelta"), epochs=60,
                    decades=_LR_DECADES, n_seeds=5, converge_epochs=20, loss_target=0.3, init_scales=(0.25, 4.0)),

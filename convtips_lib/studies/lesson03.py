@@ -1,44 +1,37 @@
-"""Lesson 03's studies: augmentation policies x data size, a strength sweep, robustness to a simulated camera,
-crops that cut the defect away, and the speed of the augmentation pipeline. Every run trains on the train cells and
-predicts the tune cells after each epoch (`elpv_dls(..., tune=True)`): the lesson's choices (the best policy, the
-best strength, when to stop) read those, and the test cells only judge."""
+"""Lesson 03's studies: augmentation policies x data size, a strength sweep and robustness to a simulated camera on
+a small ConvNet from scratch, cross-validated over every ELPV cell (`aug_cells`: cells preloaded small, every cell
+predicted once by a network that never saw it); crops that cut the defect away; the speed of the augmentation
+pipeline. Every choice (each run's learning rate, the strength to use) is made per fold on that fold's tune cells;
+the pooled test cells only judge."""
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import Callback, Pipeline
+from fastai.vision.all import Callback, CancelFitException, Pipeline
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from ..core.compat import renamed_kwargs
-from ..core.data import elpv_dls
+from ..core.data import TensorPairs, elpv_dls, elpv_folds, fold_tensor_dls, preload_cells
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
-from ..core.train import Run, best_epoch, fit, make_learner, run_grid, valid_preds
+from ..core.models import small_net
+from ..core.train import Run, fit, learner, make_learner, pool_folds, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
-__all__ = ["train_policy", "COMPARED", "policy_grid", "strength_sweep", "aug_gain", "gain_change", "CAMERAS",
-           "camera_shift", "camera_eval", "robustness_gain", "CROP_SCALES", "MISLABEL_SHARE", "crop_probe",
-           "PIPELINES", "pipeline_speed"]
+__all__ = ["AugCells", "aug_cells", "train_policy", "cv_policy", "policy_grid", "policy_curves", "strength_sweep", "at_best_strength",
+           "aug_gain", "gain_change", "CAMERAS", "camera_shift", "camera_eval", "robustness_gain", "CROP_SCALES",
+           "MISLABEL_SHARE", "crop_probe", "PIPELINES", "pipeline_speed", "model_step_times"]
 
 
 MISLABEL_SHARE = 0.05        # "a crop can mislabel": more than 1 in 20 crops of a defective cell lose the defect
 
 CROP_SCALES = (0.08, 0.2, 0.35, 0.6, 1.0)   # share of the cell's area a crop keeps: Inception's min, fastbook's 0.35
-
-
-def policy_epochs(cfg, frac: float) -> int:
-    """Epochs of every policy run at training fraction `frac`: its entry in `cfg.aug.epochs` (one per `cfg.aug.fracs`),
-    so every policy at a fraction gets the same optimizer steps."""
-    if frac not in cfg.aug.fracs:
-        raise ValueError(f"no epochs for fraction {frac} in profile {cfg.name!r}: use one of cfg.aug.fracs "
-                         f"{cfg.aug.fracs}, or pass epochs=")
-    return cfg.aug.epochs[list(cfg.aug.fracs).index(frac)]
 
 
 class StepTimer(Callback):
@@ -70,61 +63,133 @@ class StepTimer(Callback):
             self.step_s.append(self._end - self._t)
 
 
-def train_policy(cfg, policy: str, frac: float, strength: float = 1.0, seed: int | None = None,
-                 epochs: int | None = None, arch: str | None = None) -> Run:
-    """Fine-tune the whole pretrained `arch` under one augmentation policy for `epochs` (default `policy_epochs`) on
-    `frac` of the train cells, the tune cells predicted after every epoch: its `Run` (settings policy, strength,
-    frac, seed, epochs; extra n_train, steps, the last losses, `best_tune_epoch` (the epoch the tune cells would
-    stop at, `best_epoch`), and the step timings: step_s, wait_s per batch and data_share, the share of a step
-    spent waiting for data)."""
-    arch = arch or cfg.arch
-    seed = cfg.seed if seed is None else seed
-    epochs = policy_epochs(cfg, frac) if epochs is None else epochs
+@dataclass
+class AugCells:
+    """Every ELPV cell preloaded at `cfg.aug.img_size` (x (2624, 3, s, s) in [0, 1], y (2624,), paths, vocab) and
+    the role tables of its k-fold cross-validation (`elpv_folds`)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    paths: list
+    vocab: list
+    folds: list
+
+
+def aug_cells(cfg) -> AugCells:
+    """`AugCells` for the profile: every cell decoded once at `cfg.aug.img_size`, `cfg.aug.folds` folds."""
+    return AugCells(*preload_cells(cfg, img_size=cfg.aug.img_size), elpv_folds(cfg.aug.folds))
+
+
+def _fold_dls(cfg, cells: AugCells, roles, policy: str, frac: float, seed: int, strength: float):
+    return fold_tensor_dls(cells.x, cells.y, cells.paths, roles, cells.vocab, bs=cfg.bs, frac=frac, seed=seed,
+                           tfms=policy_tfms(policy, cfg.aug.img_size, strength), epoch_steps=cfg.aug.epoch_steps)
+
+
+def train_policy(dls, policy: str, lr: float, epochs: int, seed: int = 0, strength: float = 1.0, **settings) -> Run:
+    """Train `small_net` from a random init on `dls` (its batch transforms are the policy's) for `epochs` at peak `lr`
+    (Adam, one-cycle): its `Run` (settings policy, strength, lr, seed and `settings`; extra n_train (distinct
+    cells), steps, the last losses and the step timings step_s, wait_s per batch and data_share, the share of a
+    step spent waiting for data)."""
     t = time.perf_counter()
-    dls = elpv_dls(cfg, frac=frac, seed=seed, tfms=policy_tfms(policy, cfg.img_size, strength), tune=True)
     timer = StepTimer()
-    learn = make_learner(dls, arch, weights="imagenet", depth="none", cbs=[timer], seed=seed)
-    last = fit(learn, epochs, cfg.lr).iloc[-1]
-    wait = float(np.median(timer.wait_s)) if timer.wait_s else float("nan")
-    run = Run.of(learn, dict(policy=policy, strength=strength, frac=frac, seed=seed, epochs=epochs),
-                 time.perf_counter() - t, n_train=len(dls.train_ds), steps=epochs * len(dls.train),
-                 train_loss=last["train_loss"], valid_loss=last["valid_loss"],
-                 data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
-                 step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
-    run.extra["best_tune_epoch"] = best_epoch(run)
-    return run
+    learn = learner(dls, small_net(dls.c), cbs=[timer], seed=seed)
+    last = fit(learn, epochs, lr).iloc[-1]
+    wait = float(np.median(timer.wait_s)) if timer.wait_s else 0.0
+    n_train = len(torch.unique(dls.train_ds.x.flatten(1), dim=0)) if len(dls.train_ds) <= 20_000 else len(dls.train_ds)
+    return Run.of(learn, dict(policy=policy, strength=strength, lr=lr, seed=seed, **settings),
+                  time.perf_counter() - t, n_train=n_train, steps=epochs * len(dls.train),
+                  train_loss=last["train_loss"], valid_loss=last["valid_loss"],
+                  data_share=wait / (wait + float(np.median(timer.step_s))),   # of a training step's time, medians
+                  step_s=np.array(timer.step_s), wait_s=np.array(timer.wait_s))
 
 
-COMPARED = ("none", "flips", "flips+crop+rotation", "everything")   # the policies of the main comparison
+def cv_policy(cfg, cells: AugCells, policy: str, frac: float, lrs, seed: int, strength: float = 1.0,
+              keep: bool = False) -> Run:
+    """`train_policy` on every fold at that fold's rate (`lrs`: one, or one per fold), `frac` of each fold's train
+    cells, `cfg.aug.steps` optimizer steps: the folds pooled (`pool_folds`), every cell predicted once. Extra:
+    fold_lrs, fold_tune (each fold's tune balanced accuracy: what a choice reads), n_train (mean per fold), steps,
+    the mean last losses, the step timings of every fold, and `learners` (one per fold) when `keep`."""
+    lrs = [float(lrs)] * len(cells.folds) if np.ndim(lrs) == 0 else [float(lr) for lr in lrs]
+    epochs = cfg.aug.steps // cfg.aug.epoch_steps
+    runs = [train_policy(_fold_dls(cfg, cells, roles, policy, frac, seed, strength), policy, lr, epochs, seed,
+                         strength, frac=frac) for roles, lr in zip(cells.folds, lrs)]
+    pooled = pool_folds(runs, {**runs[0].settings, "lr": lrs[0] if len(set(lrs)) == 1 else "per fold"})
+    cat = lambda k: np.concatenate([r.extra[k] for r in runs])  # noqa: E731
+    pooled.extra.update(fold_lrs=lrs, fold_tune=[r.tune_metrics()["balanced_accuracy"] for r in runs],
+                        n_train=float(np.mean([r.extra["n_train"] for r in runs])), steps=runs[0].extra["steps"],
+                        train_loss=float(np.mean([r.extra["train_loss"] for r in runs])),
+                        valid_loss=float(np.mean([r.extra["valid_loss"] for r in runs])),
+                        data_share=float(np.median([r.extra["data_share"] for r in runs])),
+                        step_s=cat("step_s"), wait_s=cat("wait_s"),
+                        learners=[r.learn for r in runs] if keep else None)
+    return pooled
 
 
-def policy_grid(cfg, policies=COMPARED, fracs=None, seeds=None) -> tuple:
-    """`train_policy` for every (fraction, policy, seed) (default: `cfg.aug.fracs`, `cfg.n_seeds` seeds):
-    (runs table, histories, {(policy, frac): learner of the first seed})."""
-    seeds = cfg.seeds(cfg.n_seeds) if seeds is None else seeds
-    cells = [dict(policy=p, frac=f) for f in fracs or cfg.aug.fracs for p in policies]
-    runs = run_grid(lambda policy, frac, seed: train_policy(cfg, policy, frac, seed=seed), cells, seeds)
-    learners = {}
-    for run in runs:
-        learners.setdefault((run.settings["policy"], run.settings["frac"]), run.learn)
-    hists = [r.history.assign(policy=r.settings["policy"], frac=r.settings["frac"], strength=1.0) for r in runs]
-    return pd.DataFrame([r.row() for r in runs]), pd.concat(hists, ignore_index=True), learners
+def _best_per_fold(rows: list, key: str) -> list:
+    """For each fold, the `key` of the row (a pooled `Run.row()`) whose fold_tune scored best there (ties to the
+    first): a choice nested inside the folds."""
+    n = len(rows[0]["fold_tune"])
+    return [rows[int(np.argmax([r["fold_tune"][i] for r in rows]))][key] for i in range(n)]
 
 
-def strength_sweep(cfg, runs: pd.DataFrame, policy: str = "everything", strengths=None,
-                   frac: float | None = None) -> pd.DataFrame:
-    """`policy` at each of `cfg.aug.strengths` (x its published magnitudes) at the small fraction, reusing the runs
-    already in `runs` (strength 0 = its 'none' run, strength 1 = its `policy` run); each row has the tune cells'
-    `tune_<metric>`, so `best_on_tune(sweep)` chooses a strength without the test cells."""
+def policy_grid(cfg, cells: AugCells, policies=None, fracs=None, seeds=None, keep=()) -> tuple:
+    """Every (fraction, policy): `cv_policy` at each rate of `cfg.aug.lrs` with the first seed, each fold's rate
+    chosen on its tune cells, then the other seeds at those rates (default `cfg.aug.n_seeds`). Returns (one row per
+    (fraction, policy, seed), the rows of the rate search, {(policy, frac): the first seed's fold learners} for the
+    pairs in `keep`)."""
+    seeds = list(cfg.seeds(cfg.aug.n_seeds) if seeds is None else seeds)
+    rows, search, learners = [], [], {}
+    for frac in fracs or cfg.aug.fracs:
+        for policy in policies or cfg.aug.policies:
+            hold = (policy, frac) in keep
+            tried = [cv_policy(cfg, cells, policy, frac, lr, seeds[0], keep=hold) for lr in cfg.aug.lrs]
+            found = [r.row() for r in tried]
+            search += found
+            lrs = _best_per_fold(found, "lr")
+            same = [r for r in tried if r.extra["fold_lrs"] == lrs]   # one rate chosen by every fold: trained
+            first = same[0] if same else cv_policy(cfg, cells, policy, frac, lrs, seeds[0], keep=hold)
+            if hold:
+                learners[(policy, frac)] = first.extra["learners"]
+            for run in [first, *(cv_policy(cfg, cells, policy, frac, lrs, s) for s in seeds[1:])]:
+                run.extra["learners"] = None
+                rows.append(run.row(history=True))
+    return pd.DataFrame(rows), pd.DataFrame(search).drop(columns=["learners"]), learners
+
+
+def policy_curves(runs: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Per (frac, policy, epoch): the `seed` runs' losses and test balanced accuracy, mean over the folds (the
+    `history` column of `policy_grid`'s rows)."""
+    first = runs[runs["seed"] == seed]
+    hist = pd.concat([r["history"].assign(policy=r["policy"], frac=r["frac"]) for _, r in first.iterrows()])
+    cols = ["train_loss", "valid_loss", "balanced_accuracy"]
+    return hist.groupby(["frac", "policy", "epoch"], as_index=False, sort=False)[cols].mean()
+
+
+def strength_sweep(cfg, cells: AugCells, runs: pd.DataFrame, policy: str = "flips+crop+rotation",
+                   strengths=None, frac: float | None = None) -> pd.DataFrame:
+    """`policy` at each of `cfg.aug.strengths` (x its published magnitudes) at the smallest fraction, the first
+    seed, at the per-fold rates `policy_grid` chose for it (strength 0 = that fraction's 'none' run, strength 1 =
+    its `policy` run, reused from `runs`): one row per strength with each fold's tune score (`at_best_strength`)."""
     frac = min(cfg.aug.fracs) if frac is None else frac
-    at = runs[runs["frac"] == frac]
-    rows = []
+    at = runs[(runs["frac"] == frac) & (runs["seed"] == cfg.seed)]
+    lrs = at[at["policy"] == policy]["fold_lrs"].iloc[0]
+    out = []
     for s in strengths or cfg.aug.strengths:
-        done = at[(at["policy"] == ("none" if s == 0 else policy)) & (at["seed"] == cfg.seed)]
-        done = done[done["strength"] == 1.0] if s in (0, 1) else done.iloc[:0]
-        rows.append(done.iloc[0].to_dict() if len(done) else train_policy(cfg, policy, frac, s).row())
-        rows[-1]["strength"] = s
-    return pd.DataFrame(rows)
+        done = at[at["policy"] == ("none" if s == 0 else policy)] if s in (0, 1) else at.iloc[:0]
+        out.append(done.iloc[0].to_dict() if len(done) else cv_policy(cfg, cells, policy, frac, lrs, cfg.seed, s).row())
+        out[-1]["strength"] = s
+    return pd.DataFrame(out).drop(columns=["learners", "history"], errors="ignore")
+
+
+def at_best_strength(sweep: pd.DataFrame, folds: list) -> dict:
+    """The strength each fold's tune cells choose (`fold_tune`) and the pooled test predictions of that choice
+    (each fold's test cells predicted by its own chosen strength's network): an honest score of "choose the
+    strength on the tune cells"."""
+    rows = sweep.to_dict("records")
+    pick = [int(np.argmax([r["fold_tune"][i] for r in rows])) for i in range(len(folds))]
+    sizes = [int((f["role"] == "test").sum()) for f in folds]
+    starts = np.cumsum([0, *sizes])
+    y_pred = np.concatenate([np.asarray(rows[j]["y_pred"])[starts[i]:starts[i + 1]] for i, j in enumerate(pick)])
+    return dict(strengths=[rows[j]["strength"] for j in pick], y_true=np.asarray(rows[0]["y_true"]), y_pred=y_pred)
 
 
 def _gain(m: dict, frac, policies) -> np.ndarray:
@@ -172,13 +237,14 @@ def _with_tfm(dl, tfm):
     return dl.new(after_batch=Pipeline([*dl.after_batch.fs, tfm]))
 
 
-def camera_eval(learn, cameras: dict | None = None) -> dict:
-    """{camera: (N_valid,) predictions} of `learn` on the validation set as each camera would record it, and
-    'original' (the untouched images)."""
+def camera_eval(learners, cameras: dict | None = None) -> dict:
+    """{camera: (N,) predictions} of a cross-validation's fold `learners` (fold order: the pooled test cells) on
+    their test cells as each camera would record them, and 'original' (the untouched images)."""
     cameras = CAMERAS if cameras is None else cameras
-    out = {"original": valid_preds(learn)[1]}   # after the last epoch, as the run recorded them
+    out = {"original": np.concatenate([valid_preds(learn)[1] for learn in learners])}
     for name, kw in cameras.items():
-        out[name] = evaluate(learn, _with_tfm(learn.dls.valid, camera_shift(**kw))).y_pred
+        shifted = [evaluate(learn, _with_tfm(learn.dls.valid, camera_shift(**kw))).y_pred for learn in learners]
+        out[name] = np.concatenate(shifted)
     return out
 
 
@@ -194,27 +260,34 @@ def robustness_gain(y_true, without: dict, with_: dict, metric: str = "balanced_
 
 
 # ------------------------------------------------------------------ a crop can cut the defect away
-@renamed_kwargs(positive="minority")
-def crop_probe(learn, scales=CROP_SCALES, seed: int = 0, minority: str = "defective") -> pd.DataFrame:
-    """Per crop scale (share of the area kept): of the validation cells of class `minority` that `learn` gets
-    right whole, the share whose random square crop it no longer calls `minority` (probability below 0.5; one crop
-    per cell)."""
-    y_true, y_pred = valid_preds(learn)
-    k = list(learn.dls.vocab).index(minority)
-    keep = np.flatnonzero((y_true == k) & (y_pred == k))
-    items = learn.dls.valid_ds.items.iloc[keep]
-    dl = learn.dls.test_dl(items, with_labels=True)
-    size = int(dl.one_batch()[0].shape[-1])
+def _cells_dl(learn, keep: np.ndarray):
+    """A loader over the validation cells `keep` (indices) of a Learner over image tensors, in its batch pipeline."""
+    ds = learn.dls.valid_ds
+    return learn.dls.valid.new(TensorPairs(ds.x[keep], ds.y[keep], ds.vocab))
+
+
+def crop_probe(learners, scales=CROP_SCALES, seed: int = 0, minority: str = "defective") -> pd.DataFrame:
+    """Per crop scale (share of the area kept): of the test cells of class `minority` that the fold `learners`
+    (one Learner over image tensors, or a cross-validation's) get right whole, the share whose random square crop
+    is no longer called `minority` (probability below 0.5; one crop per cell)."""
+    learners = learners if isinstance(learners, (list, tuple)) else [learners]
+    sets = []
+    for learn in learners:
+        y_true, y_pred = valid_preds(learn)
+        k = list(learn.dls.vocab).index(minority)
+        sets.append((learn, k, np.flatnonzero((y_true == k) & (y_pred == k))))
+    size = int(learners[0].dls.valid_ds.x.shape[-1])
     rows = []
     for s in scales:
         crop = TorchAug(v2.RandomResizedCrop(size, scale=(s, s), ratio=(1.0, 1.0), antialias=True), train_only=False)
         seed_everything(seed)
         with warnings.catch_warnings():   # one class only: scikit-learn's metrics warn, the probabilities are fine
             warnings.simplefilter("ignore", UserWarning)
-            probs = evaluate(learn, _with_tfm(dl, crop)).probs[:, k]
-        lost = int((probs < 0.5).sum())
-        est = proportion(lost, len(keep))
-        rows.append(dict(scale=s, cells=len(keep), lost=lost, share=est.effect, low=est.low, high=est.high))
+            lost = sum(int((evaluate(learn, _with_tfm(_cells_dl(learn, keep), crop)).probs[:, k] < 0.5).sum())
+                       for learn, k, keep in sets)
+        cells = sum(len(keep) for _, _, keep in sets)
+        est = proportion(lost, cells)
+        rows.append(dict(scale=s, cells=cells, lost=lost, share=est.effect, low=est.low, high=est.high))
     return pd.DataFrame(rows)
 
 
@@ -278,3 +351,28 @@ def pipeline_speed(cfg, settings=None, n_batches: int | None = None, seed: int |
         rows.append(dict(setting=setting, workers=PIPELINES[setting][1], batches=len(times),
                          images_per_s=dl.bs / float(np.median(times)), times=np.array(times)))
     return pd.DataFrame(rows)
+
+
+def model_step_times(cfg, n: int | None = None, seed: int | None = None) -> np.ndarray:
+    """(n,) seconds of `n` training steps (forward, backward, optimizer; default 4 x cfg.latency_reps) of the
+    course's network (`cfg.arch`, the whole pretrained network) at the profile's image size, on the images the
+    pipeline of `pipeline_speed` prepares: what a batch of that pipeline feeds."""
+    seed = cfg.seed if seed is None else seed
+    n = n or 4 * cfg.latency_reps
+    dls = _pipeline_dls(cfg, "no augmentation", seed)
+    timer = StepTimer()
+    learn = make_learner(dls, cfg.arch, depth="none", cbs=[timer], seed=seed)
+    learn.fit(1, cfg.lr, cbs=[_StopAfter(n + 1)])
+    return np.array(timer.step_s[1:n + 1])   # the first step warms up
+
+
+class _StopAfter(Callback):
+    """Ends the fit after `n` training batches (no validation)."""
+    order = 99
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def after_batch(self):
+        if self.training and len(self.learn.cbs.filter(lambda c: isinstance(c, StepTimer))[0].step_s) >= self.n:
+            raise CancelFitException

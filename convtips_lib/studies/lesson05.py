@@ -13,27 +13,17 @@ import torch
 from torch import nn
 
 from ..core.env import seed_everything
+from ..core.models import small_net
 from ..core.measure import bootstrap, classification_metrics, median_ratio
 from ..core.train import Run, best_on_tune, learner, pool_folds, valid_preds
 from ..topics.optim import SwitchOptimizer, fit_schedule, opt_func
 
-__all__ = ["small_net", "scale_init", "train_optimizer", "cv_train", "cv_sweep", "at_chosen", "lrs_per_fold", "lr_sensitivity",
+__all__ = ["scale_init", "train_optimizer", "cv_train", "cv_sweep", "at_chosen", "lrs_per_fold", "lr_sensitivity",
            "lr_width_gap", "steps_to_target", "steps_ratio", "init_drop", "init_drop_gap", "loss_curves",
            "OPT_WITHIN"]
 
 
 OPT_WITHIN = 0.02   # "within two points of its best": the band whose width (in decades of lr) measures sensitivity
-
-
-def small_net(n_out: int, width: int = 16) -> nn.Module:
-    """A small plain ConvNet from a random init: four 3x3 conv (stride 2) + BatchNorm + ReLU stages of `width`,
-    2x, 4x, 8x channels, global average pooling, a linear head. ~98k parameters at width 16; a 30-epoch run on
-    1,000 cells of 32 px takes seconds on a laptop CPU, so long runs and many rates are affordable."""
-    layers, c_in = [], 3
-    for c in (width, 2 * width, 4 * width, 8 * width):
-        layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-        c_in = c
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_out))
 
 
 def scale_init(net: nn.Module, scale: float) -> nn.Module:
