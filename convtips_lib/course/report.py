@@ -176,8 +176,9 @@ def _chosen_html(c: dict) -> str:
     rows = [("image size", f"{c.get('img_size')} px", c.get("img_size_why", "")),
             ("augmentation", (c.get("augmentation") or {}).get("policy", ""), (c.get("augmentation") or {}).get("why", "")),
             ("how long", f"{c.get('epochs')} epoch(s) of {c.get('batches_per_epoch')} batches", c.get("epochs_why", "")),
-            ("epoch kept", c.get("kept_epoch"), f"the epoch the {c.get('tune_images')} tune images (held out of the "
-                                               "training images) scored best, balanced accuracy"),
+            ("epoch kept", c.get("kept_epoch"), f"the epoch (counting the head epochs) the {c.get('tune_images')} tune "
+                                               "images (held out of the training images) scored best, balanced "
+                                               "accuracy; its weights are the model's"),
             ("learning rate", f"{lr.get('used', ''):.3g}" if isinstance(lr.get("used"), float) else lr.get("used"),
              lr.get("why", ""))]
     body = "".join(f"<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(w)}</td></tr>" for a, b, w in rows)
