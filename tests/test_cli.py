@@ -267,6 +267,10 @@ def test_train_then_predict_end_to_end_on_a_tiny_folder(tmp_path, capsys, image_
     metrics = json.loads((out / "results" / "train.json").read_text())["metrics"]
     chosen = metrics["chosen_on_tune"]   # the epoch is chosen on training images held out, not on the reported ones
     assert 2 <= chosen["tune_images"] < 12 and 1 <= chosen["kept_epoch"] <= 2 and metrics["validation"]["images"] == 4
+    assert metrics["baseline"]["model"].startswith("RBF SVM") and metrics["held_out"]["images"] == 4
+    assert set(metrics["held_out"]) == {"images", "network", "baseline", "network_minus_baseline"}
+    probs = [m["probability"] for m in metrics["confident_mistakes"]]
+    assert probs == sorted(probs, reverse=True) and "Most confident mistakes" in html
     image = next((data / "dark").glob("*.png"))
     assert main(["predict", str(model), str(image)]) == 0
     assert capsys.readouterr().out.split("\t")[1] in ("bright", "dark")
@@ -291,6 +295,76 @@ def test_train_refuses_a_missing_folder_and_a_bad_valid_pct(tmp_path, capsys):
     assert "--valid-pct" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--balance", "smote", "--out", str(tmp_path / "o")]) == 2
     assert "recipe balance 'smote' is unknown: choose one of none, oversample" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- convtips train: the recipe adapted to the folder
+def _train_args(*argv):
+    from convtips_lib.course.cli import _parser
+    return _parser().parse_args(["train", *argv])
+
+
+def test_train_defaults_to_a_step_budget_lr_find_rotations_without_flips_and_the_images_size(tmp_path, image_folder):
+    from convtips_lib.course.cli import _train_recipe
+    from convtips_lib.course.train_job import STEPS
+    data = str(image_folder(tmp_path / "data"))                         # 40 x 30 px images
+    recipe, notes = _train_recipe(_train_args(data))
+    assert recipe.policy == "rotation" and recipe.steps == STEPS and recipe.find_lr and recipe.img_size == 64
+    assert "64 px" in notes["img_size"]
+    assert _train_recipe(_train_args(data, "--flips"))[0].policy == "flips+rotation"
+    assert _train_recipe(_train_args(data, "--epochs", "3"))[0].steps is None
+    assert _train_recipe(_train_args(data, "--epochs", "3"))[0].epochs == 3
+    assert _train_recipe(_train_args(data, "--steps", "40"))[0].steps == 40
+    fixed = _train_recipe(_train_args(data, "--lr", "0.01", "--img-size", "96"))
+    assert fixed[0].lr == 0.01 and not fixed[0].find_lr and fixed[0].img_size == 96 and fixed[1] == {}
+
+
+def test_a_recipe_file_keeps_its_flips_unless_no_flips_is_given(tmp_path, image_folder):
+    from convtips_lib.course.cli import _train_recipe
+    from convtips_lib.topics.recipe import Recipe
+    data, path = str(image_folder(tmp_path / "data")), str(Recipe().save(tmp_path / "r.json"))
+    assert _train_recipe(_train_args(data, "--recipe", path))[0] == Recipe()    # the file, as written
+    assert _train_recipe(_train_args(data, "--recipe", path, "--no-flips"))[0].policy == "rotation"
+
+
+def test_train_refuses_steps_and_epochs_together_and_a_bad_lr(tmp_path, capsys, image_folder):
+    data = str(image_folder(tmp_path / "data"))
+    assert main(["train", data, "--steps", "10", "--epochs", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "both say how long to train: give one" in capsys.readouterr().err
+    assert main(["train", data, "--steps", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "recipe steps must be a whole number from 1" in capsys.readouterr().err
+    assert main(["train", data, "--lr", "3", "--out", str(tmp_path / "o")]) == 2
+    assert "recipe lr must be a number between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def _train_record(folder: Path, mistakes: list) -> Path:
+    from convtips_lib.core.results import Results
+    ci = dict(value=0.9, low=0.8, high=0.95)
+    res = Results("train", profile("smoke"), seed=0, out=folder)
+    res.metric("held_out", dict(images=40, network=dict(accuracy=ci, balanced_accuracy=ci),
+                                baseline=dict(accuracy=ci, balanced_accuracy=ci),
+                                network_minus_baseline=dict(accuracy=dict(value=0.0, low=-0.1, high=0.1),
+                                                            balanced_accuracy=dict(value=0.0, low=-0.1, high=0.1))))
+    res.metric("baseline", dict(model="RBF SVM on 16 x 16 gray pixels", C=1.0))
+    res.metric("chosen_on_tune", dict(kept_epoch=7, tune_images=30, steps=500, batches_per_epoch=8, epochs=62,
+                                      epochs_why="a budget of 500 optimizer steps", img_size=64, img_size_why="64 px",
+                                      lr=dict(used=0.005, why="lr_find suggested 0.005"),
+                                      augmentation=dict(policy="none", why="no flips")))
+    res.metric("confident_mistakes", mistakes)
+    return res.save()
+
+
+def test_the_train_report_shows_network_baseline_choices_and_mistakes_escaped(tmp_path):
+    from convtips_lib.course.report import write_report
+    mistakes = [dict(path="data/<script>alert(1)</script>/a&b.png", true="<b>six</b>", predicted="nine",
+                     probability=0.97), dict(path="data/5/x.png", true="5", predicted="3", probability=0.6)]
+    _train_record(tmp_path / "results", mistakes)
+    html = write_report(tmp_path / "results", tmp_path / "report.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;/a&amp;b.png" in html
+    assert "&lt;b&gt;six&lt;/b&gt;" in html and html.index("a&amp;b.png") < html.index("data/5/x.png")
+    assert "90.0 % [80.0, 95.0]" in html and "+0.0 points [-10.0, +10.0]" in html
+    assert "RBF SVM on 16 x 16 gray pixels" in html and "lr_find suggested 0.005" in html
+    assert "Most confident mistakes" in html and "What was chosen, and why" in html and "no flips" in html
 
 
 # ---------------------------------------------------------------- convtips train: inputs checked before --out is touched

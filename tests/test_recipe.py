@@ -500,3 +500,124 @@ def test_a_recipe_file_and_the_command_line_go_through_the_same_checks(tmp_path)
 def test_numpy_integers_are_stored_as_plain_ints(tmp_path):
     r = Recipe(seed=np.int64(7), epochs=np.int32(2))
     assert type(r.seed) is int and Recipe.load(r.save(tmp_path / "r.json")) == Recipe(seed=7, epochs=2)
+
+
+# ---------------------------------------------------------------- a recipe that adapts to the user's folder
+from convtips_lib.topics import recipe as recipe_mod  # noqa: E402
+from convtips_lib.topics.recipe import choose_lr, n_epochs, pixel_baseline, recipe_folder_dls  # noqa: E402
+
+
+@pytest.mark.parametrize("steps, batches, epochs", [(None, 11, 8), (500, 62, 8), (500, 8, 62), (500, 11, 45),
+                                                     (5, 40, 1), (10 ** 6, 1, 1000)])
+def test_a_step_budget_makes_as_many_epochs_as_the_batches_need(steps, batches, epochs):
+    assert n_epochs(Recipe(epochs=8, steps=steps), batches) == epochs
+
+
+@pytest.mark.parametrize("bad, words", [(dict(steps=0), "recipe steps must be a whole number from 1"),
+                                        (dict(steps=2.5), "recipe steps must be a whole number"),
+                                        (dict(steps=True), "recipe steps must be a whole number"),
+                                        (dict(find_lr="yes"), "recipe find_lr must be true or false")])
+def test_the_new_settings_are_checked(bad, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        Recipe(**bad)
+
+
+def test_a_recipe_file_from_before_steps_and_find_lr_still_loads(tmp_path):
+    old = {k: v for k, v in Recipe(epochs=3).to_dict().items() if k not in ("steps", "find_lr")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    r = Recipe.load(tmp_path / "old.json")
+    assert r == Recipe(epochs=3) and r.steps is None and r.find_lr is False
+    assert Recipe.load(Recipe(steps=40, find_lr=True).save(tmp_path / "new.json")) == Recipe(steps=40, find_lr=True)
+
+
+def test_a_step_budget_trains_that_many_steps_on_the_folder(tmp_path, image_folder):
+    root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
+    r = Recipe(**dict(TINY, steps=10))
+    learn = train_recipe(root, r, profile("smoke"))
+    batches = len(learn.dls.train)                                      # 24 - 4 tune images, batches of 4
+    assert batches == 5 and learn.n_epochs == 2 == n_epochs(r, batches)
+    assert [row["phase"] for row in learn.history.rows] == ["frozen"] + ["unfrozen"] * 2
+    assert learn.lr_choice is None                                      # find_lr off: the recipe's rate
+
+
+class _Fake:
+    """What choose_lr reads of a trained probe: its history rows."""
+    def __init__(self, rows):
+        self.history = type("H", (), {"rows": rows})()
+
+
+def _fake_probes(monkeypatch, tune_score, valid_score, found=0.05):
+    seen = []
+
+    def fake_fit(dls, recipe, distributed=False):
+        seen.append(recipe)
+        return _Fake([dict(tune_balanced_accuracy=tune_score(recipe.lr), balanced_accuracy=valid_score(recipe.lr))])
+    monkeypatch.setattr(recipe_mod, "_fit", fake_fit)
+    monkeypatch.setattr(recipe_mod, "found_lr", lambda dls, recipe: found)
+    return seen
+
+
+def _tuned_dls(tmp_path, image_folder, tune_pct=0.25):
+    root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
+    r = Recipe(**dict(TINY, steps=8, find_lr=True))
+    return recipe_folder_dls(root, r, profile("smoke"), tune_pct=tune_pct, valid_pct=0.25), r
+
+
+def test_the_rate_is_chosen_on_the_tune_images_never_the_validation_images(tmp_path, monkeypatch, image_folder):
+    dls, r = _tuned_dls(tmp_path, image_folder)
+    seen = _fake_probes(monkeypatch, tune_score=lambda lr: 0.9 if lr == 0.05 else 0.6,
+                        valid_score=lambda lr: 0.1 if lr == 0.05 else 1.0)   # validation prefers the other rate
+    c = choose_lr(dls, r)
+    assert c["found"] == 0.05 and c["default"] == 2e-3 and c["used"] == 0.05
+    assert c["tune_scores"] == {"0.002": 0.6, "0.05": 0.9} and "0.05 used" in c["why"]
+    assert [p.lr for p in seen] == [2e-3, 0.05] and all(p.steps == 2 and not p.find_lr for p in seen)   # a quarter
+    seen.clear()
+    _fake_probes(monkeypatch, tune_score=lambda lr: 0.6 if lr == 0.05 else 0.9, valid_score=lambda lr: 0.5)
+    assert choose_lr(dls, r)["used"] == 2e-3
+
+
+def test_a_tie_on_tune_keeps_the_recipes_rate_and_no_tune_images_keep_the_suggestion(tmp_path, monkeypatch,
+                                                                                      image_folder):
+    dls, r = _tuned_dls(tmp_path, image_folder)
+    _fake_probes(monkeypatch, tune_score=lambda lr: 0.75, valid_score=lambda lr: 0.0)
+    assert choose_lr(dls, r)["used"] == 2e-3
+    del dls.tune                                                            # nothing to check it on
+    c = choose_lr(dls, r)
+    assert c["used"] == 0.05 and c["tune_scores"] == {} and "no tune images" in c["why"]
+
+
+def test_fit_recipe_trains_at_the_rate_chosen(tmp_path, monkeypatch, image_folder):
+    monkeypatch.setattr(recipe_mod, "LR_FIND_ITERS", 8)                     # a short lr_find: this is a test
+    root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
+    learn = train_recipe(root, Recipe(**dict(TINY, steps=4, find_lr=True)), profile("smoke"))
+    c = learn.lr_choice
+    assert 1e-6 <= c["found"] <= 0.5 and c["used"] in (c["default"], c["found"])
+    assert set(c["tune_scores"]) == {f"{lr:.3g}" for lr in (c["default"], c["found"])}
+    assert learn.opt.hypers[-1]["lr"] <= c["used"] / 2 + 1e-12              # fine_tune's whole network: up to lr/2
+
+
+def test_the_pixel_baseline_learns_on_the_training_images_and_is_scored_on_validation(tmp_path, image_folder):
+    root = image_folder(tmp_path / "data", counts=(("bright", 16), ("dark", 16)))
+    dls = recipe_folder_dls(root, Recipe(**TINY), profile("smoke"))
+    base = pixel_baseline(dls)
+    assert base["metrics"]["accuracy"] == 1.0 and base["C"] in (0.1, 1.0, 10.0)
+    assert set(base["tune_scores"]) == {"0.1", "1", "10"}
+    vocab = list(dls.vocab)
+    assert list(base["y_true"]) == [vocab.index(p.parent.name) for p in dls.valid_ds.items]   # the loader's order
+
+
+def test_top_mistakes_are_the_wrong_predictions_most_confident_first():
+    from convtips_lib.core.measure import top_mistakes
+    ev, items = _ev()
+    worst = top_mistakes(ev, list(items["path"]), 5)
+    assert list(worst["path"]) == ["c3.png", "c1.png"] and list(worst["probability"]) == [0.95, 0.7]
+    assert list(worst.columns) == ["path", "true", "predicted", "probability"]
+    assert top_mistakes(ev, list(items["path"]), 1)["path"].tolist() == ["c3.png"]
+
+
+def test_native_img_size_rounds_the_images_side_up_within_the_range(tmp_path, image_folder):
+    from convtips_lib.topics.recipe import native_img_size
+    root = image_folder(tmp_path / "a", size=(100, 70))
+    assert native_img_size(sorted(root.rglob("*.png"))) == 96
+    assert native_img_size(sorted(image_folder(tmp_path / "b").rglob("*.png"))) == 64          # 30 px: at least 64
+    assert native_img_size(sorted(image_folder(tmp_path / "c", size=(400, 300)).rglob("*.png"))) == 160

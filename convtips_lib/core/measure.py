@@ -15,7 +15,7 @@ from torch import nn
 
 from .compat import renamed_kwargs
 
-__all__ = ["Evaluation", "evaluate", "classification_metrics", "metric_value", "Estimate", "bootstrap",
+__all__ = ["Evaluation", "evaluate", "top_mistakes", "classification_metrics", "metric_value", "Estimate", "bootstrap",
            "paired_bootstrap", "metric_with_ci", "stack_preds", "mcnemar", "timing_ratio", "median_ratio", "exact", "proportion",
            "count_params", "count_flops", "latency", "latencies", "timed_in_turns"]
 
@@ -257,6 +257,17 @@ class Evaluation:
         """Recall of each class (the diagonal of the row-normalised confusion matrix)."""
         rows = self.confusion.sum(1).clip(min=1)
         return {c: float(self.confusion[i, i] / rows[i]) for i, c in enumerate(self.vocab)}
+
+
+def top_mistakes(ev: Evaluation, paths, n: int = 8) -> pd.DataFrame:
+    """The `n` wrong predictions of `ev` made with the highest probability, most confident first (ties in order):
+    path (from `paths`, in `ev`'s order), true and predicted class, that probability."""
+    probs, y_true, y_pred = np.asarray(ev.probs), np.asarray(ev.y_true), np.asarray(ev.y_pred)
+    wrong = np.flatnonzero(y_true != y_pred)
+    order = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:n]
+    return pd.DataFrame(dict(path=[str(paths[i]) for i in order], true=[ev.vocab[int(i)] for i in y_true[order]],
+                             predicted=[ev.vocab[int(i)] for i in y_pred[order]],
+                             probability=probs[order, y_pred[order]].astype(float)))
 
 
 def evaluate(learn, dl=None) -> Evaluation:

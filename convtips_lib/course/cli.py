@@ -98,21 +98,43 @@ def cmd_predict(args) -> int:
     return int(failed > 0)
 
 
+def _train_recipe(args):
+    """(recipe, notes): the recipe `convtips train` trains (`FOLDER_RECIPE`, or --recipe) with the command line's
+    settings, and why a setting was chosen for the data (the image size, unless given)."""
+    from .train_job import fit_img_size, load_recipe
+    if args.steps is not None and args.epochs is not None:
+        raise UsageError(f"--steps {args.steps} and --epochs {args.epochs} both say how long to train: give one "
+                         "(--steps: optimizer steps, whatever the folder's size; --epochs: passes over it)")
+    policy = None if args.flips is None else "flips+rotation" if args.flips else "rotation"
+    recipe = load_recipe(args.recipe, arch=args.arch, img_size=args.img_size, epochs=args.epochs, steps=args.steps,
+                         balance=args.balance, policy=policy, lr=args.lr, find_lr=False if args.lr else None)
+    if args.img_size is not None or args.recipe is not None:
+        return recipe, {}
+    recipe, why = fit_img_size(args.data_folder, recipe, args.valid_pct)
+    return recipe, dict(img_size=why)
+
+
+def _budget_text(recipe) -> str:
+    head = f"{recipe.freeze_epochs} head epoch(s) + "
+    return head + (f"{recipe.steps} optimizer steps" if recipe.steps is not None else f"{recipe.epochs} epoch(s)")
+
+
 def cmd_train(args) -> int:
     """Train the recipe on DATA_FOLDER; write <out>/model (weights, model.json, recipe.json), <out>/results (the
     record and its figures) and <out>/report.html. Every input is checked before --out is touched."""
     from ..core.profiles import profile
-    from .train_job import load_recipe, train_folder
+    from .train_job import train_folder
     cfg = profile(args.profile)
-    recipe = load_recipe(args.recipe, arch=args.arch, img_size=args.img_size, epochs=args.epochs, balance=args.balance)
     if not 0 < args.valid_pct < 1:
         raise UsageError(f"--valid-pct must lie strictly between 0 and 1 (e.g. 0.25), got {args.valid_pct}")
-    print(f"convtips train: {args.data_folder}, {recipe.arch} at {recipe.img_size} px, {recipe.freeze_epochs} + "
-          f"{recipe.epochs} epoch(s), into {args.out}", flush=True)
     from ..core.data import BadImageError
     try:
+        recipe, notes = _train_recipe(args)
+        lr = f"lr {recipe.lr:g}" + (" or lr_find's, chosen on tune" if recipe.find_lr else "")
+        print(f"convtips train: {args.data_folder}, {recipe.arch} at {recipe.img_size} px, {_budget_text(recipe)}, "
+              f"{lr}, augmentation {recipe.policy}, into {args.out}", flush=True)
         job = train_folder(args.data_folder, recipe, cfg, args.out, args.valid_pct, distributed=args.distributed,
-                           on_bad="skip" if args.skip_bad_images else "raise")
+                           on_bad="skip" if args.skip_bad_images else "raise", notes=notes)
     except BadImageError as e:   # an OSError: said as a usage error, as its message names the file and the fix
         raise UsageError(str(e)) from e
     if job is None:   # not rank 0 of a distributed run: rank 0 reports
@@ -120,9 +142,10 @@ def cmd_train(args) -> int:
     if args.skip_bad_images:
         print(f"skipped {len(job.skipped)} unreadable image(s) (--skip-bad-images), listed in the report under "
               "skipped_images")
-    ev = job.evaluation
+    ev, base = job.evaluation, job.held_out["baseline"]["accuracy"]
     print(f"validation ({len(ev.y_true)} images): accuracy {ev.metrics['accuracy']:.3f}, balanced accuracy "
-          f"{ev.metrics['balanced_accuracy']:.3f}; model {job.model_dir}; report {job.report}")
+          f"{ev.metrics['balanced_accuracy']:.3f}; baseline ({job.baseline['model']}) accuracy {base['value']:.3f}; "
+          f"model {job.model_dir}; report {job.report}")
     return 0
 
 
@@ -150,8 +173,22 @@ def _parser() -> argparse.ArgumentParser:
                             "report is replaced only when the new one is complete)")
     train.add_argument("--recipe", default=None, help="a recipe JSON file (default: the course's recipe)")
     train.add_argument("--arch", default=None, help="override the recipe's architecture")
-    train.add_argument("--img-size", type=int, default=None, help="override the recipe's image size (px)")
-    train.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (whole network)")
+    train.add_argument("--img-size", type=int, default=None,
+                       help="image size in px (default: the images' own, rounded up to a multiple of 32, from 64 "
+                            "to the recipe's 160)")
+    train.add_argument("--steps", type=int, default=None,
+                       help="whole-network optimizer steps (default 500, whatever the folder's size; the epochs are "
+                            "as many as that takes, and the one the tune images score best is kept)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="train this many whole-network epochs instead of a step budget")
+    train.add_argument("--lr", type=float, default=None,
+                       help="a fixed peak learning rate (default: fastai's lr_find suggestion or the recipe's 2e-3, "
+                            "whichever the tune images score better)")
+    train.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                       help="augment with horizontal and vertical flips as well as rotations of up to 10 degrees: "
+                            "only when a flipped image keeps its class (solar cells, cells under a microscope; not "
+                            "digits or text). Default: rotations alone; --no-flips: rotations alone, whatever the "
+                            "recipe file says")
     train.add_argument("--balance", default=None,
                        help="override the recipe's sampling: none, or oversample for classes of very unequal size "
                             "(lesson 04: it helped at 1:20, not at ELPV's 1:2.2)")

@@ -149,10 +149,68 @@ def _figures_html(folder: Path, names: list) -> str:
                    for n in names if isinstance(n, str) and (folder / n).is_file())
 
 
+def _pct(d: dict) -> str:
+    """'97.3 % [94.1, 99.0]' of {value, low, high} (fractions)."""
+    return f"{100 * d['value']:.1f} % [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
+
+
+def _diff(d: dict) -> str:
+    return f"{100 * d['value']:+.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _held_out_html(h: dict, baseline: dict) -> str:
+    """The network and the baseline on the held-out images, with 95 % intervals, and their paired difference."""
+    rows = [("network (the recipe)", _pct(h["network"]["accuracy"]), _pct(h["network"]["balanced_accuracy"])),
+            (f"baseline: {baseline.get('model', '')}, C {baseline.get('C', '')} (chosen on tune)",
+             _pct(h["baseline"]["accuracy"]), _pct(h["baseline"]["balanced_accuracy"])),
+            ("network - baseline (paired)", _diff(h["network_minus_baseline"]["accuracy"]),
+             _diff(h["network_minus_baseline"]["balanced_accuracy"]))]
+    body = "".join(f"<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(c)}</td></tr>" for a, b, c in rows)
+    return (f"<h3>The {_esc(h['images'])} held-out images (never used for a choice)</h3><table><tr><th>model</th>"
+            f"<th>accuracy, 95 % interval</th><th>balanced accuracy, 95 % interval</th></tr>{body}</table>")
+
+
+def _chosen_html(c: dict) -> str:
+    """What the run chose on the tune images, and why."""
+    lr = c.get("lr") or {}
+    rows = [("image size", f"{c.get('img_size')} px", c.get("img_size_why", "")),
+            ("augmentation", (c.get("augmentation") or {}).get("policy", ""), (c.get("augmentation") or {}).get("why", "")),
+            ("how long", f"{c.get('epochs')} epoch(s) of {c.get('batches_per_epoch')} batches", c.get("epochs_why", "")),
+            ("epoch kept", c.get("kept_epoch"), f"the epoch (counting the head epochs) the {c.get('tune_images')} tune "
+                                               "images (held out of the training images) scored best, balanced "
+                                               "accuracy; its weights are the model's"),
+            ("learning rate", f"{lr.get('used', ''):.3g}" if isinstance(lr.get("used"), float) else lr.get("used"),
+             lr.get("why", ""))]
+    body = "".join(f"<tr><td>{_esc(a)}</td><td>{_esc(b)}</td><td>{_esc(w)}</td></tr>" for a, b, w in rows)
+    return f"<h3>What was chosen, and why</h3><table><tr><th>setting</th><th>value</th><th>why</th></tr>{body}</table>"
+
+
+def _mistakes_html(rows: list) -> str:
+    """The held-out images the network got wrong with the highest confidence, naming each file."""
+    if not rows:
+        return "<h3>Most confident mistakes</h3><p>The network got every held-out image right.</p>"
+    body = "".join(f"<tr><td>{_esc(r['path'])}</td><td>{_esc(r['true'])}</td><td>{_esc(r['predicted'])}</td>"
+                   f"<td>{r['probability']:.3f}</td></tr>" for r in rows)
+    return ("<h3>Most confident mistakes</h3><table class='mistakes'><tr><th>file</th><th>true</th><th>predicted</th>"
+            f"<th>probability</th></tr>{body}</table>")
+
+
+def _train_html(metrics: dict) -> str:
+    """`convtips train`'s own sections: the held-out comparison, the choices and the most confident mistakes."""
+    parts = []
+    if isinstance(metrics.get("held_out"), dict):
+        parts.append(_held_out_html(metrics["held_out"], metrics.get("baseline") or {}))
+    if isinstance(metrics.get("chosen_on_tune"), dict) and "lr" in metrics["chosen_on_tune"]:
+        parts.append(_chosen_html(metrics["chosen_on_tune"]))
+    if isinstance(metrics.get("confident_mistakes"), list):
+        parts.append(_mistakes_html(metrics["confident_mistakes"]))
+    return "".join(parts)
+
+
 def _record_html(rec: dict, folder: Path) -> str:
     env = rec.get("environment") or {}
     metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
-    return (f"<p>profile <b>{_esc(rec['profile']['name'])}</b>, seed {_esc(rec.get('seed'))}, device "
+    return (f"{_train_html(metrics) if rec.get('lesson') == 'train' else ''}<p>profile <b>{_esc(rec['profile']['name'])}</b>, seed {_esc(rec.get('seed'))}, device "
             f"{_esc(env.get('device'))}, torch {_esc(env.get('torch'))}, fastai {_esc(env.get('fastai'))}, saved "
             f"{_esc(rec.get('saved_at'))}</p>{_metrics_html(metrics)}{_claims_html(rec['claims'])}"
             f"{_figures_html(folder, rec.get('figures') or [])}")

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..core.compat import renamed_kwargs
 from ..core.data import TASKS, elpv_dls, elpv_roles, subsample
-from ..core.measure import Evaluation, bootstrap, classification_metrics, paired_bootstrap, proportion, stack_preds
+from ..core.measure import Evaluation, bootstrap, top_mistakes, classification_metrics, paired_bootstrap, proportion, stack_preds
 from ..core.train import METRICS, Run, learner
 from ..topics.augment import policy_tfms
 from ..topics.ensemble import average_probs
@@ -325,17 +325,11 @@ def accuracy_by(ev: Evaluation, items: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def confident_mistakes(ev: Evaluation, items: pd.DataFrame, n: int = 8) -> pd.DataFrame:
-    """The `n` wrong predictions made with the highest probability: path, true and predicted class, that
-    probability, module type and defect level."""
-    probs = np.asarray(ev.probs)
-    wrong = np.flatnonzero(np.asarray(ev.y_true) != np.asarray(ev.y_pred))
-    conf = probs[wrong, np.asarray(ev.y_pred)[wrong]]
-    order = wrong[np.argsort(-conf, kind="stable")][:n]
-    return pd.DataFrame(dict(path=items.loc[order, "path"].astype(str).values,
-                             true=[ev.vocab[int(i)] for i in np.asarray(ev.y_true)[order]],
-                             predicted=[ev.vocab[int(i)] for i in np.asarray(ev.y_pred)[order]],
-                             probability=probs[order, np.asarray(ev.y_pred)[order]],
-                             type=items.loc[order, "type"].values, defect_level=items.loc[order, "label_4"].astype(str).values))
+    """The `n` wrong predictions made with the highest probability (`top_mistakes`): path, true and predicted
+    class, that probability, module type and defect level."""
+    worst = top_mistakes(ev, list(items["path"]), n)
+    rows = items.set_index(items["path"].astype(str)).loc[worst["path"]]
+    return worst.assign(type=rows["type"].values, defect_level=rows["label_4"].astype(str).values)
 
 
 # ------------------------------------------------------------------ what each final model costs, and its threshold

@@ -222,6 +222,8 @@ def augment_samples(img, name: str, magnitude: float | None = None, n: int = 8, 
 POLICIES = {
     "none": (),
     "flips": ("flip horizontal", "flip vertical"),
+    "rotation": ("rotation",),   # +-10 degrees: keeps the class of digits, letters and faces, where flips may not
+    "flips+rotation": ("flip horizontal", "flip vertical", "rotation"),
     "flips+crop+rotation": ("flip horizontal", "flip vertical", "random resized crop", "rotation"),
     "flips+crop+rotation+lighting": ("flip horizontal", "flip vertical", "random resized crop", "rotation",
                                      "brightness", "contrast"),

@@ -1,8 +1,10 @@
 """The recipe (lesson 08): the course's tips as one configuration — a pretrained backbone, fine-tuning head first,
 augmentation, balanced sampling where the data asks for it, a one-cycle schedule, test-time augmentation, and how
 long to train chosen on held-out tune images (never on the images that report the accuracy) — trained on any folder
-of images through the library's one training path. `convtips train DATA_FOLDER` runs it on a user's folder; the
-lesson's ablation, baseline and error analysis are in `studies.lesson08`."""
+of images through the library's one training path. `convtips train DATA_FOLDER` runs it on a user's folder, adapted
+to the data: a budget of optimizer steps instead of epochs (`steps`), fastai's `lr_find` suggestion checked on the
+tune images (`find_lr`), and a plain baseline beside it (`pixel_baseline`); the lesson's ablation, baseline and
+error analysis are in `studies.lesson08`."""
 from __future__ import annotations
 
 import json
@@ -17,12 +19,13 @@ from ..core.compat import renamed_kwargs, warn_deprecated
 from ..core.data import attach_tune, folder_dls, stratified_pick
 from ..core.measure import Evaluation, classification_metrics, evaluate
 from ..core.store import atomic_write
-from ..core.train import FIT_SCHEDULES, History, check_trains, fit, make_learner, tune_loader
+from ..core.train import FIT_SCHEDULES, History, check_trains, fit, make_learner, select_lr, tune_loader
 from .augment import POLICIES, policy_tfms
 from .imbalance import oversample_weights
 
 __all__ = ["Recipe", "BALANCES", "WEIGHTS", "TTA_PASSES", "TUNE_PCT", "BestOnTune", "split_tune", "train_recipe",
-           "fit_recipe", "recipe_eval"]
+           "fit_recipe", "recipe_eval", "n_epochs", "found_lr", "choose_lr", "LR_PROBE", "pixel_baseline",
+           "BASELINE_SIZE", "BASELINE_CS", "native_img_size"]
 
 BALANCES = ("none", "oversample")   # lesson 04: plain sampling, or every class drawn equally often
 WEIGHTS = ("imagenet", None)        # lesson 01: the published ImageNet weights, or a random initialisation
@@ -35,6 +38,7 @@ _WHOLE = {   # the recipe's whole-number settings: (lowest, highest, what they c
     "bs": (2, 4096, "images per batch; batch norm needs two"),
     "seed": (0, 2 ** 32 - 1, "numpy's range"),
 }
+_STEPS = (1, 10 ** 6, "optimizer steps of the whole network, or null: train `epochs` epochs")
 
 
 def _check_whole(name: str, value, lo: int, hi: int, what: str) -> None:
@@ -48,7 +52,8 @@ class Recipe:
     """Every choice of a training recipe. The defaults are lesson 08's cpu recipe (EfficientNet-Lite0 at 160 px,
     at most 1 + 8 epochs; bench/results/ holds what it measured); the gpu profile trains it at 224 px for longer.
     With `keep_best` the epochs are a budget: the weights kept are those after the epoch whose tune images (held out
-    of the training images) scored best, so how long to train is chosen without the images that report accuracy."""
+    of the training images) scored best, so how long to train is chosen without the images that report accuracy.
+    With `steps` the budget is in optimizer steps, the same on a folder of 300 images as on one of 3,000."""
     arch: str = "efficientnet_lite0"   # lesson 01: a published architecture ...
     weights: str | None = "imagenet"   # ... with its ImageNet weights (None: a random initialisation)
     img_size: int = 160                # px, square
@@ -63,6 +68,9 @@ class Recipe:
     tta: bool = True                   # lesson 06: fastai's test-time augmentation at evaluation
     keep_best: bool = True             # lessons 00/08: keep the epoch the tune images scored best (balanced accuracy)
     seed: int = 42
+    steps: int | None = None           # a budget of whole-network optimizer steps instead of `epochs`: the epochs
+                                       # are as many as it takes on the data (`n_epochs`); None: `epochs` epochs
+    find_lr: bool = False              # fastai's lr_find suggestion tried beside `lr`, the better on tune used
 
     def __post_init__(self):
         if not isinstance(self.arch, str) or not self.arch.strip():
@@ -70,6 +78,9 @@ class Recipe:
         for name, (lo, hi, what) in _WHOLE.items():
             _check_whole(name, getattr(self, name), lo, hi, what)
             object.__setattr__(self, name, int(getattr(self, name)))   # numpy's integers as JSON's
+        if self.steps is not None:
+            _check_whole("steps", self.steps, *_STEPS)
+            object.__setattr__(self, "steps", int(self.steps))
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:   # NaN fails 0 < lr too
             raise ValueError(f"recipe lr must be a number between 0 and 1 (e.g. 2e-3), got {lr!r}")
@@ -77,7 +88,7 @@ class Recipe:
             v = getattr(self, name)
             if not isinstance(v, str) or v not in choices:
                 raise ValueError(f"recipe {name} {v!r} is unknown: choose one of {', '.join(choices)}")
-        for name in ("tta", "keep_best"):
+        for name in ("tta", "keep_best", "find_lr"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"recipe {name} must be true or false, got {getattr(self, name)!r}")
         self._check_weights()
@@ -198,12 +209,16 @@ def split_tune(dls, tune_pct: float = TUNE_PCT, seed: int = 0, balance: str = "n
     return dls
 
 
-def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
-    """A Learner for `recipe.arch` on `dls`, trained as the recipe says: fastai's fine_tune (the head alone for
-    `freeze_epochs`, then the whole network) or, with 0 head epochs, the whole network throughout; one-cycle or a
-    constant rate. With `keep_best` and tune images (`dls.tune`) the weights after the epoch they scored best are
-    kept (`learn.kept_epoch`, 1-based; None when nothing was chosen: every epoch trained, the last kept).
-    `distributed`: inside fastai's `distrib_ctx`, so `accelerate launch` spreads it over GPUs."""
+def n_epochs(recipe: Recipe, n_batches: int) -> int:
+    """Whole-network epochs of `recipe` on a loader of `n_batches` batches an epoch: `recipe.epochs`, or with a
+    `steps` budget the whole number of epochs nearest to it (at least 1, at most 1,000)."""
+    if recipe.steps is None:
+        return recipe.epochs
+    return int(min(1000, max(1, round(recipe.steps / max(1, n_batches)))))
+
+
+def _fit(dls, recipe: Recipe, distributed: bool = False):
+    """A Learner for `recipe` trained once at `recipe.lr` (`fit_recipe` without the learning-rate choice)."""
     learn = make_learner(dls, recipe.arch, weights=recipe.weights, depth="head", seed=recipe.seed)
     check_trains(learn)
     best = BestOnTune() if recipe.keep_best and tune_loader(dls) is not None else None
@@ -215,18 +230,80 @@ def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
         ctx = learn.distrib_ctx(sync_bn=torch.cuda.is_available())   # one process unless accelerate launched more
     else:
         ctx = nullcontext()
+    learn.n_epochs = epochs = n_epochs(recipe, len(dls.train))
     with ctx:
         if recipe.freeze_epochs:
-            fit(learn, recipe.epochs, recipe.lr, fine_tune=True, freeze_epochs=recipe.freeze_epochs,
+            fit(learn, epochs, recipe.lr, fine_tune=True, freeze_epochs=recipe.freeze_epochs,
                 schedule=recipe.schedule)
         else:                               # no head-only phase: the whole network from the first step
             learn.unfreeze()
-            fit(learn, recipe.epochs, recipe.lr, schedule=recipe.schedule)
+            fit(learn, epochs, recipe.lr, schedule=recipe.schedule)
     learn.kept_epoch = None
     if best is not None:
         learn.remove_cb(best)
         learn.kept_epoch = best.restore(learn.model)
     return learn
+
+
+def fit_recipe(dls, recipe: Recipe, distributed: bool = False):
+    """A Learner for `recipe.arch` on `dls`, trained as the recipe says: fastai's fine_tune (the head alone for
+    `freeze_epochs`, then the whole network for `n_epochs`) or, with 0 head epochs, the whole network throughout;
+    one-cycle or a constant rate. With `keep_best` and tune images (`dls.tune`) the weights after the epoch they
+    scored best are kept (`learn.kept_epoch`, 1-based; None when nothing was chosen: every epoch trained, the last
+    kept). With `find_lr` the rate is chosen first (`choose_lr`, `learn.lr_choice`; else None).
+    `distributed`: inside fastai's `distrib_ctx`, so `accelerate launch` spreads it over GPUs."""
+    choice = choose_lr(dls, recipe) if recipe.find_lr else None
+    learn = _fit(dls, recipe.with_(lr=choice["used"], find_lr=False) if choice else recipe, distributed)
+    learn.lr_choice = choice
+    return learn
+
+
+LR_PROBE = 4          # a learning-rate probe trains 1/LR_PROBE of the recipe's budget (steps, or epochs)
+LR_FIND_ITERS = 100   # fastai's lr_find default: mini-batches at rising rates
+
+
+def found_lr(dls, recipe: Recipe) -> float:
+    """fastai's `lr_find` suggestion (its valley) for `recipe` on `dls`' training images, as the recipe's first
+    phase trains (the head alone when `freeze_epochs`); the weights are put back afterwards."""
+    import tempfile
+    learn = make_learner(dls, recipe.arch, weights=recipe.weights, depth="head", seed=recipe.seed)
+    if not recipe.freeze_epochs:
+        learn.unfreeze()
+    with tempfile.TemporaryDirectory() as tmp, learn.no_bar(), learn.no_logging():
+        learn.path = Path(tmp)   # lr_find saves the weights there and loads them back
+        return float(learn.lr_find(num_it=LR_FIND_ITERS, show_plot=False).valley)
+
+
+def _probe(recipe: Recipe) -> Recipe:
+    """`recipe` at 1/`LR_PROBE` of its budget, at its own rate."""
+    if recipe.steps is not None:
+        return recipe.with_(steps=max(1, recipe.steps // LR_PROBE), find_lr=False)
+    return recipe.with_(epochs=max(1, recipe.epochs // LR_PROBE), find_lr=False)
+
+
+def _tune_score(learn) -> float:
+    """The best tune balanced accuracy of `learn`'s epochs (what `keep_best` would keep)."""
+    return max(float(r.get("tune_balanced_accuracy", -1.0)) for r in learn.history.rows)
+
+
+def choose_lr(dls, recipe: Recipe) -> dict:
+    """The rate to train `recipe` at: fastai's `lr_find` suggestion (`found_lr`) against the recipe's `lr`, each
+    trained for a probe (`_probe`) and scored on the tune images (`dls.tune`; ties to the recipe's rate, never the
+    validation images); without tune images the suggestion, unchecked. dict(found, default, used, probe_steps,
+    probe_epochs, tune_scores {rate: score}, why)."""
+    found = float(np.clip(found_lr(dls, recipe), 1e-6, 0.5))
+    probe = _probe(recipe)
+    out = dict(found=found, default=recipe.lr, used=found, probe_steps=probe.steps, probe_epochs=None,
+               tune_scores={}, why="")
+    if tune_loader(dls) is None:
+        return dict(out, why=f"lr_find suggested {found:.2g}; no tune images to check it on: used as found")
+    out["probe_epochs"] = n_epochs(probe, len(dls.train))
+    used, scores = select_lr(lambda lr: _tune_score(_fit(dls, probe.with_(lr=lr))), [recipe.lr, found])
+    said = "; ".join(f"{lr:.2g} scored {sc:.3f}" for lr, sc in scores.items())
+    return dict(out, used=used, tune_scores={f"{lr:.3g}": sc for lr, sc in scores.items()},
+                why=f"lr_find suggested {found:.2g}, the recipe's rate is {recipe.lr:.2g}; trained "
+                    f"{out['probe_epochs']} epoch(s) at each, on the {len(dls.tune.dataset)} tune images {said} "
+                    f"(balanced accuracy, ties to the recipe's rate): {used:.2g} used")
 
 
 def recipe_folder_dls(path, recipe: Recipe, cfg, valid_pct: float = 0.25, tune_pct: float = TUNE_PCT,
@@ -261,3 +338,46 @@ def recipe_eval(learn, recipe: Recipe, dl=None) -> Evaluation:
     return Evaluation.of(list(learn.dls.vocab), y.numpy(), probs.argmax(1).numpy(), np.asarray(probs))
 
 
+
+
+BASELINE_SIZE = 16                 # px: the plain baseline reads the images as 16 x 16 gray pixels
+BASELINE_CS = (0.1, 1.0, 10.0)     # the RBF SVM's C, chosen on the tune images
+
+
+def _xy(ds, vocab: list, img_size: int) -> tuple:
+    """((N, img_size**2) gray pixels in [0, 1], (N,) class indices in `vocab`) of a fastai Datasets, in order."""
+    from .handcrafted import gray_images
+    x = gray_images([str(p) for p in ds.items], img_size).reshape(len(ds.items), -1)
+    return x, np.array([vocab.index(c) for c in _labels(ds)])
+
+
+def pixel_baseline(dls, img_size: int = BASELINE_SIZE, Cs=BASELINE_CS) -> dict:
+    """A plain baseline beside the network: an RBF SVM (`svm_baseline`) on the raw `img_size` px gray pixels of
+    `dls`' training images (the tune images held out, as for the network), its C the one of `Cs` the tune images
+    score best (balanced accuracy, ties to the first; the first without tune images), scored on the validation
+    images in their order: dict(model, C, tune_scores, metrics, y_true, y_pred, seconds)."""
+    import time
+    from .handcrafted import svm_baseline
+    t0, vocab = time.perf_counter(), [str(v) for v in dls.vocab]
+    x, y = _xy(dls.train_ds, vocab, img_size)
+    scores = {}
+    if tune_loader(dls) is not None and len(Cs) > 1:
+        xt, yt = _xy(dls.tune.dataset, vocab, img_size)
+        scores = {C: svm_baseline(x, y, xt, yt, C=C, kernel="rbf")["metrics"]["balanced_accuracy"] for C in Cs}
+    C = max(scores, key=scores.get) if scores else Cs[0]
+    res = svm_baseline(x, y, *_xy(dls.valid_ds, vocab, img_size), C=C, kernel="rbf")
+    return dict(model=f"RBF SVM on {img_size} x {img_size} gray pixels (scikit-learn)", C=C,
+                tune_scores={f"{c:g}": s for c, s in scores.items()}, metrics=res["metrics"], y_true=res["y_true"],
+                y_pred=res["y_pred"], seconds=time.perf_counter() - t0)
+
+
+def native_img_size(paths, most: int = 160, least: int = 64) -> int:
+    """px: the median shorter side of the images at `paths`, rounded up to a multiple of 32, within [`least`,
+    `most`]: small images are not upscaled past the detail they hold (a step at 160 px costs ~6x one at 64 px)."""
+    from PIL import Image
+    sides = []
+    for p in paths:
+        with Image.open(p) as im:   # reads the header only
+            sides.append(min(im.size))
+    side = int(np.ceil(np.median(sides) / 32) * 32) if sides else most
+    return int(min(most, max(least, side)))
