@@ -213,36 +213,50 @@ def test_robustness_gain_matches_hand_computation():
     assert study.robustness_gain(y, without, with_, "accuracy").effect == pytest.approx(want)
 
 
+def _fake_run(settings, fold_lrs, fold_tune, keep):
+    from convtips_lib.core.train import Run
+    y = np.array([0, 1, 1, 0])
+    return Run(settings, pd.DataFrame({"epoch": [0]}), y, y, np.eye(2)[y], {"balanced_accuracy": 1.0}, 0.0, None, [],
+               dict(fold_lrs=fold_lrs, fold_tune=fold_tune, steps=2, learners=["L0", "L1"] if keep else None))
+
+
 def _fake_cv(calls):
-    """A stand-in for `cv_policy` that records its calls and scores each fold's tune cells by a known rule:
-    fold 0 prefers the larger rate, fold 1 the smaller; the strength 2 beats 1 on fold 0."""
+    """Stand-ins for `cv_policy` and `_pooled` that record the calls and score each fold's tune cells by a known
+    rule: fold 0 prefers the larger rate, fold 1 the smaller; strength 2 beats 1 on fold 0."""
+    from types import SimpleNamespace
+
     def cv(cfg, cells, policy, frac, lrs, seed, strength=1.0, keep=False):
         calls.append(dict(policy=policy, frac=frac, lrs=lrs, seed=seed, strength=strength))
         per = [float(lrs)] * 2 if np.ndim(lrs) == 0 else list(lrs)
-        tune = [per[0] * 10 + strength / 10, 1 - per[1] * 10]
-        y = np.array([0, 1, 1, 0])
-        from convtips_lib.core.train import Run
-        return Run(dict(policy=policy, strength=strength, lr=per[0] if len(set(per)) == 1 else "per fold", seed=seed,
-                        frac=frac), pd.DataFrame({"epoch": [0]}), y, y, np.eye(2)[y], {"balanced_accuracy": 1.0}, 0.0,
-                   None, [], dict(fold_lrs=per, fold_tune=tune, steps=2, learners=["L0", "L1"] if keep else None))
-    return cv
+        run = _fake_run(dict(policy=policy, strength=strength, lr=per[0] if len(set(per)) == 1 else "per fold",
+                             seed=seed, frac=frac), per, [per[0] * 10 + strength / 10, 1 - per[1] * 10], keep)
+        run.fold_runs = [SimpleNamespace(lr=lr, fold=i, settings=run.settings) for i, lr in enumerate(per)]
+        return run
+
+    def pooled(runs, keep=False):
+        calls.append(dict(pooled=[(r.fold, r.lr) for r in runs]))
+        return _fake_run({**runs[0].settings, "lr": "per fold"}, [r.lr for r in runs], [0.5, 0.5], keep)
+    return cv, pooled
 
 
 def test_policy_grid_chooses_each_folds_rate_on_its_tune_cells(tiny, monkeypatch):
     calls = []
-    monkeypatch.setattr(study, "cv_policy", _fake_cv(calls))
+    cv, pooled = _fake_cv(calls)
+    monkeypatch.setattr(study, "cv_policy", cv)
+    monkeypatch.setattr(study, "_pooled", pooled)
     runs, search, learners = study.policy_grid(tiny, None, policies=["none"], fracs=[0.1], seeds=[0, 1],
                                                keep=[("none", 0.1)])
     assert list(search["lr"]) == [1e-3, 1e-2]                              # every rate tried with the first seed
     assert list(runs["fold_lrs"].iloc[0]) == [1e-2, 1e-3]                  # fold 0 prefers 1e-2, fold 1 1e-3
-    assert [c["lrs"] for c in calls[2:]] == [[1e-2, 1e-3], [1e-2, 1e-3]]   # trained at those rates, both seeds
+    assert calls[2] == dict(pooled=[(0, 1e-2), (1, 1e-3)])                 # the first seed: the folds' own runs
+    assert [c["lrs"] for c in calls[3:]] == [[1e-2, 1e-3]]                 # the second seed trained at those rates
     assert list(runs["seed"]) == [0, 1] and learners[("none", 0.1)] == ["L0", "L1"]
     assert runs["learners"].isna().all()                                  # no Learner kept in the table
 
 
 def test_strength_sweep_reuses_runs_and_uses_the_policys_rates(tiny, monkeypatch):
     calls = []
-    monkeypatch.setattr(study, "cv_policy", _fake_cv(calls))
+    monkeypatch.setattr(study, "cv_policy", _fake_cv(calls)[0])
     y = np.array([0, 1, 1, 0])
     runs = pd.DataFrame([dict(policy=p, frac=0.05, seed=tiny.seed, strength=1.0, y_true=y, y_pred=pred,
                               fold_lrs=[3e-3, 1e-2], fold_tune=[0.5, 0.5], history=None)

@@ -140,7 +140,8 @@ def test_the_recipe_keeps_the_epoch_its_tune_images_chose(tmp_path, image_folder
     r = Recipe(**dict(TINY, epochs=3))
     learn = train_recipe(root, r, profile("smoke"))
     run = Run.of(learn, {}, 0.0)
-    assert learn.kept_epoch == best_epoch(run)                            # the protocol's selector, on tune only
+    scores = list(run.history["tune_balanced_accuracy"])   # the protocol's selector, on tune only (ties: lower loss)
+    assert scores[learn.kept_epoch - 1] == max(scores) and learn.kept_epoch >= best_epoch(run)
     assert not _paths(learn.dls.tune.dataset.items) & _paths(learn.dls.valid_ds.items)
     from convtips_lib.core.train import predict_loader
     probs, _ = predict_loader(learn.model, learn.dls.tune)               # the weights held are that epoch's
@@ -172,8 +173,21 @@ def test_best_on_tune_follows_the_tune_cells_and_never_the_test_cells():
         cb = next(c for c in learn.cbs if isinstance(c, BestOnTune))
         run = Run.of(learn, {}, 0.0)
         kept.append(cb.restore(learn.model))
-        assert kept[-1] == best_epoch(run) and cb.score == pytest.approx(max(run.history["tune_balanced_accuracy"]))
+        best = max(run.history["tune_balanced_accuracy"])
+        tied = [i + 1 for i, v in enumerate(run.history["tune_balanced_accuracy"]) if v == pytest.approx(best)]
+        assert kept[-1] in tied and kept[-1] >= best_epoch(run) and cb.score[0] == pytest.approx(best)
     assert kept[0] == kept[1]                                             # flipping the test labels changes nothing
+
+
+def test_best_on_tune_breaks_a_tie_by_the_lower_tune_loss():
+    from types import SimpleNamespace
+    cb = BestOnTune()
+    hist = SimpleNamespace(tune_y=np.array([0, 1]), tune_probs=[])
+    cb.learn = SimpleNamespace(history=hist, model=__import__("torch").nn.Linear(1, 1))
+    for p1 in (0.6, 0.9, 0.7):                                            # all right each time; epoch 2 most sure
+        hist.tune_probs.append(np.array([[p1, 1 - p1], [1 - p1, p1]]))
+        cb.after_epoch()
+    assert cb.kept == 2 and cb.score[0] == 1.0
 
 
 def test_train_recipe_over_samples_skips_the_head_phase_and_uses_tta(tmp_path, image_folder):

@@ -112,6 +112,12 @@ def cv_policy(cfg, cells: AugCells, policy: str, frac: float, lrs, seed: int, st
     epochs = cfg.aug.steps // cfg.aug.epoch_steps
     runs = [train_policy(_fold_dls(cfg, cells, roles, policy, frac, seed, strength), policy, lr, epochs, seed,
                          strength, frac=frac) for roles, lr in zip(cells.folds, lrs)]
+    return _pooled(runs, keep)
+
+
+def _pooled(runs: list, keep: bool = False) -> Run:
+    """The fold `Run`s of one policy (one per fold, in fold order) pooled, with `cv_policy`'s extras."""
+    lrs = [float(r.settings["lr"]) for r in runs]
     pooled = pool_folds(runs, {**runs[0].settings, "lr": lrs[0] if len(set(lrs)) == 1 else "per fold"})
     cat = lambda k: np.concatenate([r.extra[k] for r in runs])  # noqa: E731
     pooled.extra.update(fold_lrs=lrs, fold_tune=[r.tune_metrics()["balanced_accuracy"] for r in runs],
@@ -121,6 +127,7 @@ def cv_policy(cfg, cells: AugCells, policy: str, frac: float, lrs, seed: int, st
                         data_share=float(np.median([r.extra["data_share"] for r in runs])),
                         step_s=cat("step_s"), wait_s=cat("wait_s"),
                         learners=[r.learn for r in runs] if keep else None)
+    pooled.fold_runs = runs   # not in the row: the fold Runs, so a per-fold choice can be pooled without training
     return pooled
 
 
@@ -145,8 +152,10 @@ def policy_grid(cfg, cells: AugCells, policies=None, fracs=None, seeds=None, kee
             found = [r.row() for r in tried]
             search += found
             lrs = _best_per_fold(found, "lr")
-            same = [r for r in tried if r.extra["fold_lrs"] == lrs]   # one rate chosen by every fold: trained
-            first = same[0] if same else cv_policy(cfg, cells, policy, frac, lrs, seeds[0], keep=hold)
+            pick = [list(cfg.aug.lrs).index(lr) for lr in lrs]       # each fold's own run at its chosen rate
+            first = _pooled([tried[j].fold_runs[i] for i, j in enumerate(pick)], keep=hold)
+            for r in tried:
+                del r.fold_runs                                      # the Learners of the rates not chosen go
             if hold:
                 learners[(policy, frac)] = first.extra["learners"]
             for run in [first, *(cv_policy(cfg, cells, policy, frac, lrs, s) for s in seeds[1:])]:

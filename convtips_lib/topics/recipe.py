@@ -152,19 +152,22 @@ TUNE_PCT = 0.2   # share of a folder's training images held out as tune images (
 
 class BestOnTune(Callback):
     """Choosing how long to train on the tune images: after every epoch whose tune images (`dls.tune`, predicted by
-    `History`) score best so far on `metric` (ties to the earliest, as `best_epoch`), a copy of the weights;
+    `History`) score best so far on `metric` (a tie broken by the lower tune loss, so a few tune images that are all
+    right already do not keep an under-trained epoch; then the earliest), a copy of the weights;
     `restore(model)` loads them back and gives that epoch (1-based). Never reads the validation (test) images."""
     order = History.order + 1   # after History has predicted the tune images
 
     def __init__(self, metric: str = "balanced_accuracy"):
-        self.metric, self.score, self.kept, self.weights, self.n_scored = metric, -np.inf, None, None, 0
+        self.metric, self.score, self.kept, self.weights, self.n_scored = metric, (-np.inf, -np.inf), None, None, 0
 
     def after_epoch(self):
         hist = self.learn.history
         if len(hist.tune_probs) == self.n_scored:   # not a training epoch (get_preds, tta), or no tune images
             return
         self.n_scored = len(hist.tune_probs)
-        score = classification_metrics(hist.tune_y, hist.tune_probs[-1].argmax(1))[self.metric]
+        probs = np.asarray(hist.tune_probs[-1])
+        nll = -float(np.mean(np.log(np.clip(probs[np.arange(len(probs)), np.asarray(hist.tune_y)], 1e-12, None))))
+        score = (classification_metrics(hist.tune_y, probs.argmax(1))[self.metric], -nll)
         if score > self.score:
             self.score, self.kept = score, self.n_scored
             self.weights = {k: v.detach().clone() for k, v in _unwrapped(self.learn.model).state_dict().items()}
