@@ -687,7 +687,7 @@ def test_fold_tensor_dls_augments_only_training_and_counts_steps():
     paths = list(roles["path"])
     dls = fold_tensor_dls(x, y, paths, roles, ["0", "1"], bs=4, tfms=[Flip(p=1.0)], frac=0.5, seed=0, epoch_steps=3)
     assert len(dls.train) == 3 and len(dls.train_ds) == 12                 # 3 full batches of 4, whatever the cells
-    assert len(torch.unique(dls.train_ds.x.flatten(1), dim=0)) == 10         # half of the 20 train cells, stratified
+    assert len(torch.unique(dls.train_ds.x.flatten(1), dim=0)) == 10 == dls.n_cells   # half the 20, stratified
     xb, _ = dls.valid.one_batch()
     kept = torch.unique(dls.train_ds.x.flatten(1), dim=0).view(-1, 3, 8, 8)
     m, s = kept.mean((0, 2, 3), keepdim=True), kept.std((0, 2, 3), keepdim=True)

@@ -424,9 +424,12 @@ def fold_tensor_dls(x, y, paths, roles: pd.DataFrame, vocab, bs: int = 64, stand
         if tfms is None:
             (mean, std), stats = stats, None
             xt, xv, xu = (xt - mean) / std, (xv - mean) / std, (xu - mean) / std
+    n_cells = len(yt)
     if epoch_steps is not None:
         xt, yt = cycle_rows(xt, yt, epoch_steps * bs, seed)
-    return tensor_dls(xt, yt, xv, yv, vocab, bs=bs, tune=(xu, yu), tfms=tfms, stats=stats)
+    dls = tensor_dls(xt, yt, xv, yv, vocab, bs=bs, tune=(xu, yu), tfms=tfms, stats=stats)
+    dls.n_cells = n_cells   # distinct train cells (the train set may cycle them)
+    return dls
 
 
 def cycle_rows(x, y, n: int, seed: int = 0) -> tuple:

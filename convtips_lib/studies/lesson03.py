@@ -94,7 +94,7 @@ def train_policy(dls, policy: str, lr: float, epochs: int, seed: int = 0, streng
     learn = learner(dls, small_net(dls.c), cbs=[timer], seed=seed)
     last = fit(learn, epochs, lr).iloc[-1]
     wait = float(np.median(timer.wait_s)) if timer.wait_s else 0.0
-    n_train = len(torch.unique(dls.train_ds.x.flatten(1), dim=0)) if len(dls.train_ds) <= 20_000 else len(dls.train_ds)
+    n_train = getattr(dls, "n_cells", len(dls.train_ds))   # distinct train cells, before cycling
     return Run.of(learn, dict(policy=policy, strength=strength, lr=lr, seed=seed, **settings),
                   time.perf_counter() - t, n_train=n_train, steps=epochs * len(dls.train),
                   train_loss=last["train_loss"], valid_loss=last["valid_loss"],
@@ -371,17 +371,17 @@ def model_step_times(cfg, n: int | None = None, seed: int | None = None) -> np.n
     dls = _pipeline_dls(cfg, "no augmentation", seed)
     timer = StepTimer()
     learn = make_learner(dls, cfg.arch, depth="none", cbs=[timer], seed=seed)
-    learn.fit(1, cfg.lr, cbs=[_StopAfter(n + 1)])
+    learn.fit(1, cfg.lr, cbs=[_StopAfter(timer, n + 1)])
     return np.array(timer.step_s[1:n + 1])   # the first step warms up
 
 
 class _StopAfter(Callback):
-    """Ends the fit after `n` training batches (no validation)."""
+    """Ends the fit once `timer` (a `StepTimer`) has timed `n` training steps (no validation)."""
     order = 99
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, timer: StepTimer, n: int):
+        self.timer, self.n = timer, n
 
     def after_batch(self):
-        if self.training and len(self.learn.cbs.filter(lambda c: isinstance(c, StepTimer))[0].step_s) >= self.n:
+        if self.training and len(self.timer.step_s) >= self.n:
             raise CancelFitException
