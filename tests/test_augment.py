@@ -221,7 +221,7 @@ def _fake_run(settings, fold_lrs, fold_tune, keep):
 
 
 def _fake_cv(calls):
-    """Stand-ins for `cv_policy` and `_pooled` that record the calls and score each fold's tune cells by a known
+    """Stand-ins for `cv_policy` and `pool_per_fold` that record the calls and score each fold's tune cells by a known
     rule: fold 0 prefers the larger rate, fold 1 the smaller; strength 2 beats 1 on fold 0."""
     from types import SimpleNamespace
 
@@ -242,8 +242,9 @@ def _fake_cv(calls):
 def test_policy_grid_chooses_each_folds_rate_on_its_tune_cells(tiny, monkeypatch):
     calls = []
     cv, pooled = _fake_cv(calls)
+    import convtips_lib.core.train as core_train
     monkeypatch.setattr(study, "cv_policy", cv)
-    monkeypatch.setattr(study, "_pooled", pooled)
+    monkeypatch.setattr(core_train, "pool_per_fold", pooled)   # what at_chosen_per_fold pools the chosen runs with
     runs, search, learners = study.policy_grid(tiny, None, policies=["none"], fracs=[0.1], seeds=[0, 1],
                                                keep=[("none", 0.1)])
     assert list(search["lr"]) == [1e-3, 1e-2]                              # every rate tried with the first seed

@@ -104,8 +104,8 @@ def test_preloaded_dls_keep_the_tune_cells():
 
 
 # ---------------------------------------------------------------- cross-validation over all 2,624 cells
-from convtips_lib.core.data import CV_FOLDS, elpv_folds, fold_tensor_dls, preload_cells, split_cells  # noqa: E402
-from convtips_lib.core.train import cross_validate, pool_folds  # noqa: E402
+from convtips_lib.core.data import CV_FOLDS, elpv_folds, fold_tensor_dls, preload_cells, split_cells, thin_roles  # noqa: E402
+from convtips_lib.core.train import at_chosen_per_fold, cross_validate, pool_folds, pool_per_fold  # noqa: E402
 
 
 def test_folds_judge_every_cell_once_and_keep_roles_apart():
@@ -169,3 +169,37 @@ def test_best_on_tune_scores_a_candidate_by_its_mean_over_seeds():
     assert best_on_tune(rows, candidates="regime")["regime"].item() == "a"          # 0.775 vs 0.6
     rows.loc[3, ["tune_balanced_accuracy", "finite"]] = [float("nan"), False]
     assert best_on_tune(rows, by="regime", candidates=["regime", "lr"]).iloc[0]["lr"] == 1e-2   # 0.90 alone
+
+
+def _fold_run(lr: float, fold: int, tune_right: int, n_train: int = 10) -> "Run":
+    """A fold's Run at rate `lr`: 4 test cells, 4 tune cells of which `tune_right` are right."""
+    y = np.array([0, 1, 0, 1])
+    tune_pred = np.where(np.arange(4) < tune_right, y, 1 - y)
+    return Run(dict(lr=lr, part=fold), pd.DataFrame({"epoch": [1]}), y, y, np.eye(2)[y], {}, 1.0,
+               extra=dict(n_train=n_train, steps=8, step_s=np.array([0.1, 0.2]), note="x"),
+               tune_y=y, tune_epoch_probs=[np.eye(2)[tune_pred]])
+
+
+def test_pool_per_fold_keeps_each_folds_rate_and_tune_score():
+    pooled = pool_per_fold([_fold_run(1e-3, 0, 4, n_train=10), _fold_run(1e-2, 1, 2, n_train=11)])
+    row = pooled.row()
+    assert row["lr"] == "per fold" and row["fold_lrs"] == [1e-3, 1e-2]
+    assert row["fold_tune"] == [1.0, 0.5] and row["tune_balanced_accuracy"] == 0.75
+    assert row["n_train"] == 10.5 and row["steps"] == 8 and isinstance(row["steps"], int)   # equal: kept as is
+    assert len(row["step_s"]) == 4 and "note" not in row and len(pooled.fold_runs) == 2
+
+
+def test_at_chosen_per_fold_takes_each_folds_best_tune_run_and_releases_the_rest():
+    tried = [pool_per_fold([_fold_run(1e-3, 0, 4), _fold_run(1e-3, 1, 1)]),
+             pool_per_fold([_fold_run(1e-2, 0, 3), _fold_run(1e-2, 1, 2)])]
+    lrs, chosen = at_chosen_per_fold(tried)
+    assert lrs == [1e-3, 1e-2] and chosen.extra["fold_tune"] == [1.0, 0.5]
+    assert not any(hasattr(r, "fold_runs") for r in tried)                 # the rates not chosen are released
+
+
+def test_thin_roles_keeps_the_train_cells_and_about_n_of_the_others():
+    fold = elpv_folds(2)[0]
+    thin = thin_roles(fold, 128, 64)
+    n = thin["role"].value_counts()
+    assert n["train"] == (fold.role == "train").sum() and abs(n["test"] - 128) <= 6 and abs(n["tune"] - 64) <= 6
+    assert thin.equals(thin_roles(fold, 128, 64)) and thin_roles(fold).equals(fold)        # seeded; 0: all

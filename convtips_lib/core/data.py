@@ -21,7 +21,7 @@ from .env import seed_everything
 
 __all__ = ["TASKS", "SPLIT_SEED", "VALID_N", "DEFECT_LEVELS", "BadImageError", "DataUnreachableError", "elpv_frame",
            "subsample", "elpv_dls", "folder_dls", "untar_dls", "tensor_dls", "open_image", "rgb_image",
-           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "tune_frame", "attach_tune", "CV_FOLDS", "elpv_folds",
+           "OpenResized", "preload_dls", "ROLES", "TUNE_N", "elpv_roles", "thin_roles", "tune_frame", "attach_tune", "CV_FOLDS", "elpv_folds",
            "split_cells", "cell_labels", "fold_tensor_dls", "preload_cells", "INTERPOLATIONS",
            "RESIZE_METHODS", "DATA_INTERPOLATION", "resize_image", "drop_normalize", "cycle_rows", "image_batches",
            "AsImage"]
@@ -315,8 +315,15 @@ def elpv_roles(valid_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
     module type like the split itself, the same in every lesson, profile and seed), 'train' for the other 1,574.
     `valid_n` / `tune_n` (0: all): only about that many of the test / tune cells (stratified, seeded, in their
     order), where a profile that decides nothing saves time (`cfg.valid_n`, `cfg.tune_n`: smoke)."""
-    df = _all_roles()
-    for role, n in (("test", valid_n), ("tune", tune_n)):
+    return thin_roles(_all_roles(), valid_n, tune_n)
+
+
+def thin_roles(roles: pd.DataFrame, test_n: int = 0, tune_n: int = 0) -> pd.DataFrame:
+    """A role table (`elpv_roles`, a fold of `elpv_folds`) with only about `test_n` of its test and `tune_n` of its
+    tune cells (0: all; stratified by defect probability x module type, seeded, in their order): for a profile
+    that decides nothing and saves time predicting fewer cells (smoke). The train cells are kept."""
+    df = roles
+    for role, n in (("test", test_n), ("tune", tune_n)):
         rows = df[df["role"] == role]
         if n and n < len(rows):
             keep = rows.groupby(["label_4", "type"], observed=True, group_keys=False).sample(

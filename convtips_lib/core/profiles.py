@@ -37,11 +37,17 @@ class ZooCfg(_Section):
 
 @dataclass(frozen=True)
 class TransferCfg(_Section):
-    """Lesson 02: freeze depth x data size."""
-    fractions: tuple             # training-set fractions of the grid and the learning curves
-    steps: int                   # optimizer steps of every grid run, whatever its fraction (a multiple of 6: split
-                                 # evenly over fine_tune's 2 fits and gradual unfreezing's 3)
-    lrs: tuple                   # peak learning rates tried per regime (chosen on the tune cells, largest fraction)
+    """Lesson 02: freeze depth x data size, cross-validated over every cell preloaded small."""
+    fractions: tuple             # fractions of each fold's train cells in the grid (and the SVM learning curves)
+    img_size: int                # the grid's image side, px (every cell preloaded, the frozen layers' output cached)
+    grid_folds: int              # k of the grid's cross-validation (every cell predicted once; rates per fold)
+    steps: int                   # optimizer steps of every grid run, whatever its fraction or regime
+    epoch_steps: int             # steps per epoch (the train cells cycled to fill it); steps / epoch_steps epochs,
+                                 # split over fine_tune's 2 fits and gradual unfreezing's 3
+    lrs: tuple                   # peak learning rates tried per regime that trains more than the head (per fold)
+    head_lrs: tuple              # those of the head alone on cached features (cheap: more of them)
+    n_seeds: int                 # seeds of every grid run at its chosen rates
+    recipes: tuple               # the production recipes compared with the best manual regime (largest fraction)
     folds: int                   # k of the cross-validated SVM learning curves (hand-crafted vs CNN features)
     svm_seeds: int               # draws of each fraction's cells in those curves (the small fractions vary most)
 
@@ -220,7 +226,9 @@ PROFILES = {
         valid_n=128, tune_n=64,   # of the 656 test and 394 tune cells: smoke decides nothing, so it predicts fewer
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
-        transfer=TransferCfg(fractions=(0.05, 0.2), steps=6, lrs=(3e-3,), folds=2, svm_seeds=1),
+        transfer=TransferCfg(fractions=(0.02, 0.04, 0.06), img_size=32, grid_folds=2, steps=4, epoch_steps=2,
+                             lrs=(3e-3,), head_lrs=(1e-2,), n_seeds=1, recipes=("fine_tune (fastai)",), folds=2,
+                             svm_seeds=1),
         aug=AugCfg(img_size=32, folds=2, fracs=(0.1, 0.25), policies=("none", "flips+crop+rotation"), steps=5,
                    epoch_steps=5, lrs=(1e-2,), n_seeds=1, strengths=(0, 1, 2)),
         imb=ImbCfg(frac=0.25, folds=2, n_seeds=1, lrs=(1e-2,), sizes=(0.3, 1.0), net_frac=0.1, net_steps=2),
@@ -236,8 +244,9 @@ PROFILES = {
         valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=0, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), steps=36, lrs=(2e-3, 1e-2), folds=5,   # 36 steps: in 12 min
-                                svm_seeds=3),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 1.0), img_size=48, grid_folds=2, steps=68, epoch_steps=34,
+                             lrs=(3e-3,), head_lrs=(3e-3, 1e-2, 3e-2), n_seeds=1, recipes=("fine_tune (fastai)",),
+                             folds=5, svm_seeds=3),   # the body's regimes cost ~40 s a fold at 48 px: one rate, one seed
         aug=AugCfg(img_size=32, folds=2, fracs=(0.25, 1.0), policies=("none", "flips", "flips+crop+rotation"),
                    steps=400, epoch_steps=40, lrs=(3e-3, 1e-2), n_seeds=2, strengths=(0, 0.5, 1, 2, 4)),   # 12 min
         imb=ImbCfg(frac=1.0, folds=5, n_seeds=3, lrs=(3e-3, 1e-2, 3e-2), sizes=(0.2, 1.0), net_frac=0.5, net_steps=40),
@@ -253,8 +262,9 @@ PROFILES = {
         valid_n=0, tune_n=0,
         decides_claims=True, seed=42, num_workers=4, cell_timeout=3600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL),
-        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), steps=246, lrs=(1e-3, 3e-3, 1e-2), folds=5,
-                                svm_seeds=5),
+        transfer=TransferCfg(fractions=(0.05, 0.2, 0.5, 1.0), img_size=128, grid_folds=5, steps=600,
+                             epoch_steps=60, lrs=(1e-3, 3e-3, 1e-2), head_lrs=(1e-3, 3e-3, 1e-2, 3e-2), n_seeds=3,
+                             recipes=("fine_tune (fastai)", "gradual unfreezing"), folds=5, svm_seeds=5),
         aug=AugCfg(img_size=64, folds=5, fracs=(0.1, 0.3, 1.0), policies=("none", "flips", "flips+crop+rotation",
                    "everything"), steps=2000, epoch_steps=50, lrs=(1e-3, 3e-3, 1e-2), n_seeds=3,
                    strengths=(0, 0.5, 1, 1.5, 2, 3, 4)),

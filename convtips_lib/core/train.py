@@ -23,7 +23,8 @@ from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
 __all__ = ["METRICS", "FIT_SCHEDULES", "learner", "make_learner", "fit", "check_trains", "on_cuda", "fit_gradual", "history", "Run", "run_grid",
-           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "cross_validate",
+           "select_lr", "best_on_tune", "best_epoch", "tune_loader", "NoTuneCells", "pool_folds", "pool_per_fold",
+           "at_chosen_per_fold", "cross_validate",
            "ValidateLast", "VALIDATE"]
 
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro")   # the one set of metric names: histories, evaluate, results
@@ -335,6 +336,39 @@ def pool_folds(runs: list, settings: dict | None = None, metrics: Callable | Non
                _classification(y_true, y_pred) if metrics is None else dict(metrics(y_true, y_pred, probs)),
                float(sum(r.seconds for r in runs)), None, epoch_probs,
                dict(folds=folds, n_folds=len(runs)))
+
+
+def pool_per_fold(runs: list, keep: bool = False) -> Run:
+    """`pool_folds` of one experiment's fold `Run`s (fold order), each fold trained at its own rate: settings lr
+    that rate (or 'per fold'); extra fold_lrs, fold_tune (each fold's tune balanced accuracy: what a choice reads),
+    tune_balanced_accuracy (their mean), the folds' other extras (numbers averaged unless equal, arrays concatenated) and
+    `learners` (one per fold) when `keep`. `fold_runs` (an attribute, not in the row) keeps the fold Runs, so a
+    choice per fold can be pooled later without training again (`at_chosen_per_fold`)."""
+    lrs = [float(r.settings["lr"]) for r in runs]
+    pooled = pool_folds(runs, {**runs[0].settings, "lr": lrs[0] if len(set(lrs)) == 1 else "per fold"})
+    tune = [r.tune_metrics()["balanced_accuracy"] if r.has_tune else np.nan for r in runs]
+    for k, v in runs[0].extra.items():
+        vals = [r.extra[k] for r in runs]
+        if isinstance(v, np.ndarray):
+            pooled.extra[k] = np.concatenate(vals)
+        elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+            pooled.extra[k] = v if len(set(vals)) == 1 else float(np.mean(vals))
+    pooled.extra.update(fold_lrs=lrs, fold_tune=tune, tune_balanced_accuracy=float(np.mean(tune)),
+                        learners=[r.learn for r in runs] if keep else None)
+    pooled.fold_runs = runs
+    return pooled
+
+
+def at_chosen_per_fold(tried: list, keep: bool = False) -> tuple:
+    """(each fold's chosen rate, the pooled `Run` of those choices) from `tried`, the `pool_per_fold` runs of one
+    experiment at several rates: per fold, the rate whose fold run scored best on that fold's tune cells (ties to
+    the first; the test cells never enter), its own fold run reused. The fold runs of `tried` are released."""
+    n = len(tried[0].fold_runs)
+    pick = [int(np.nanargmax([r.extra["fold_tune"][i] for r in tried])) for i in range(n)]
+    chosen = pool_per_fold([tried[j].fold_runs[i] for i, j in enumerate(pick)], keep)
+    for r in tried:
+        del r.fold_runs
+    return chosen.extra["fold_lrs"], chosen
 
 
 def cross_validate(train_fold: Callable[..., Run], folds: list, **settings) -> Run:

@@ -1,94 +1,172 @@
-"""Lesson 02's studies: the freeze depth x data size grid (every run the same optimizer steps, each regime at its
-own learning rate chosen on the tune cells) and the statistics that decide its claims on the test cells, learning
-curves of linear heads, and the widget's quick experiment on cached activations."""
+"""Lesson 02's studies: the freeze depth x data size grid, cross-validated over every ELPV cell preloaded small
+(`transfer_cells`: every cell predicted once by a network that never saw it; every run the same optimizer steps;
+each regime's rate chosen per fold on that fold's tune cells) and the statistics that decide the tip's three rules
+and its trend on the pooled test cells; cross-validated learning curves of linear classifiers (hand-crafted vs CNN
+features); the widget's quick experiment on cached activations."""
 from __future__ import annotations
 
 import copy
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
 
 from ..core.compat import renamed_kwargs, warn_deprecated
-from ..core.data import elpv_dls, elpv_frame, elpv_roles, subsample
-from ..core.env import device
+from ..core.data import elpv_dls, elpv_folds, fold_tensor_dls, preload_cells, subsample, thin_roles
+from ..core.env import device, seed_everything
 from ..core.measure import Estimate, bootstrap, classification_metrics, paired_bootstrap, stack_preds
-from ..core.models import pretrained
-from ..core.surgery import n_frozen, n_groups, split_at
-from ..core.train import best_on_tune
-from ..topics.features import cached_features, fit_head
-from ..topics.transfer import FROZEN_SHARE, REGIMES, train_on_features, train_regime
+from ..core.models import Classifier, model_stats, pretrained
+from ..core.surgery import freeze, n_frozen, n_groups, param_groups, split_at
+from ..core.train import Run, at_chosen_per_fold, best_on_tune, fit, history, learner, pool_per_fold
+from ..topics.features import cached_features, cell_features, fit_head
+from ..topics.transfer import FROZEN_SHARE, REGIMES, phases, regime_spec
 
-__all__ = ["lr_search", "chosen_lrs", "freeze_grid", "best_regime", "best_regimes", "freeze_rule", "more_data_gain",
-           "recipe_vs_best", "fraction_masks", "linear_curve", "cv_linear_curve", "gap_change", "quick_transfer"]
+__all__ = ["TransferCells", "transfer_cells", "regime_module", "train_fold", "cv_regime", "regime_grid", "regime_lrs",
+           "RULES", "rule_gain", "depth_trend", "best_regime", "best_regimes", "more_data_gain", "recipe_vs_best",
+           "cv_linear_curve", "gap_change", "quick_transfer"]
 
 DEEPER = ("freeze to middle", "whole network")   # the regimes that train more than the head
+RULES = {   # the tip's rule for each amount of data: (which of the grid's fractions, the regime it names)
+    "little": (0, "head only"), "moderate": (1, "freeze to middle"), "plenty": (-1, "whole network")}
 
 
-def _shared(cfg, regimes, fractions, seed: int, arch: str | None = None, task: str = "binary") -> dict:
-    """What the cached regimes of a grid share, built once: {depth: Features} of the frozen layers on the largest
-    fraction's train cells, the tune and the test cells (`cached_features`, on disk), and the fraction masks."""
-    depths = sorted({REGIMES[r]["depth"] for r in regimes if REGIMES[r].get("cached")})
-    if not depths:
-        return dict(feats={}, masks={})
-    dls = elpv_dls(cfg, task=task, frac=max(fractions), seed=seed, tune=True)
-    model = pretrained(arch or cfg.arch, dls.c).to(device())
-    return dict(feats={d: cached_features(model, dls, depth=d) for d in depths},
-                masks=fraction_masks(dls, fractions, seed))
+@dataclass
+class TransferCells:
+    """Every ELPV cell preloaded for the grid at `cfg.transfer.img_size`: x (2624, 3, s, s) standardised with the
+    pretrained network's stats, y (2624,), paths, vocab; `acts` {depth: (2624, ...) activations of the frozen
+    layers at that depth (`cell_features`, BatchNorm in eval mode: what a cached regime trains on)}; the role
+    tables of the grid's k-fold cross-validation (`elpv_folds`)."""
+    x: torch.Tensor
+    y: torch.Tensor
+    paths: list
+    vocab: list
+    acts: dict
+    folds: list
+    arch: str
 
 
-def run_regime(cfg, regime: str, frac: float, seed: int = 0, lr: float | None = None, shared: dict | None = None,
-               **kw) -> dict:
-    """One grid cell's row: `regime` on `frac` of the train cells for `cfg.transfer.steps` optimizer steps at peak
-    `lr`, the tune cells predicted. A cached regime trains on `shared` activations (`_shared`) when given."""
-    steps = cfg.transfer.steps
-    if REGIMES.get(regime, {}).get("cached") and shared and shared["feats"]:
-        feats = shared["feats"][REGIMES[regime]["depth"]]
-        return train_on_features(cfg, regime, feats, shared["masks"][frac], seed, steps, lr, frac=frac,
-                                 arch=kw.get("arch")).row()
-    return train_regime(cfg, regime, frac, seed, steps=steps, lr=lr, tune=True, **kw).row()
+def transfer_cells(cfg, arch: str | None = None) -> TransferCells:
+    """`TransferCells` for the profile: the images decoded once, the activations of every cached regime's frozen
+    layers computed once (on disk, keyed like every feature cache), `cfg.transfer.grid_folds` folds (with only
+    about `cfg.valid_n` test and `cfg.tune_n` tune cells each where the profile sets them: smoke)."""
+    arch, size = arch or cfg.arch, cfg.transfer.img_size
+    x, y, paths, vocab = preload_cells(cfg, img_size=size)
+    model = pretrained(arch, len(vocab)).to(device())
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in model_stats(model))
+    acts = {}
+    for depth in sorted({REGIMES[r]["depth"] for r in REGIMES if REGIMES[r].get("cached")}):
+        a, _, a_paths, _ = cell_features(model, cfg, depth=depth, img_size=size)
+        if [str(p) for p in a_paths] != [str(p) for p in paths]:
+            raise RuntimeError("the cached activations and the preloaded images list the cells in different orders")
+        acts[depth] = a
+    folds = [thin_roles(f, cfg.valid_n, cfg.tune_n) for f in elpv_folds(cfg.transfer.grid_folds)]   # all (0) but smoke
+    return TransferCells((x - mean) / std, y, paths, vocab, acts, folds, arch)
 
 
-def lr_search(cfg, regimes, frac: float | None = None, seed: int | None = None, lrs=None, **kw) -> pd.DataFrame:
-    """Every regime at `frac` (default: the profile's largest fraction) with every peak learning rate of `lrs`
-    (default `cfg.transfer.lrs`), one seed: the runs a rate is chosen from, on their tune cells (`chosen_lrs`)."""
-    frac = max(cfg.transfer.fractions) if frac is None else frac
-    seed = cfg.seed if seed is None else seed
-    shared = _shared(cfg, regimes, (frac,), seed, **kw)
-    return pd.DataFrame([run_regime(cfg, r, frac, seed, lr=lr, shared=shared, **kw)
-                         for r in regimes for lr in (cfg.transfer.lrs if lrs is None else lrs)])
+def regime_module(cells: TransferCells, regime: str, seed: int = 0) -> nn.Module:
+    """What `regime` trains, freshly built (seeded: a new head's initialisation repeats): for a cached regime the
+    layers after its freeze depth (they read `cells.acts[depth]`), else the whole `Classifier` (pretrained or not)."""
+    spec = regime_spec(regime)
+    seed_everything(seed)
+    model = pretrained(cells.arch, len(cells.vocab), weights=spec["weights"])
+    return split_at(model, spec["depth"])[1] if spec.get("cached") else model
 
 
-def chosen_lrs(search: pd.DataFrame, metric: str = "balanced_accuracy") -> dict:
-    """{regime: lr} the rate of each regime whose runs scored best on the tune cells (mean over seeds): the test
-    cells never enter the choice (`best_on_tune`)."""
-    best = best_on_tune(search, by="regime", metric=metric, candidates=["regime", "lr"])
-    return dict(zip(best["regime"], best["lr"].astype(float)))
+def _epochs_per_fit(regime: str, epochs: int) -> list:
+    """The epochs of each of a regime's fits (`phases`), `epochs` in all: as even as whole epochs allow."""
+    k = phases(regime)
+    if epochs < k:
+        raise ValueError(f"{regime!r} trains in {k} fits: give it at least {k} epochs (cfg.transfer.steps / "
+                         f"epoch_steps), got {epochs}")
+    return [epochs // k + (i >= k - epochs % k) for i in range(k)]
 
 
-def freeze_grid(cfg, fractions=None, regimes=None, seeds=None, lrs=None, reuse: pd.DataFrame | None = None,
-                **kw) -> pd.DataFrame:
-    """One `run_regime` row per (fraction, regime, seed), every run `cfg.transfer.steps` optimizer steps, each regime
-    at its rate of `lrs` ({regime: lr}, or one rate for all; default: chosen on the tune cells by an `lr_search` at
-    the largest fraction with the first seed). A cell already in `reuse` (an `lr_search` table: same regime, fraction,
-    seed and rate) is taken from it, not trained again. Defaults from the profile and all of REGIMES."""
-    fractions = tuple(fractions or cfg.transfer.fractions)
-    regimes, seeds = list(regimes or REGIMES), list(cfg.seeds(cfg.n_seeds) if seeds is None else seeds)
-    if lrs is None:
-        reuse = lr_search(cfg, regimes, max(fractions), seeds[0], **kw)
-        lrs = chosen_lrs(reuse)
-    lrs = {r: float(lrs) for r in regimes} if isinstance(lrs, (int, float)) else {r: float(lrs[r]) for r in regimes}
-    done = {} if reuse is None else {(d["regime"], d["frac"], d["seed"], d["lr"]): d for d in reuse.to_dict("records")}
-    shared, rows = {}, []
-    for f in fractions:
-        for r in regimes:
-            for s in seeds:
-                row = done.get((r, f, s, lrs[r]))
-                if row is None:
-                    if s not in shared and REGIMES.get(r, {}).get("cached"):
-                        shared[s] = _shared(cfg, regimes, fractions, s, **kw)
-                    row = run_regime(cfg, r, f, s, lr=lrs[r], shared=shared.get(s), **kw)
-                rows.append(row)
-    return pd.DataFrame(rows)
+def train_fold(cfg, cells: TransferCells, regime: str, roles, frac: float, lr: float, seed: int = 0) -> Run:
+    """`regime` trained on `frac` of one fold's train cells (`roles`: a table of `cells.folds`) for
+    `cfg.transfer.steps` optimizer steps at peak `lr`, whatever the fraction (every epoch `epoch_steps` full
+    batches, the cells cycled: `fold_tensor_dls`); its test and tune cells predicted. Its `Run`: settings regime,
+    frac, seed, lr; extra n_train (distinct cells), steps, passes (over each train cell). Gradual unfreezing
+    predicts them after each of its fits, the others after the last epoch only (`validate="last"`)."""
+    t = time.perf_counter()
+    tc = cfg.transfer
+    spec = regime_spec(regime)
+    inputs = cells.acts[spec["depth"]] if spec.get("cached") else cells.x
+    dls = fold_tensor_dls(inputs, cells.y, cells.paths, roles, cells.vocab, bs=cfg.bs, standardise=False,
+                          frac=frac, seed=seed, epoch_steps=tc.epoch_steps)
+    model = regime_module(cells, regime, seed)
+    whole = isinstance(model, Classifier)
+    learn = learner(dls, model, splitter=param_groups if whole else None, seed=seed)
+    if whole:
+        freeze(learn, spec["depth"] if spec["weights"] else "none")
+    per_fit = _epochs_per_fit(regime, tc.steps // tc.epoch_steps)
+    if spec.get("gradual"):
+        for i, (depth, n) in enumerate(zip(("head", "middle", "none"), per_fit)):
+            learn.history.phase = f"depth: {depth}"
+            freeze(learn, depth)
+            learn.fit_one_cycle(n, lr if i == 0 else slice(lr / 100, lr / 2))
+        hist = history(learn)
+    elif spec.get("fine_tune"):
+        hist = fit(learn, per_fit[1], lr, fine_tune=True, freeze_epochs=per_fit[0], validate="last")
+    else:
+        hist = fit(learn, per_fit[0], lr, validate="last")   # the cells predicted once, after the last epoch
+    steps = len(hist) * len(dls.train)
+    return Run.of(learn, dict(regime=regime, frac=frac, seed=seed, lr=float(lr)), time.perf_counter() - t,
+                  n_train=dls.n_cells, steps=steps, passes=steps * cfg.bs / dls.n_cells)
+
+
+def cv_regime(cfg, cells: TransferCells, regime: str, frac: float, lrs, seed: int = 0) -> Run:
+    """`train_fold` on every fold at that fold's rate (`lrs`: one, or one per fold), pooled (`pool_per_fold`):
+    every cell predicted once by a network that never saw it."""
+    lrs = [float(lrs)] * len(cells.folds) if np.ndim(lrs) == 0 else list(lrs)
+    return pool_per_fold([train_fold(cfg, cells, regime, roles, frac, lr, seed) for roles, lr in zip(cells.folds, lrs)])
+
+
+def regime_grid(cfg, cells: TransferCells, regimes, fractions=None, seeds=None) -> tuple:
+    """Every (fraction, regime): `cv_regime` at each of its rates (`regime_lrs`) with the first seed, each fold's
+    rate chosen on that fold's tune cells (`choose_per_fold`; that seed's run pooled from the search's own fold
+    runs), then the other seeds (default `cfg.transfer.n_seeds`) at the chosen rates. Returns (one row per
+    (fraction, regime, seed), the rows of the rate search)."""
+    seeds = list(cfg.seeds(cfg.transfer.n_seeds) if seeds is None else seeds)
+    rows, search = [], []
+    for frac in fractions or cfg.transfer.fractions:
+        for regime in regimes:
+            tried = [cv_regime(cfg, cells, regime, frac, lr, seeds[0]) for lr in regime_lrs(cfg, regime)]
+            search += [r.row() for r in tried]
+            lrs, first = at_chosen_per_fold(tried)
+            rows += [first.row(), *(cv_regime(cfg, cells, regime, frac, lrs, s).row() for s in seeds[1:])]
+    return pd.DataFrame(rows), pd.DataFrame(search)
+
+
+def regime_lrs(cfg, regime: str) -> tuple:
+    """The peak rates a regime tries: `cfg.transfer.head_lrs` for the head alone (a linear layer on cached
+    features takes larger steps, and costs nothing to try), else `cfg.transfer.lrs`."""
+    return cfg.transfer.head_lrs if regime == "head only" else cfg.transfer.lrs
+
+
+def rule_gain(grid: pd.DataFrame, rule: str, metric: str = "balanced_accuracy", n: int = 2000,
+              seed: int = 0) -> Estimate:
+    """The tip's rule for an amount of data (`RULES`: little, moderate, plenty) at its fraction of the grid: the
+    regime it names minus the best of the other manual regimes there (each pooled over its seeds), on the same
+    test cells: > 0 when the named regime beats every other."""
+    pos, named = RULES[rule]
+    frac = sorted(grid["frac"].unique())[pos]
+    at = grid[(grid["frac"] == frac) & grid["regime"].isin(FROZEN_SHARE)]
+    others = [r for r in at["regime"].unique() if r != named]
+    stat = lambda m: m[named] - np.max([m[o] for o in others], 0)  # noqa: E731
+    return bootstrap(at["y_true"].iloc[0], stack_preds(at, "regime"), stat, metric, n, seed)
+
+
+def depth_trend(grid: pd.DataFrame, metric: str = "balanced_accuracy", n: int = 2000, seed: int = 0) -> Estimate:
+    """"Freeze fewer layers the more data": gain(largest fraction) - gain(smallest), gain(f) = whole network minus
+    head only at f, the four models (pooled over seeds) resampled on the same test cells."""
+    lo, hi = grid["frac"].min(), grid["frac"].max()
+    rows = grid[grid["frac"].isin([lo, hi]) & grid["regime"].isin(["head only", "whole network"])]
+    gain = lambda m, f: m[("whole network", f)] - m[("head only", f)]  # noqa: E731
+    return bootstrap(rows["y_true"].iloc[0], stack_preds(rows, ["regime", "frac"]), lambda m: gain(m, hi) - gain(m, lo),
+                     metric, n, seed)
 
 
 def best_regime(rows: pd.DataFrame, candidates=None, metric: str = "balanced_accuracy") -> str:
@@ -112,30 +190,9 @@ def best_regimes(grid: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.Da
     return pd.DataFrame(out).set_index("frac")
 
 
-def freeze_rule(grid: pd.DataFrame, metric: str = "balanced_accuracy", n: int = 2000, seed: int = 0) -> dict:
-    """Does "freeze fewer layers the more data" hold? estimate = gain(largest fraction) - gain(smallest), where
-    gain(f) = the deeper regime chosen on the tune cells at f (of freeze to middle, whole network) minus head only
-    at f, on the test cells; the four models resampled on the same images.
-
-    Also: the gain per fraction, the deeper regime chosen per fraction, and the frozen share of the manual regime
-    chosen on the tune cells per fraction (descriptive).
-    """
-    manual = grid[grid["regime"].isin(FROZEN_SHARE)]
-    fracs = sorted(manual["frac"].unique())
-    lo, hi = fracs[0], fracs[-1]
-    deeper = {f: best_regime(manual[manual["frac"] == f], DEEPER, metric) for f in fracs}
-    preds = stack_preds(manual[manual["frac"].isin([lo, hi])], ["regime", "frac"])
-    gain_of = lambda m, f: m[(deeper[f], f)] - m[("head only", f)]  # noqa: E731
-    est = bootstrap(manual["y_true"].iloc[0], preds, lambda m: gain_of(m, hi) - gain_of(m, lo), metric, n, seed)
-    mean = manual.groupby(["frac", "regime"])[metric].mean()
-    gain = {f: float(mean[(f, deeper[f])] - mean[(f, "head only")]) for f in fracs}
-    best = {f: FROZEN_SHARE[best_regime(manual[manual["frac"] == f], metric=metric)] for f in fracs}
-    return dict(estimate=est, gain=gain, deeper=deeper, frozen_share_of_best=best)
-
-
 def more_data_gain(grid: pd.DataFrame, regime: str, metric: str = "balanced_accuracy", n: int = 2000,
                    seed: int = 0) -> Estimate:
-    """metric(`regime` at the largest fraction) - metric(at the smallest), paired on the validation images."""
+    """metric(`regime` at the largest fraction) - metric(at the smallest), paired on the same test cells."""
     rows = grid[grid["regime"] == regime]
     preds = stack_preds(rows, ["frac"])
     lo, hi = min(preds), max(preds)
@@ -153,40 +210,8 @@ def recipe_vs_best(rows: pd.DataFrame, recipe: str, candidates, metric: str = "b
                     f"{est.method}; the best manual regime ({best}) chosen on the tune cells")
 
 
-def _train_pool(dls) -> pd.DataFrame:
-    """The table `elpv_dls` drew the training fraction from: the 1,968 training cells, or with tune cells the 1,574
-    train cells (tune rows left out, the test cells marked `is_valid`)."""
-    if getattr(dls, "tune", None) is None:
-        return elpv_frame()
-    roles = elpv_roles()
-    return roles[roles["role"] != "tune"].assign(is_valid=lambda d: d["role"] == "test")
-
-
-def fraction_masks(dls, fractions, seed: int) -> dict:
-    """{frac: bool mask (N_train,)} of the rows of `dls.train_ds` that `subsample(frac, seed)` keeps (nested; the
-    train cells only when `dls` has tune cells)."""
-    paths, df, masks = dls.train_ds.items["path"], _train_pool(dls), {}
-    for f in fractions:
-        keep = subsample(df, f, seed).query("not is_valid")["path"]
-        masks[f] = paths.isin(keep).to_numpy()
-        if masks[f].sum() != len(keep):
-            raise ValueError(f"these DataLoaders hold only {masks[f].sum()} of the {len(keep)} training images of "
-                             f"fraction {f}: build them with frac >= max(fractions) and the same seed ({seed})")
-    return masks
-
-
-def linear_curve(x_train, y_train, x_valid, y_valid, masks: dict, fit_fn, **kw) -> pd.DataFrame:
-    """`fit_fn(x_train[m], y_train[m], x_valid, y_valid, **kw)` for each mask: metrics, predictions and seconds."""
-    rows = []
-    for frac, m in masks.items():
-        out = fit_fn(np.asarray(x_train)[m], np.asarray(y_train)[m], x_valid, y_valid, **kw)
-        rows.append(dict(frac=frac, n_train=int(m.sum()), **out["metrics"], seconds=out["seconds"],
-                         y_true=out["y_true"], y_pred=out["y_pred"]))
-    return pd.DataFrame(rows)
-
-
 def cv_linear_curve(features: dict, y, paths, folds: list, fractions, seeds=(0,), fit_fn=None, **kw) -> pd.DataFrame:
-    """`linear_curve` cross-validated over `folds` (role tables of `elpv_folds`): for every feature set of `features`
+    """Learning curves of a linear classifier cross-validated over `folds` (role tables of `elpv_folds`): for every feature set of `features`
     {name: x (N, D), a row per cell of `paths`}, fraction and seed, `fit_fn(x_train, y_train, x_test, y_test, **kw)`
     fits on a stratified `frac` of each fold's train cells (`subsample`: nested, the same cells for every feature
     set) and predicts that fold's test cells. One row per (features, frac, seed): the predictions pooled over the

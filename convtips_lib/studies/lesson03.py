@@ -21,7 +21,7 @@ from ..core.data import TensorPairs, elpv_dls, elpv_folds, fold_tensor_dls, prel
 from ..core.env import seed_everything
 from ..core.measure import Estimate, bootstrap, evaluate, proportion, stack_preds
 from ..core.models import small_net
-from ..core.train import Run, fit, learner, make_learner, pool_folds, valid_preds
+from ..core.train import Run, at_chosen_per_fold, fit, learner, make_learner, pool_per_fold, valid_preds
 from ..topics.augment import TorchAug, policy_tfms
 
 __all__ = ["AugCells", "aug_cells", "train_policy", "cv_policy", "policy_grid", "policy_curves", "strength_sweep", "at_best_strength",
@@ -112,30 +112,7 @@ def cv_policy(cfg, cells: AugCells, policy: str, frac: float, lrs, seed: int, st
     epochs = cfg.aug.steps // cfg.aug.epoch_steps
     runs = [train_policy(_fold_dls(cfg, cells, roles, policy, frac, seed, strength), policy, lr, epochs, seed,
                          strength, frac=frac) for roles, lr in zip(cells.folds, lrs)]
-    return _pooled(runs, keep)
-
-
-def _pooled(runs: list, keep: bool = False) -> Run:
-    """The fold `Run`s of one policy (one per fold, in fold order) pooled, with `cv_policy`'s extras."""
-    lrs = [float(r.settings["lr"]) for r in runs]
-    pooled = pool_folds(runs, {**runs[0].settings, "lr": lrs[0] if len(set(lrs)) == 1 else "per fold"})
-    cat = lambda k: np.concatenate([r.extra[k] for r in runs])  # noqa: E731
-    pooled.extra.update(fold_lrs=lrs, fold_tune=[r.tune_metrics()["balanced_accuracy"] for r in runs],
-                        n_train=float(np.mean([r.extra["n_train"] for r in runs])), steps=runs[0].extra["steps"],
-                        train_loss=float(np.mean([r.extra["train_loss"] for r in runs])),
-                        valid_loss=float(np.mean([r.extra["valid_loss"] for r in runs])),
-                        data_share=float(np.median([r.extra["data_share"] for r in runs])),
-                        step_s=cat("step_s"), wait_s=cat("wait_s"),
-                        learners=[r.learn for r in runs] if keep else None)
-    pooled.fold_runs = runs   # not in the row: the fold Runs, so a per-fold choice can be pooled without training
-    return pooled
-
-
-def _best_per_fold(rows: list, key: str) -> list:
-    """For each fold, the `key` of the row (a pooled `Run.row()`) whose fold_tune scored best there (ties to the
-    first): a choice nested inside the folds."""
-    n = len(rows[0]["fold_tune"])
-    return [rows[int(np.argmax([r["fold_tune"][i] for r in rows]))][key] for i in range(n)]
+    return pool_per_fold(runs, keep)
 
 
 def policy_grid(cfg, cells: AugCells, policies=None, fracs=None, seeds=None, keep=()) -> tuple:
@@ -149,13 +126,8 @@ def policy_grid(cfg, cells: AugCells, policies=None, fracs=None, seeds=None, kee
         for policy in policies or cfg.aug.policies:
             hold = (policy, frac) in keep
             tried = [cv_policy(cfg, cells, policy, frac, lr, seeds[0], keep=hold) for lr in cfg.aug.lrs]
-            found = [r.row() for r in tried]
-            search += found
-            lrs = _best_per_fold(found, "lr")
-            pick = [list(cfg.aug.lrs).index(lr) for lr in lrs]       # each fold's own run at its chosen rate
-            first = _pooled([tried[j].fold_runs[i] for i, j in enumerate(pick)], keep=hold)
-            for r in tried:
-                del r.fold_runs                                      # the Learners of the rates not chosen go
+            search += [r.row() for r in tried]
+            lrs, first = at_chosen_per_fold(tried, keep=hold)         # each fold's own run at its chosen rate
             if hold:
                 learners[(policy, frac)] = first.extra["learners"]
             for run in [first, *(cv_policy(cfg, cells, policy, frac, lrs, s) for s in seeds[1:])]:

@@ -20,7 +20,7 @@ from ..core.surgery import DEPTHS, split_at
 from ..core.train import Run, fit, fit_gradual, learner, make_learner, valid_preds
 from .features import Features, cached_features, features_dls
 
-__all__ = ["REGIMES", "train_regime", "train_on_features", "with_steps", "phases"]
+__all__ = ["REGIMES", "regime_spec", "train_regime", "train_on_features", "with_steps", "phases"]
 
 # regime -> (weights, freeze depth, how to train). `cached`: the frozen layers never change (BatchNorm included, in
 # eval mode), so the regime trains the rest on their cached activations (`cached_features`, `train_on_features`).
@@ -37,7 +37,8 @@ FROZEN_SHARE = {r: DEPTHS[s["depth"]] for r, s in REGIMES.items()
                 if s["weights"] and not (s.get("fine_tune") or s.get("gradual"))}
 
 
-def _spec(regime: str) -> dict:
+def regime_spec(regime: str) -> dict:
+    """The `REGIMES` entry of `regime` (weights, depth, how it trains), or a ValueError naming the known ones."""
     if regime not in REGIMES:
         raise ValueError(f"unknown regime {regime!r}: choose one of {', '.join(REGIMES)}")
     return REGIMES[regime]
@@ -46,7 +47,7 @@ def _spec(regime: str) -> dict:
 def phases(regime: str) -> int:
     """How many fits a regime's training is made of: 3 for gradual unfreezing (one per depth), 2 for `fine_tune`
     (head, then everything), else 1. A step budget is shared equally between them."""
-    spec = _spec(regime)
+    spec = regime_spec(regime)
     return 3 if spec.get("gradual") else 2 if spec.get("fine_tune") else 1
 
 
@@ -78,7 +79,7 @@ def _budget(learn, regime: str, steps: int | None, seed: int) -> int | None:
 def _train(learn, cfg, regime: str, lr: float, epochs: int | None) -> pd.DataFrame:
     """Train one regime: `epochs` per fit under a step budget, else about `cfg.epochs` epochs in all (at least
     one per fit)."""
-    spec = _spec(regime)
+    spec = regime_spec(regime)
     if spec.get("gradual"):
         return fit_gradual(learn, lr, epochs=epochs or max(1, round(cfg.epochs / 3)))
     if spec.get("fine_tune"):
@@ -102,7 +103,7 @@ def train_regime(cfg, regime: str, frac: float, seed: int = 0, arch: str | None 
     about `cfg.epochs` epochs. `tune=True`: train on the train cells only and predict the tune cells
     (`elpv_dls`). A `cached` regime trains on the cached activations of its frozen layers (`train_on_features`)."""
     arch, lr = arch or cfg.arch, cfg.lr if lr is None else float(lr)
-    spec = _spec(regime)
+    spec = regime_spec(regime)
     t = time.perf_counter()
     dls = elpv_dls(cfg, task=task, frac=frac, seed=seed, tune=tune)
     if spec.get("cached"):
@@ -128,7 +129,7 @@ def train_on_features(cfg, regime: str, feats: Features, keep=None, seed: int = 
     initialisation repeats), on `feats`, the cached activations of the layers before (`cached_features` at that
     depth), restricted to the training rows `keep` (bool mask; default all). Same budget, learning rate and `Run`
     as `train_regime`; the tune cells are predicted when `feats` has them."""
-    spec, lr = _spec(regime), cfg.lr if lr is None else float(lr)
+    spec, lr = regime_spec(regime), cfg.lr if lr is None else float(lr)
     if not spec.get("cached"):
         raise ValueError(f"{regime!r} trains layers that change their inputs: it cannot run on cached activations; "
                          f"choose one of {', '.join(r for r, s in REGIMES.items() if s.get('cached'))}")
