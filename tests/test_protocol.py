@@ -203,3 +203,14 @@ def test_thin_roles_keeps_the_train_cells_and_about_n_of_the_others():
     n = thin["role"].value_counts()
     assert n["train"] == (fold.role == "train").sum() and abs(n["test"] - 128) <= 6 and abs(n["tune"] - 64) <= 6
     assert thin.equals(thin_roles(fold, 128, 64)) and thin_roles(fold).equals(fold)        # seeded; 0: all
+
+
+def test_preloaded_cells_are_stored_and_reloaded_identically(tmp_path):
+    cfg = profile("smoke")
+    x, y, paths, vocab = preload_cells(cfg, img_size=8, folder=tmp_path)
+    files = list(tmp_path.iterdir())
+    again = preload_cells(cfg, img_size=8, folder=tmp_path)                 # loaded, not rebuilt
+    assert len(files) == 1 and list(tmp_path.iterdir()) == files
+    assert torch.equal(x, again[0]) and torch.equal(y, again[1]) and paths == again[2] and vocab == again[3]
+    four = preload_cells(cfg, img_size=8, task="4class", folder=tmp_path)   # other labels: another entry
+    assert len(list(tmp_path.iterdir())) == 2 and torch.equal(four[0], x) and four[3] != vocab

@@ -865,15 +865,24 @@ def _grab(dl) -> tuple:
     return torch.cat(xs), torch.cat(ys)
 
 
-def preload_cells(cfg, img_size: int | None = None, task: str = "binary") -> tuple:
+def preload_cells(cfg, img_size: int | None = None, task: str = "binary", folder=None) -> tuple:
     """(x (2624, 3, s, s) float32 in [0, 1], y (2624,), paths (2624,), vocab): every ELPV cell decoded and resized
-    once (no augmentation, not standardised), for cross-validation over preloaded images (`fold_tensor_dls`)."""
+    once (no augmentation, not standardised), for cross-validation over preloaded images (`fold_tensor_dls`).
+    Stored on disk (`folder`, default `cache_dir('cells')`; atomic, keyed by the size, the resize, the transforms,
+    the cells and their labels): a later run, or another lesson at the same size, loads it instead of decoding
+    2,624 files."""
+    from .store import cache_dir, cached, hash_key
     dls = elpv_dls(cfg, task=task, frac=1.0, img_size=img_size)
     drop_normalize(dls)
-    (xt, yt), (xv, yv) = _grab(plain_train_dl(dls)), _grab(dls.valid)
-    import torch
     paths = [str(p) for p in dls.train_ds.items["path"]] + [str(p) for p in dls.valid_ds.items["path"]]
-    return torch.cat([xt, xv]), torch.cat([yt, yv]), paths, list(dls.vocab)
+    key = hash_key("preload_cells", img_size or cfg.img_size, DATA_INTERPOLATION, repr(dls.train.after_item),
+                   repr(dls.train.after_batch), paths, cell_labels(paths, task)[0].tolist(), list(dls.vocab))
+
+    def build():
+        (xt, yt), (xv, yv) = _grab(plain_train_dl(dls)), _grab(dls.valid)
+        return dict(x=torch.cat([xt, xv]), y=torch.cat([yt, yv]))
+    stored, _, _ = cached(Path(folder or cache_dir("cells")) / f"{key[:16]}.pt", key, ("x", "y"), build)
+    return stored["x"], stored["y"], paths, list(dls.vocab)
 
 
 def drop_normalize(dls) -> None:

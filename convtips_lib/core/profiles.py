@@ -226,7 +226,7 @@ PROFILES = {
         valid_n=128, tune_n=64,   # of the 656 test and 394 tune cells: smoke decides nothing, so it predicts fewer
         decides_claims=False, seed=42, num_workers=0, cell_timeout=600, arch=DEFAULT_ARCH,
         zoo=ZooCfg(archs=_ZOO_SMALL[:5] + ("vgg16",)),
-        transfer=TransferCfg(fractions=(0.02, 0.04, 0.06), img_size=32, grid_folds=2, steps=4, epoch_steps=2,
+        transfer=TransferCfg(fractions=(0.02, 0.04, 0.06), img_size=32, grid_folds=2, steps=2, epoch_steps=1,
                              lrs=(3e-3,), head_lrs=(1e-2,), n_seeds=1, recipes=("fine_tune (fastai)",), folds=2,
                              svm_seeds=1),
         aug=AugCfg(img_size=32, folds=2, fracs=(0.1, 0.25), policies=("none", "flips+crop+rotation"), steps=5,
