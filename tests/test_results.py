@@ -258,6 +258,7 @@ def test_says_picks_the_sentence_of_the_verdict():
     assert says(flat, **sentences, detectable=False) == "Cannot tell."   # after describe(row), which says it
     smoke = Results("00_test", profile("smoke")).claim("up", Estimate(0.05, 0.02, 0.08, "m", "paired bootstrap"))
     assert says(smoke, **sentences).startswith("Not decided: this profile is too small")
+    assert "+0.050" in says(smoke, **sentences) and "+0.050" not in says(smoke, **sentences, detectable=False)
     assert says(smoke, **sentences, undecided="Smoke.") == "Smoke."
 
 

@@ -117,11 +117,12 @@ def describe(row: dict) -> str:
 def says(row: dict, supported: str, refuted: str, inconclusive: str, undecided: str | None = None,
          detectable: bool = True) -> str:
     """The sentence for `row`'s verdict: every sentence of a lesson that states an outcome is chosen here, so prose
-    never states a conclusion the run did not reach. `undecided` defaults to a note that the profile is too small;
-    an inconclusive sentence is followed by what the run could detect (`detectable`; False where the sentence
-    follows `describe(row)`, which already says it)."""
+    never states a conclusion the run did not reach. `undecided` defaults to a note that the profile is too small
+    (with the measured effect, unless `detectable` is False); an inconclusive sentence is followed by what the run
+    could detect (`detectable`; False where the sentence follows `describe(row)`, which already says both)."""
+    measured = f" ({describe(row)})" if detectable else ""
     text = dict(supported=supported, refuted=refuted, inconclusive=inconclusive,
-                undecided=undecided or f"Not decided: {UNDECIDED_NOTE} ({describe(row)}).")[row["verdict"]]
+                undecided=undecided or f"Not decided: {UNDECIDED_NOTE}{measured}.")[row["verdict"]]
     if detectable and row["verdict"] == "inconclusive" and row.get("detectable") is not None and "cannot see" not in text:
         text += f" (This run cannot see effects below {row['detectable']:.3f}: more seeds, cells or the gpu profile " \
                 "would.)"
