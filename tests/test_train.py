@@ -109,6 +109,29 @@ def test_fit_gradual_unfreezes_stage_by_stage(dls):
 
 
 @pytest.mark.slow
+def test_fit_gradual_takes_epochs_per_depth(dls):
+    learn = make_learner(dls, "efficientnet_lite0", seed=0)
+    hist = fit_gradual(learn, 1e-3, epochs=[2, 1], depths=("head", "none"))
+    assert list(hist["phase"]) == ["depth: head", "depth: head", "depth: none"]
+
+
+def test_channels_last_where_depthwise_convolutions_are(dls):
+    from fastai.vision.all import ChannelsLast
+    from convtips_lib.core.models import prefers_channels_last, small_net, to_channels_last
+    lite = pretrained("efficientnet_lite0", 2, weights=None)
+    assert prefers_channels_last(lite) and not prefers_channels_last(small_net(2))
+    assert any(isinstance(cb, ChannelsLast) for cb in learner(dls, lite, seed=0).cbs)
+    assert not any(isinstance(cb, ChannelsLast) for cb in learner(dls, small_net(2), seed=0).cbs)
+    assert not any(isinstance(cb, ChannelsLast) for cb in learner(dls, lite, seed=0, channels_last=False).cbs)
+    conv = next(m for m in to_channels_last(lite).modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    lite.eval()
+    with torch.no_grad():   # the same function in either layout
+        assert torch.allclose(lite(x), lite.to(memory_format=torch.contiguous_format)(x), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_last_metrics_equal_a_fresh_evaluation(dls):
     from convtips_lib.core.measure import evaluate
     learn = make_learner(dls, "efficientnet_lite0", seed=0)

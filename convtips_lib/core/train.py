@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (Callback, CancelValidException, CrossEntropyLossFlat, Learner, LRFinder, Normalize,
+from fastai.vision.all import (Callback, CancelValidException, ChannelsLast, CrossEntropyLossFlat, Learner, LRFinder, Normalize,
                                ProgressCallback, Recorder, accuracy, noop, skm_to_fastai)
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from .compat import renamed_kwargs
 from .env import is_quiet, seed_everything
 from .measure import classification_metrics as _classification
-from .models import Classifier, model_stats, pretrained
+from .models import Classifier, model_stats, prefers_channels_last, pretrained
 from .profiles import DEFAULT_ARCH
 from .surgery import freeze, param_groups
 
@@ -148,9 +148,11 @@ def on_cuda(dls) -> bool:
 
 
 def learner(dls, model: nn.Module, loss_func=None, cbs=None, splitter=None, seed: int | None = None,
-            fp16: bool | None = None, **kw) -> Learner:
+            fp16: bool | None = None, channels_last: bool | None = None, **kw) -> Learner:
     """The one Learner factory: `METRICS`, `History`, quiet in CI, cross-entropy unless `loss_func`, seeded loaders;
-    fastai's mixed precision (`to_fp16`) when `fp16`, by default whenever the batches are on a CUDA device."""
+    fastai's mixed precision (`to_fp16`) when `fp16`, by default whenever the batches are on a CUDA device;
+    fastai's `ChannelsLast` when `channels_last`, by default when the model `prefers_channels_last` (depthwise
+    convolutions: about 2x faster steps on a CPU)."""
     if seed is not None:
         seed_everything(seed)
         _seed_loaders(dls, seed)
@@ -158,6 +160,8 @@ def learner(dls, model: nn.Module, loss_func=None, cbs=None, splitter=None, seed
                     splitter=splitter or (lambda m: [list(m.parameters())]), cbs=[History(), *(cbs or [])], **kw)
     if on_cuda(dls) if fp16 is None else fp16:
         learn.to_fp16()
+    if prefers_channels_last(model) if channels_last is None else channels_last:
+        learn.add_cb(ChannelsLast())
     if is_quiet():
         learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, ProgressCallback)])
         learn.logger = noop
@@ -226,15 +230,17 @@ def fit(learn: Learner, epochs: int, lr: float, fine_tune: bool = False, freeze_
 
 
 @renamed_kwargs(stages="depths")
-def fit_gradual(learn: Learner, lr: float, epochs: int = 1, depths=("head", "middle", "none")) -> pd.DataFrame:
-    """Gradual unfreezing (Howard & Ruder, ULMFiT 2018): `epochs` per freeze depth, each depth freezing less.
+def fit_gradual(learn: Learner, lr: float, epochs=1, depths=("head", "middle", "none")) -> pd.DataFrame:
+    """Gradual unfreezing (Howard & Ruder, ULMFiT 2018): `epochs` per freeze depth (one int for every depth, or
+    one per depth), each depth freezing less.
 
     Depths after the first use discriminative learning rates, lr/100 for the earliest layers up to lr/2.
     """
-    for i, depth in enumerate(depths):
+    per_depth = [epochs] * len(depths) if np.ndim(epochs) == 0 else list(epochs)
+    for i, (depth, n) in enumerate(zip(depths, per_depth)):
         learn.history.phase = f"depth: {depth}"
         freeze(learn, depth)
-        learn.fit_one_cycle(epochs, lr if i == 0 else slice(lr / 100, lr / 2))
+        learn.fit_one_cycle(n, lr if i == 0 else slice(lr / 100, lr / 2))
     return history(learn)
 
 

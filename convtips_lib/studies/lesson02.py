@@ -20,7 +20,7 @@ from ..core.env import device, seed_everything
 from ..core.measure import Estimate, bootstrap, classification_metrics, paired_bootstrap, stack_preds
 from ..core.models import Classifier, model_stats, pretrained
 from ..core.surgery import freeze, n_frozen, n_groups, param_groups, split_at
-from ..core.train import Run, at_chosen_per_fold, best_on_tune, fit, history, learner, pool_per_fold
+from ..core.train import Run, at_chosen_per_fold, best_on_tune, fit, fit_gradual, learner, pool_per_fold
 from ..topics.features import cached_features, cell_features, fit_head
 from ..topics.transfer import FROZEN_SHARE, REGIMES, phases, regime_spec
 
@@ -28,7 +28,6 @@ __all__ = ["TransferCells", "transfer_cells", "regime_module", "train_fold", "cv
            "RULES", "rule_gain", "depth_trend", "best_regime", "best_regimes", "more_data_gain", "recipe_vs_best",
            "cv_linear_curve", "gap_change", "quick_transfer"]
 
-DEEPER = ("freeze to middle", "whole network")   # the regimes that train more than the head
 RULES = {   # the tip's rule for each amount of data: (which of the grid's fractions, the regime it names)
     "little": (0, "head only"), "moderate": (1, "freeze to middle"), "plenty": (-1, "whole network")}
 
@@ -103,11 +102,7 @@ def train_fold(cfg, cells: TransferCells, regime: str, roles, frac: float, lr: f
         freeze(learn, spec["depth"] if spec["weights"] else "none")
     per_fit = _epochs_per_fit(regime, tc.steps // tc.epoch_steps)
     if spec.get("gradual"):
-        for i, (depth, n) in enumerate(zip(("head", "middle", "none"), per_fit)):
-            learn.history.phase = f"depth: {depth}"
-            freeze(learn, depth)
-            learn.fit_one_cycle(n, lr if i == 0 else slice(lr / 100, lr / 2))
-        hist = history(learn)
+        hist = fit_gradual(learn, lr, per_fit)
     elif spec.get("fine_tune"):
         hist = fit(learn, per_fit[1], lr, fine_tune=True, freeze_epochs=per_fit[0], validate="last")
     else:

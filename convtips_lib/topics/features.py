@@ -14,7 +14,7 @@ from ..core.compat import renamed_kwargs
 from ..core.data import plain_train_dl, tensor_dls
 from ..core.env import seed_everything
 from ..core.measure import classification_metrics
-from ..core.models import model_stats
+from ..core.models import model_stats, to_channels_last
 from ..core.store import cache_dir, cached, hash_key, state_hash
 from ..core.surgery import Frozen, split_at
 from ..core.train import fit, learner, set_norm, valid_preds
@@ -82,7 +82,7 @@ def _plain(t) -> torch.Tensor:
 
 def _extract(frozen: nn.Module, dl, device: torch.device) -> tuple:
     """(x, y) on the CPU: the frozen layers' outputs (N, ...) run on `device` in eval mode, and labels (N,)."""
-    net, xs, ys = Frozen(frozen), [], []
+    net, xs, ys = Frozen(to_channels_last(frozen)), [], []
     for xb, yb in dl:
         xs.append(net(_plain(xb).float().to(device)).cpu())
         ys.append(_plain(yb).long().cpu())

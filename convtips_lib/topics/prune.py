@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.measure import count_flops, count_params, evaluate, latency, timed_in_turns
-from ..core.models import narrow_to
+from ..core.models import narrow_to, to_channels_last
 from ..core.store import atomic_write, save_tensors
 from ..core.train import fit, tune_loader
 
@@ -234,8 +234,9 @@ def ranked_channels(model: nn.Module, img_size: int) -> int:
 
 def model_cost(model: nn.Module, img_size: int, bs: int = 32, reps: int = 5) -> dict:
     """params, FLOPs (one image) and CPU latency (median ms per batch of `bs`, and every timing) of `model`; on a
-    GPU machine also gpu_ms_per_batch."""
-    cpu = copy.deepcopy(model).cpu()
+    GPU machine also gpu_ms_per_batch. Timed in the layout the network runs fastest in (`to_channels_last`), whatever
+    layout pruning left its weights in."""
+    cpu = to_channels_last(copy.deepcopy(model).cpu())
     lat = latency(cpu, img_size, bs=bs, reps=reps)
     out = dict(params=count_params(model), flops=count_flops(cpu, img_size), ms_per_batch=lat["ms_per_batch"],
                times_ms=lat["times_ms"])
