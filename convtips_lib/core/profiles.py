@@ -125,7 +125,7 @@ class PruneCfg(_Section):
 @dataclass(frozen=True)
 class CapCfg(_Section):
     """Lesson 08: the capstone recipe, its ablation and the deployed model."""
-    img_size: int                # image side of the full recipe, px (the cpu target: >= 88 % in 15 min)
+    img_size: int                # image side of the full recipe, px (cpu: chosen on tune by bench/frontier.py)
     epochs: int                  # whole-network epochs of the full recipe at most (after one head epoch): a budget;
                                  # the epoch kept is the one the 394 tune cells score best
     frac: float                  # share of the 1,574 train cells the full recipe uses
