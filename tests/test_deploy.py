@@ -35,6 +35,8 @@ def test_export_and_reload_give_identical_predictions(exported):
     rows = predict_files(model, meta, files, bs=3)
     assert np.allclose(np.stack([r["probs"] for r in rows]), ref.numpy(), atol=1e-5)
     assert [r["label"] for r in rows] == [meta["vocab"][i] for i in ref.argmax(1)]
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))   # the faster layout for a Lite
+    assert not model.training and conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_a_pruned_model_exports_and_reloads_with_identical_predictions(exported, tmp_path):
