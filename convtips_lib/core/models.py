@@ -539,4 +539,3 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     `prefers_channels_last`, else unchanged; the inputs may stay as they are (a convolution's output follows its
     weights' layout)."""
     return model.to(memory_format=torch.channels_last) if prefers_channels_last(model) else model
-

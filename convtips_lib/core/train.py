@@ -10,8 +10,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from fastai.vision.all import (Callback, CancelValidException, ChannelsLast, CrossEntropyLossFlat, Learner, LRFinder, Normalize,
-                               ProgressCallback, Recorder, accuracy, noop, skm_to_fastai)
+from fastai.vision.all import (Callback, CancelValidException, ChannelsLast, CrossEntropyLossFlat, Learner, LRFinder,
+                               Normalize, ProgressCallback, Recorder, accuracy, noop, skm_to_fastai)
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from torch import nn
 
