@@ -1,10 +1,14 @@
 """Tests for convtips_lib.topics.prune: L1 order on a hand-made layer, per-filter scores against direct computation,
 structural pruning (parameters and FLOPs drop as expected, the network still runs, keeps its output shape and
 trains), block removal, export and reload (state dict and ONNX give the same outputs), bad pruning ratios."""
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fastai.callback.core import Callback
+from fastai.optimizer import SGD
 from torch import nn
 
 from convtips_lib.core.data import tensor_dls
@@ -384,3 +388,62 @@ def test_tied_scores_still_remove_exactly_the_share_asked_for():
     kept = _kept_filters(net, prune_copy(net, 8, 0.5, ScoreImportance.of(scores, "apoz")))
     l1 = net[0].weight.detach().abs().sum((1, 2, 3))
     assert kept == sorted(l1.argsort(descending=True)[:4].tolist())      # 4 of 8, the ties broken by the L1 norm
+
+
+def _linear_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))   # no BatchNorm or dropout: train = eval
+
+
+def test_distill_from_an_identical_teacher_alone_has_no_gradient_and_the_hard_loss_does():
+    from convtips_lib.topics.prune import Distill
+    before = _linear_net()
+    moved = []
+    for cbs in ([Distill(copy.deepcopy(before), alpha=1.0)], []):
+        learn = learner(_tiny_dls(), copy.deepcopy(before), cbs=cbs, seed=0, opt_func=SGD)   # SGD: Adam would
+        learn.fit(1, 1e-1, wd=0.0)                                # magnify rounding-sized gradients into steps
+        moved.append(float((learn.model[1].weight - before[1].weight).abs().max().detach()))
+    assert moved[0] < 1e-6 < 1e-3 < moved[1]
+
+
+class _LossSpy(Callback):
+    order = 90
+
+    def after_loss(self):
+        if self.training:
+            self.seen = (self.pred.detach(), self.yb[0], self.xb[0], float(self.loss))
+
+
+def test_distill_loss_is_the_mix_of_the_hard_loss_and_the_softened_kl():
+    from convtips_lib.topics.prune import Distill
+    teacher, spy = _linear_net(1), _LossSpy()
+    learn = learner(_tiny_dls(), _linear_net(0), cbs=[Distill(teacher, alpha=0.3, T=2.0), spy], seed=0)
+    learn.fit(1, 1e-3)
+    pred, y, x, loss = spy.seen
+    p_t = torch.softmax(teacher(x) / 2.0, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(pred / 2.0, 1))).sum(1).mean() * 4.0
+    want = 0.7 * nn.functional.cross_entropy(pred, y) + 0.3 * kl
+    assert loss == pytest.approx(float(want.detach()), rel=1e-4)
+    assert teacher.training   # its mode given back after the fit
+
+
+@pytest.mark.parametrize("kw", [dict(alpha=0.0), dict(alpha=1.5), dict(T=0.0)])
+def test_distill_refuses_weights_that_mean_nothing(kw):
+    from convtips_lib.topics.prune import Distill
+    with pytest.raises(ValueError, match="alpha"):
+        Distill(_linear_net(), **kw)
+
+
+def test_prune_once_with_a_teacher_distils_during_fine_tuning_only():
+    learn = _trained_tiny()
+    rows = {}
+    for name, teacher in (("plain", None), ("distilled", learn.model)):
+        copy_ = fresh_learner(learn, 0)
+        seen = []
+        spy = type("Spy", (Callback,), {"after_loss": lambda self: seen.append(
+            any(type(cb).__name__ == "Distill" for cb in self.learn.cbs))})()
+        copy_.add_cb(spy)
+        rows[name] = prune_once(copy_, 16, 0.5, 1, 1e-2, reps=1, teacher=teacher)
+        assert any(seen) is (teacher is not None)           # the teacher's loss was in the fine-tuning ...
+        assert not any(type(cb).__name__ == "Distill" for cb in copy_.cbs)   # ... and is gone after it
+    assert rows["plain"]["params"] == rows["distilled"]["params"]   # the same cut, only the fine-tuning differs

@@ -137,6 +137,8 @@ class CapCfg(_Section):
     tune_n: int                  # tune cells used (0: all 394); fewer only where a profile saves time (smoke)
     prune_ratio: float           # share of channels pruned from the final model for deployment
     prune_epochs: int            # fine-tuning epochs after pruning (at lr / prune.ft_div)
+    prune_distill: bool          # the fine-tuning distils from the unpruned recipe (`Distill`); cpu: chosen on the
+                                 # tune cells by bench/prune_recover.py
 
 
 SECTIONS = {"zoo": ZooCfg, "transfer": TransferCfg, "aug": AugCfg, "imb": ImbCfg, "opt": OptCfg, "ens": EnsCfg,
@@ -238,7 +240,7 @@ PROFILES = {
         prune=PruneCfg(img_size=32, widths=(8, 16, 32, 64), blocks=1, frac=0.25, epochs=2, lrs=(3e-3,), ft_div=3.0,
                        ratio=0.6, steps=2, ft_epochs=1, block_epochs=1),
         cap=CapCfg(img_size=32, epochs=1, frac=0.05, abl_img_size=32, abl_epochs=1, abl_frac=0.05, n_seeds=1,
-                   valid_n=64, tune_n=32, prune_ratio=0.3, prune_epochs=1)),
+                   valid_n=64, tune_n=32, prune_ratio=0.3, prune_epochs=1, prune_distill=True)),
     "cpu": Profile(
         "cpu", img_size=112, bs=32, epochs=2, lr=2e-3, train_frac=0.5, n_seeds=1, latency_reps=5, head_epochs=5,
         valid_n=0, tune_n=0,
@@ -256,7 +258,7 @@ PROFILES = {
         prune=PruneCfg(img_size=64, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=8, lrs=(1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=3, ft_epochs=2, block_epochs=1),
         cap=CapCfg(img_size=160, epochs=8, frac=1.0, abl_img_size=72, abl_epochs=2, abl_frac=0.4, n_seeds=2,
-                   valid_n=0, tune_n=0, prune_ratio=0.3, prune_epochs=2)),   # ablation at 72 px on 40 %: in 30 min
+                   valid_n=0, tune_n=0, prune_ratio=0.3, prune_epochs=2, prune_distill=True)),   # ablation at 72 px on 40 %: in 30 min
     "gpu": Profile(
         "gpu", img_size=224, bs=64, epochs=10, lr=2e-3, train_frac=1.0, n_seeds=3, latency_reps=20, head_epochs=20,
         valid_n=0, tune_n=0,
@@ -275,7 +277,7 @@ PROFILES = {
         prune=PruneCfg(img_size=128, widths=(32, 64, 128, 256), blocks=2, frac=1.0, epochs=30, lrs=(3e-4, 1e-3, 3e-3),
                        ft_div=3.0, ratio=0.6, steps=5, ft_epochs=5, block_epochs=3),
         cap=CapCfg(img_size=224, epochs=12, frac=1.0, abl_img_size=224, abl_epochs=8, abl_frac=1.0, n_seeds=3,
-                   valid_n=0, tune_n=0, prune_ratio=0.3, prune_epochs=3)),
+                   valid_n=0, tune_n=0, prune_ratio=0.3, prune_epochs=3, prune_distill=True)),
 }
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
+from fastai.callback.core import Callback
 from torch import nn
 
 from ..core.measure import count_flops, count_params, evaluate, latency, timed_in_turns
@@ -21,7 +23,7 @@ from ..core.train import fit, tune_loader
 
 __all__ = ["filter_scores", "rank_agreement", "IMPORTANCES", "ScoreImportance", "ActivationImportance", "make_pruner",
            "ranked_channels", "model_cost", "ranking_batches", "prune_iteratively", "prune_once", "prune_copy",
-           "pruning_row", "export_check", "export_pruned", "load_pruned", "onnx_latency", "RANKINGS"]
+           "pruning_row", "export_check", "export_pruned", "load_pruned", "onnx_latency", "RANKINGS", "Distill"]
 
 RANKINGS = ("l1", "l2", "mean_activation", "apoz")   # per-filter scores; a high score keeps the filter (APoZ negated)
 
@@ -208,8 +210,10 @@ def _importance(importance, model: nn.Module, batches):
     return factories[importance]()
 
 
-def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, importance="l1", batches=None):
-    """torch-pruning's MetaPruner for `model`: global ranking over all conv layers by `importance` (a name of
+def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, importance="l1", batches=None,
+                global_ranking: bool = True):
+    """torch-pruning's MetaPruner for `model`: global ranking over all conv layers (or, `global_ranking=False`, the
+    share `ratio` of every layer's channels) by `importance` (a name of
     `IMPORTANCES`, or a `tp.importance.Importance` such as `ScoreImportance`; 'mean_activation' and 'apoz' are
     measured on `batches`), removing the share `ratio` of channels in `steps` equal steps (one per
     `pruner.step()`); the classifier's outputs and at least 10 % of every layer are kept."""
@@ -219,7 +223,7 @@ def make_pruner(model: nn.Module, img_size: int, ratio: float, steps: int = 1, i
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     example = torch.randn(1, 3, img_size, img_size, device=next(model.parameters()).device)
     return tp.pruner.MetaPruner(model, example, importance=_importance(importance, model, batches),
-                                pruning_ratio=ratio, global_pruning=True, iterative_steps=steps,
+                                pruning_ratio=ratio, global_pruning=global_ranking, iterative_steps=steps,
                                 max_pruning_ratio=0.9, ignored_layers=head)
 
 
@@ -260,39 +264,74 @@ def ranking_batches(dls):
     return tune if tune is not None else dls.train
 
 
-def _prune_and_fine_tune(learn, pruner, epochs: int, lr: float) -> float:
-    """One `pruner.step()` on learn.model, then `epochs` of fine-tuning at `lr`: the balanced accuracy in between."""
+class Distill(Callback):
+    """Knowledge distillation (Hinton et al. 2015, https://arxiv.org/abs/1503.02531) from `teacher`, e.g. the network
+    before pruning, while the Learner trains: the loss becomes (1 - alpha) x the Learner's own loss + alpha x T^2 x
+    KL(teacher || student), both (N, C) logits divided by the temperature `T` (T^2 keeps the soft term's gradients
+    the size of the hard term's). The teacher sees the same augmented batch, in eval mode and without gradients;
+    validation keeps the plain loss. Written by hand: fastai has no distillation callback (fasterai, a separate
+    package, has one)."""
+    def __init__(self, teacher: nn.Module, alpha: float = 0.5, T: float = 4.0):
+        if not 0 < alpha <= 1 or T <= 0:
+            raise ValueError(f"Distill needs 0 < alpha <= 1 and T > 0, got alpha={alpha!r}, T={T!r}")
+        self.teacher, self.alpha, self.T = teacher, float(alpha), float(T)
+
+    def before_fit(self):
+        self._was_training = self.teacher.training
+        self.teacher.to(self.dls.device).eval()
+
+    def after_loss(self):
+        if not self.training or not len(self.yb):
+            return
+        with torch.no_grad():
+            soft = F.log_softmax(self.teacher(*self.xb).float() / self.T, dim=1)
+        kd = F.kl_div(F.log_softmax(self.pred.float() / self.T, dim=1), soft, log_target=True,
+                      reduction="batchmean") * self.T ** 2
+        self.learn.loss_grad = (1 - self.alpha) * self.loss_grad + self.alpha * kd
+        self.learn.loss = self.learn.loss_grad.detach().clone()
+
+    def after_fit(self):
+        self.teacher.train(self._was_training)
+
+
+def _prune_and_fine_tune(learn, pruner, epochs: int, lr: float, teacher: nn.Module | None = None) -> float:
+    """One `pruner.step()` on learn.model, then `epochs` of fine-tuning at `lr` (distilled from `teacher` when given,
+    `Distill`): the balanced accuracy in between."""
     pruner.step()
     learn.opt = None                           # the pruned tensors are new parameters: a fresh optimizer
     before = evaluate(learn).metrics["balanced_accuracy"]
-    fit(learn, epochs, lr)
+    cb = Distill(teacher) if teacher is not None else None
+    with learn.added_cbs(cb or []):
+        fit(learn, epochs, lr)
     return before
 
 
 def prune_iteratively(learn, img_size: int, ratio: float, steps: int, epochs: int, lr: float, reps: int = 5,
-                      importance="l1") -> pd.DataFrame:
+                      importance="l1", teacher: nn.Module | None = None, global_ranking: bool = True) -> pd.DataFrame:
     """The recipe of Li et al.: prune the weakest channels globally, fine-tune `epochs` at `lr`, repeat `steps` times
     until the share `ratio` is gone. One row per step (step 0: the trained network): params, flops, ms_per_batch,
     times_ms, y_true, y_pred and metrics after fine-tuning, `pruned_ba` (balanced accuracy before it) and `model`
     (a CPU copy of the network at that step). `importance` as `make_pruner`'s, an activation ranking measured on
-    `ranking_batches` (the tune cells)."""
-    pruner = make_pruner(learn.model, img_size, ratio, steps, importance, ranking_batches(learn.dls))
+    `ranking_batches` (the tune cells); with `teacher` (e.g. the network before pruning) every fine-tuning distils
+    from it (`Distill`); `global_ranking` as `make_pruner`'s."""
+    pruner = make_pruner(learn.model, img_size, ratio, steps, importance, ranking_batches(learn.dls), global_ranking)
     rows = [pruning_row(learn, img_size, reps, step=0, ratio=0.0, pruned_ba=np.nan,
                         model=copy.deepcopy(learn.model).cpu())]
     for k in range(1, steps + 1):
-        before = _prune_and_fine_tune(learn, pruner, epochs, lr)
+        before = _prune_and_fine_tune(learn, pruner, epochs, lr, teacher)
         rows.append(pruning_row(learn, img_size, reps, step=k, ratio=ratio * k / steps, pruned_ba=before))
         rows[-1]["model"] = copy.deepcopy(learn.model).cpu()
     return pd.DataFrame(rows)
 
 
 def prune_once(learn, img_size: int, ratio: float, epochs: int, lr: float, reps: int = 5,
-               importance="l1") -> dict:
+               importance="l1", teacher: nn.Module | None = None, global_ranking: bool = True) -> dict:
     """One-shot pruning: remove the share `ratio` in one step, then fine-tune `epochs` at `lr` (give it the
-    iterative run's total fine-tuning for a fair comparison). A row like `prune_iteratively`'s; an activation
-    ranking is measured on `ranking_batches` (the tune cells)."""
-    pruner = make_pruner(learn.model, img_size, ratio, 1, importance, ranking_batches(learn.dls))
-    before = _prune_and_fine_tune(learn, pruner, epochs, lr)
+    iterative run's total fine-tuning for a fair comparison), distilled from `teacher` when given (`Distill`). A row
+    like `prune_iteratively`'s; an activation ranking is measured on `ranking_batches` (the tune cells);
+    `global_ranking` as `make_pruner`'s."""
+    pruner = make_pruner(learn.model, img_size, ratio, 1, importance, ranking_batches(learn.dls), global_ranking)
+    before = _prune_and_fine_tune(learn, pruner, epochs, lr, teacher)
     return pruning_row(learn, img_size, reps, step=1, ratio=ratio, pruned_ba=before)
 
 
