@@ -27,6 +27,7 @@ from .topics.imbalance import *  # noqa: E402,F401,F403
 from .topics.optim import *  # noqa: E402,F401,F403
 from .topics.ensemble import *  # noqa: E402,F401,F403
 from .topics.prune import *  # noqa: E402,F401,F403
+from .topics.ablation import *  # noqa: E402,F401,F403
 from .topics.deploy import *  # noqa: E402,F401,F403
 from .topics.recipe import *  # noqa: E402,F401,F403
 from .studies.lesson02 import *  # noqa: E402,F401,F403
@@ -44,7 +45,7 @@ from .course.exercises import *  # noqa: E402,F401,F403
 MODULES = ("core.profiles", "core.env", "core.store", "core.data", "core.models", "core.surgery", "core.train",
            "core.measure", "core.results", "topics.imagenet", "topics.zoo", "topics.blocks", "topics.features",
            "topics.handcrafted", "topics.transfer", "topics.augment", "topics.imbalance", "topics.optim", "topics.ensemble",
-           "topics.prune", "topics.deploy", "topics.recipe",
+           "topics.prune", "topics.ablation", "topics.deploy", "topics.recipe",
            "studies.lesson02", "studies.lesson03", "studies.lesson04", "studies.lesson05", "studies.lesson06", "studies.lesson07", "studies.lesson08", "studies.lesson09", "ui.plots", "ui.widgets", "course.exercises")
 
 

@@ -721,14 +721,17 @@ def folder_table(path, valid_pct: float = 0.25, seed: int = 0, label_re: str | N
 @renamed_kwargs(size="img_size")
 def folder_dls(path, cfg, valid_pct: float = 0.25, label_re: str | None = None, tfms: list | None = None,
                on_bad: str = "raise", seed: int | None = None, bs: int | None = None,
-               img_size: int | None = None, sampling_weights: dict | None = None) -> DataLoaders:
+               img_size: int | None = None, sampling_weights: dict | None = None,
+               split_seed: int | None = None) -> DataLoaders:
     """DataLoaders from a folder of images, read and checked as `folder_table` says. `bs`, `img_size` default to
     the profile's; a training set smaller than one batch gets a smaller batch (with a warning). `sampling_weights`
-    {class: weight}: over-sampling, as in `elpv_dls`. `dls.skipped`: the unreadable files left out (on_bad='skip')."""
+    {class: weight}: over-sampling, as in `elpv_dls`. `dls.skipped`: the unreadable files left out (on_bad='skip').
+    `seed` shuffles the batches; `split_seed` (default: `seed`) draws the validation images, so that runs over
+    several seeds can share one split."""
     _check_size("bs", bs, "images per batch")
     _check_size("img_size", img_size, "side of the square input in px")
     seed = cfg.seed if seed is None else seed
-    df, label = _read_folder(path, valid_pct, seed, label_re, on_bad)
+    df, label = _read_folder(path, valid_pct, seed if split_seed is None else split_seed, label_re, on_bad)
     seed_everything(seed)
     dblock = DataBlock(blocks=(_image_block(), CategoryBlock), get_y=label,
                        splitter=IndexSplitter(np.flatnonzero(df["is_valid"])),

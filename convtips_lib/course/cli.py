@@ -1,7 +1,8 @@
 """`convtips run` executes lessons headless and writes the HTML report; `convtips claims` prints a run's claims
 ledger; `convtips info` shows the set-up; `convtips train DATA_FOLDER` applies the course's recipe to a folder of
-images (one sub-folder per class) and writes a model folder and a report; `convtips predict MODEL_DIR IMAGE...`
-classifies images with such a model folder.
+images (one sub-folder per class) and writes a model folder and a report; `convtips ablate DATA_FOLDER` measures
+which of the course's tips hold on such a folder (lesson 08's ablation); `convtips predict MODEL_DIR IMAGE...`
+classifies images with a model folder.
 
 A run writes into --out: the executed notebooks (one that did not finish is kept, marked incomplete), results/ (each
 lesson's JSON and figures), logs/ (each lesson's kernel log), run.json (each lesson's status) and report.html.
@@ -149,6 +150,51 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _tip_names(names) -> list:
+    """Tip names as typed ('head-first', 'head first', 'one-cycle-schedule'), in the library's spelling; an
+    unknown name is passed on as typed (the job refuses it, naming the known)."""
+    from ..topics.ablation import ABLATION_TIPS
+    key = lambda n: " ".join(n.replace("-", " ").split()).lower()   # noqa: E731
+    known = {key(t): t for t in ABLATION_TIPS}
+    return [known.get(key(n), n) for n in names]
+
+
+def cmd_ablate(args) -> int:
+    """Run lesson 08's ablation on DATA_FOLDER; write <out>/results, <out>/report.html and <out>/recipe.json. Every
+    input is checked before --out is touched; Ctrl-C keeps what finished (exit code 130)."""
+    from ..core.data import BadImageError
+    from ..core.profiles import profile
+    from ..topics.ablation import ABLATION_TIPS
+    from .ablate_job import ABLATE_RECIPE, ablate_folder
+    from .train_job import fit_img_size, load_recipe
+    cfg = profile(args.profile)
+    if not 0 < args.valid_pct < 1:
+        raise UsageError(f"--valid-pct must lie strictly between 0 and 1 (e.g. 0.25), got {args.valid_pct}")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be a whole number of optimizer steps >= 1, got {args.steps}")
+    policy = None if args.flips is None else "flips+rotation" if args.flips else "rotation"
+    base = load_recipe(args.recipe) if args.recipe else ABLATE_RECIPE
+    recipe = base.with_(**{k: v for k, v in dict(arch=args.arch, img_size=args.img_size, policy=policy,
+                                                  find_lr=args.find_lr).items() if v is not None})
+    try:
+        if args.img_size is None and args.recipe is None:
+            recipe = fit_img_size(args.data_folder, recipe, args.valid_pct)[0]
+        job = ablate_folder(args.data_folder, recipe, cfg, args.out, _tip_names(args.tips or ABLATION_TIPS),
+                            args.seeds, args.budget, args.valid_pct, "skip" if args.skip_bad_images else "raise",
+                            args.steps)
+    except BadImageError as e:
+        raise UsageError(str(e)) from e
+    for r in job.table[(job.table["metric"] == "balanced_accuracy") &
+                       (job.table["direction"] == "in the full recipe")].itertuples() if len(job.table) else []:
+        print(f"{r.tip}: {r.value:+.3f} balanced accuracy in the full recipe [{r.low:+.3f}, {r.high:+.3f}]")
+    print(f"report {job.report}; recipe chosen on the tune images {job.recipe_file} (convtips train --recipe "
+          f"{job.recipe_file})")
+    if job.interrupted:
+        print("convtips: interrupted (Ctrl-C): the report holds the networks that finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="convtips", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +245,34 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--profile", default=None, help="smoke, cpu or gpu: data-loader workers (default: auto)")
     train.add_argument("--distributed", action="store_true",
                        help="train inside fastai's distrib_ctx: run under 'accelerate launch' to use several GPUs")
+    ablate = sub.add_parser("ablate", help="which of the course's tips hold on your images: lesson 08's ablation on a "
+                                           "folder (one sub-folder per class)")
+    ablate.add_argument("data_folder", help="images in class sub-folders (or train/ and valid/ holding them)")
+    ablate.add_argument("--tips", nargs="+", default=None,
+                        help="the tips to measure (default: all): pretrained-weights head-first augmentation "
+                             "balanced-sampling one-cycle-schedule test-time-augmentation ensemble")
+    ablate.add_argument("--seeds", type=int, default=2,
+                        help="seeds per configuration (default 2: the ensemble needs two; fewer if the budget asks)")
+    ablate.add_argument("--budget", type=float, default=15.0,
+                        help="minutes of training and evaluation (default 15): seeds, steps and image size give way "
+                             "to fit, and the report says what was used")
+    ablate.add_argument("--steps", type=int, default=None,
+                        help="whole-network optimizer steps per network, instead of fitting them to --budget")
+    ablate.add_argument("--out", default="runs/ablate", help="folder for results/, report.html and recipe.json")
+    ablate.add_argument("--recipe", default=None, help="a recipe JSON file (default: convtips train's recipe)")
+    ablate.add_argument("--arch", default=None, help="override the recipe's architecture")
+    ablate.add_argument("--img-size", type=int, default=None,
+                        help="image size in px (default: the images' own, as convtips train chooses it)")
+    ablate.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                        help="the augmentation tip with flips as well as rotations: only when a flipped image keeps "
+                             "its class")
+    ablate.add_argument("--find-lr", action=argparse.BooleanOptionalAction, default=None,
+                        help="choose each configuration's rate with lr_find, checked on the tune images (about "
+                             "doubles the time; default: the recipe's rate for every configuration)")
+    ablate.add_argument("--valid-pct", type=float, default=0.25, help="share held out when there is no valid/ folder")
+    ablate.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out images that cannot be read instead of stopping at the first")
+    ablate.add_argument("--profile", default=None, help="smoke, cpu or gpu: data-loader workers (default: auto)")
     predict = sub.add_parser("predict", help="classify image files with an exported model folder")
     predict.add_argument("model_dir", help="a folder written by export_model (model.json + weights.pth)")
     predict.add_argument("images", nargs="+", help="image files")
@@ -304,7 +378,7 @@ def main(argv=None) -> int:
             warnings.showwarning = _warning_line
         try:
             return {"run": cmd_run, "claims": cmd_claims, "info": cmd_info, "train": cmd_train,
-                    "predict": cmd_predict}[args.cmd](args)
+                    "ablate": cmd_ablate, "predict": cmd_predict}[args.cmd](args)
         except (Exception, KeyboardInterrupt) as e:   # noqa: BLE001 - every error ends in one line and an exit code
             if debug:
                 traceback.print_exc()

@@ -207,9 +207,46 @@ def _train_html(metrics: dict) -> str:
     return "".join(parts)
 
 
+def _ablate_html(metrics: dict) -> str:
+    """`convtips ablate`'s own sections: what ran and why (the budget), the tips not measured and why, whether it
+    was interrupted, the per-configuration table and the recipe the tune images chose."""
+    a = metrics.get("ablate")
+    if not isinstance(a, dict):
+        return ""
+    b = a.get("budget") or {}
+    parts = ["<h3>What ran</h3>", f"<p>{_esc(b.get('why', ''))}; {_esc(a.get('networks_finished'))} of "
+             f"{_esc(a.get('networks_planned'))} networks trained" +
+             (f" in {a['seconds'] / 60:.1f} minutes" if isinstance(a.get("seconds"), (int, float)) else "") +
+             ". Every choice (the epoch kept, the recipe's settings) "
+             "was made on tune images held out of the training images; the effects are measured on the held-out "
+             "images.</p>"]
+    if a.get("interrupted"):
+        parts.append("<p class='problem'><b>Interrupted</b> (Ctrl-C): the table and the claims hold the tips whose "
+                     "runs all finished; run again for the rest.</p>")
+    if a.get("skipped_tips"):
+        parts.append("<p>Not measured:</p><ul>" + "".join(f"<li><b>{_esc(t)}</b>: {_esc(w)}</li>"
+                                                          for t, w in a["skipped_tips"].items()) + "</ul>")
+    rows = "".join(f"<tr><td>{_esc(c['config'])}</td><td>{_fmt(c['balanced_accuracy'])} [{_fmt(c['low'])}, "
+                   f"{_fmt(c['high'])}]</td><td>{_fmt(c['accuracy'])} [{_fmt(c['acc_low'])}, {_fmt(c['acc_high'])}]"
+                   f"</td><td>{_esc(c['seeds'])}</td><td>{c['train_s']:.0f} s</td></tr>" for c in a.get("configs") or [])
+    parts.append("<h3>Each configuration on the held-out images (seeds pooled)</h3><table><tr><th>configuration</th>"
+                 "<th>balanced accuracy, 95 % interval</th><th>accuracy, 95 % interval</th><th>seeds</th>"
+                 f"<th>training time</th></tr>{rows}</table>")
+    changed = [c for c in a.get("choices") or [] if c.get("switched")]
+    parts.append("<h3>The recipe the tune images chose (recipe.json)</h3><p>" +
+                 (_esc("; ".join(f"{c['tip']}: {c['setting']} {c['course']} -> {c['other']} "
+                                 f"({signed(c['value'])} on tune)" for c in changed)) if changed else
+                  "No switch was clearly better on the tune images: the recipe keeps its settings.") + "</p>")
+    return "".join(parts)
+
+
 def _record_html(rec: dict, folder: Path) -> str:
     env = rec.get("environment") or {}
     metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
+    if rec.get("lesson") == "ablate":
+        return (f"{_ablate_html(metrics)}<p>profile <b>{_esc(rec['profile']['name'])}</b>, seed "
+                f"{_esc(rec.get('seed'))}, device {_esc(env.get('device'))}, saved {_esc(rec.get('saved_at'))}</p>"
+                f"{_claims_html(rec['claims'])}{_figures_html(folder, rec.get('figures') or [])}")
     return (f"{_train_html(metrics) if rec.get('lesson') == 'train' else ''}<p>profile <b>{_esc(rec['profile']['name'])}</b>, seed {_esc(rec.get('seed'))}, device "
             f"{_esc(env.get('device'))}, torch {_esc(env.get('torch'))}, fastai {_esc(env.get('fastai'))}, saved "
             f"{_esc(rec.get('saved_at'))}</p>{_metrics_html(metrics)}{_claims_html(rec['claims'])}"

@@ -166,7 +166,7 @@ def _record(learn, ev: Evaluation, recipe: Recipe, cfg: Profile, results: Path, 
 MISTAKES = 12   # the most confident mistakes the report shows
 
 
-def _check_out(out, data_folder) -> Path:
+def check_out(out, data_folder) -> Path:
     """`out` resolved, refused when it lies inside the data folder (the next run would read its results/ as a
     class) or holds the data folder in a folder it writes (model/, results/)."""
     out, data = Path(out).expanduser().resolve(), Path(data_folder).expanduser().resolve()
@@ -180,7 +180,7 @@ def _check_out(out, data_folder) -> Path:
     return out
 
 
-def _make_out(out: Path) -> Path:
+def make_out(out: Path) -> Path:
     try:
         return writable_dir(out)
     except StorageError as e:
@@ -188,7 +188,7 @@ def _make_out(out: Path) -> Path:
 
 
 @contextmanager
-def _out_lock(out: Path):
+def out_lock(out: Path):
     """Hold <out>/`LOCK_FILE` while a run writes into `out` (released if the process dies); a second run is
     refused, naming it; removed at the end, also on error."""
     from filelock import FileLock, Timeout
@@ -229,9 +229,9 @@ def train_folder(data_folder: str | Path, recipe: Recipe, cfg: Profile, out: str
     (`TrainedModel.skipped`) instead of stopping the run. `notes` {setting: why}: reasons the caller chose a setting
     for (e.g. img_size), for the report. Every input is checked before `out` is touched; a second run into the same
     `out` is refused while this one holds it."""
-    out = _check_out(out, data_folder)
+    out = check_out(out, data_folder)
     dls = recipe_folder_dls(data_folder, recipe, cfg, valid_pct, tune_pct, on_bad)
     writes = not (distributed and _rank())   # of several processes `accelerate launch` started, rank 0 writes
-    with _out_lock(_make_out(out)) if writes else nullcontext():
+    with out_lock(make_out(out)) if writes else nullcontext():
         learn = fit_recipe(dls, recipe, distributed)
         return _write_run(learn, recipe, cfg, out, notes or {}) if writes else None

@@ -310,13 +310,15 @@ def choose_lr(dls, recipe: Recipe) -> dict:
 
 
 def recipe_folder_dls(path, recipe: Recipe, cfg, valid_pct: float = 0.25, tune_pct: float = TUNE_PCT,
-                      on_bad: str = "raise"):
+                      on_bad: str = "raise", split_seed: int | None = None):
     """The DataLoaders `train_recipe` trains on: the image folder `path` read and checked by `folder_dls` (at the
     recipe's size, batch, seed and augmentation; on_bad='skip' leaves unreadable images out, as `dls.skipped`), with
-    `tune_pct` of the training images held out (`split_tune`) when the recipe keeps its best epoch."""
+    `tune_pct` of the training images held out (`split_tune`) when the recipe keeps its best epoch. `split_seed`
+    (default: the recipe's seed) draws the validation and tune images: fixed, runs over seeds share them."""
+    split = recipe.seed if split_seed is None else split_seed
     dls = folder_dls(path, cfg, valid_pct, tfms=policy_tfms(recipe.policy, recipe.img_size), seed=recipe.seed,
-                     bs=recipe.bs, img_size=recipe.img_size, on_bad=on_bad)
-    return split_tune(dls, tune_pct if recipe.keep_best else 0.0, recipe.seed, recipe.balance)
+                     bs=recipe.bs, img_size=recipe.img_size, on_bad=on_bad, split_seed=split)
+    return split_tune(dls, tune_pct if recipe.keep_best else 0.0, split, recipe.balance)
 
 
 def train_recipe(path, recipe: Recipe, cfg, valid_pct: float = 0.25, distributed: bool = False,
