@@ -26,9 +26,8 @@ import torch  # noqa: E402
 
 import convtips_lib as ctl  # noqa: E402
 from bench import machine  # noqa: E402
-from convtips_lib.core.train import make_learner  # noqa: E402
 from convtips_lib.core.store import atomic_write  # noqa: E402
-from convtips_lib.core.train import predict_loader  # noqa: E402
+from convtips_lib.core.train import make_learner, predict_loader  # noqa: E402
 from frontier import parse_candidate  # noqa: E402
 
 

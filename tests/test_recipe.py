@@ -14,7 +14,8 @@ from convtips_lib.core.measure import Evaluation
 from convtips_lib.core.profiles import profile
 from convtips_lib.core.train import Run, best_epoch
 from convtips_lib.topics.recipe import BALANCES, BestOnTune, Recipe, recipe_eval, split_tune, train_recipe
-from convtips_lib.studies.lesson08 import ABLATION_TIPS, PAPER, TIPS, TUNE_TIPS, ablation_plan, ablation_runs, ablation_table, accuracy_by, binary_from_4class, choose_recipe, choose_tta, compare_configs, confident_mistakes, ensemble_preds, fastai_default, inference_costs, paper_table, plain_recipe, recipe_dls, threshold_metrics, toggle_tip, tune_runs, uses_tip, with_tip, without_tip
+from convtips_lib.studies.lesson08 import (PAPER, ablation_runs, accuracy_by, binary_from_4class, choose_tta, confident_mistakes, fastai_default, inference_costs, paper_table, recipe_dls, threshold_metrics)
+from convtips_lib.topics.ablation import (ABLATION_TIPS, TIPS, TUNE_TIPS, ablation_plan, ablation_table, choose_recipe, compare_configs, ensemble_preds, plain_recipe, toggle_tip, tune_runs, uses_tip, with_tip, without_tip)
 from convtips_lib.core.data import elpv_roles  # noqa: E402
 
 TINY = dict(img_size=32, epochs=1, freeze_epochs=1, bs=4)

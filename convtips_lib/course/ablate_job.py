@@ -61,7 +61,8 @@ class Budget:
 @dataclass
 class AblationRun:
     """What `ablate_folder` made: the runs (one row per configuration and seed), the ablation table, the recipe the
-    tune images chose (the one asked for, at its own steps, with the switches they clearly preferred), the budget, the report, and whether Ctrl-C cut it short."""
+    tune images chose (the one asked for, at its own steps, with the switches they clearly preferred), the budget,
+    the report, and whether Ctrl-C cut it short."""
     runs: pd.DataFrame
     table: pd.DataFrame
     chosen: Recipe
@@ -137,12 +138,15 @@ def seconds_per_step(dls, recipe: Recipe, steps: int = 6) -> float:
     learn = make_learner(dls, recipe.arch, weights=recipe.weights, depth="head", seed=recipe.seed)
     learn.unfreeze()
     n = len(dls.train)
+    steps = max(1, min(steps, n - 1))   # an epoch holds n steps: the warm-up one and at most n - 1 timed
     times = []
     with learn.removed_cbs(learn.history), learn.no_bar(), learn.no_logging():
         for k in (1, 1 + steps):
             t0 = time.perf_counter()
             learn.fit(1, recipe.lr, cbs=ShortEpochCallback(pct=min(1.0, (k - 0.5) / n), short_valid=True))
             times.append(time.perf_counter() - t0)
+    if n < 2:   # one batch an epoch: nothing to time after the warm-up, so the warm-up step itself (an over-estimate)
+        return times[1]
     return max(1e-4, (times[1] - times[0]) / steps)
 
 
@@ -186,8 +190,7 @@ def _configs_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.merge(more, left_on="config", right_index=True)
 
 
-def _record(res: Results, runs, plan, table, tips, chosen, choice, budget, skipped, interrupted, done, total,
-            seconds):
+def _record(res: Results, runs, table, tips, chosen, choice, budget, skipped, interrupted, done, total, seconds):
     res.metric("ablate", dict(budget=asdict(budget), tips=list(tips), skipped_tips=skipped, interrupted=interrupted,
                               networks_finished=done, networks_planned=total, seconds=seconds,
                               configs=_configs_table(runs).to_dict("records") if len(runs) else [],
@@ -268,7 +271,7 @@ def ablate_folder(data_folder, recipe: Recipe, cfg: Profile, out, tips=ABLATION_
             if row.switched:                                      # steps, not the budget's)
                 asked = toggle_tip(asked, row.tip)[1]
         res = Results("ablate", cfg, seed=recipe.seed, out=out / "results")
-        _record(res, runs, plan, table, judged, asked, choice, budget, skipped, interrupted, state["done"],
+        _record(res, runs, table, judged, asked, choice, budget, skipped, interrupted, state["done"],
                 state["total"], time.perf_counter() - state["t0"])
         recipe_file = asked.save(out / "recipe.json")
         report = write_report(out / "results", out / "report.html")

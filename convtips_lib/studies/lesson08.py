@@ -16,9 +16,7 @@ from ..core.measure import Evaluation, paired_bootstrap, proportion, top_mistake
 from ..core.train import Run, learner
 from ..topics.augment import policy_tfms
 from ..topics.imbalance import oversample_weights, threshold_preds
-from ..topics.ablation import (ABLATION_TIPS, TIPS, TUNE_TIPS, choice_row, run_row, ablation_plan,  # noqa: F401
-                               ablation_table, choose_recipe, compare_configs, ensemble_preds, plain_recipe,
-                               run_plan, toggle_tip, tune_runs, uses_tip, with_tip, without_tip)
+from ..topics.ablation import choice_row, run_plan, run_row
 from ..topics.recipe import Recipe, fit_recipe, recipe_eval
 
 __all__ = ["capstone_recipes", "train_on_elpv", "ablation_runs", "fastai_default", "choose_tta", "binary_from_4class",

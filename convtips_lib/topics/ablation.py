@@ -159,8 +159,8 @@ def compare_configs(runs: pd.DataFrame, a, b, metric: str = "balanced_accuracy",
 
 
 def ablation_table(runs: pd.DataFrame, metrics=METRICS, n: int = 2000, tips=ABLATION_TIPS) -> pd.DataFrame:
-    """What each tip of `tips` (default `ABLATION_TIPS`) was worth: per tip, direction and metric, the effect of switching the tip on,
-    with its 95 % CI. 'in the full recipe': full minus 'full - tip' (or 'full + tip' minus full, for a tip the
+    """What each tip of `tips` (default `ABLATION_TIPS`) was worth: per tip, direction and metric, the effect of
+    switching the tip on, with its 95 % CI. 'in the full recipe': full minus 'full - tip' (or 'full + tip' minus full, for a tip the
     recipe left out); 'added to plain': 'plain + tip' minus plain. `in_recipe` says which. The ensemble's rows: the
     ensemble over seeds minus the single runs, of the full and of the plain recipe."""
     configs = set(runs["config"])
